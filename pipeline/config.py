@@ -1,0 +1,165 @@
+"""params.yaml -> validated, typed configuration.
+
+Every stage starts with `load_params()`, so a wrong key, type or value fails before any
+work starts, with an error that names the exact key, the value and what was expected.
+Unknown keys are errors: a typo must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import datasets, designs
+from pipeline import validate as v
+from pipeline.validate import ConfigError
+
+PARAMS_FILE = "params.yaml"
+NORMALIZE_MODES = ("unit", "lecun", "standardize")
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    mirror: str | None  # folder or URL with one subfolder per dataset key
+    accept_local_repacks: bool  # see pipeline/download.py: local copies verified by their own MD5SUMS
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    key: str
+    val_fraction: float
+    source: str | None  # a folder holding this dataset's files, tried first
+    options: dict[str, Any]  # dataset-specific options (see each dataset module)
+
+
+@dataclass(frozen=True)
+class NormalizeParams:
+    mode: str
+    pad_to: int | None
+    grayscale: bool
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    sample_images: int
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    download: DownloadParams
+    datasets: dict[str, DatasetParams]
+    normalize: NormalizeParams
+    train: designs.TrainSettings
+    models: dict[str, designs.Design]
+    evaluate: EvaluateParams
+    experiment_datasets: tuple[str, ...]
+    experiment_models: tuple[str, ...]
+    raw: dict[str, Any]  # the file as parsed, for logging
+
+    def dataset(self, key: str) -> DatasetParams:
+        if key not in self.datasets:
+            raise ConfigError(f"datasets.{key}: missing; add a block for it to {PARAMS_FILE}")
+        return self.datasets[key]
+
+    def design(self, name: str) -> designs.Design:
+        if name not in self.models:
+            raise ConfigError(f"models.{name}: missing; known designs: {', '.join(self.models)}")
+        return self.models[name]
+
+    def train_settings(self, name: str) -> designs.TrainSettings:
+        """The shared `train:` block with the design's own overrides applied."""
+        return self.train.merged(self.design(name).train_overrides)
+
+
+def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the project root, where params.yaml lives") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    try:
+        return parse_params(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def parse_params(raw: Any) -> Params:
+    top = v.keys(raw, "", required=("seed", "download", "datasets", "normalize", "train", "models", "evaluate",
+                                     "experiments"))
+    seed = v.integer(top["seed"], "seed", 0, 2**31 - 1)
+
+    block = v.keys(top["download"], "download", required=("mirror", "accept_local_repacks", "timeout_seconds"))
+    download = DownloadParams(
+        mirror=v.optional_text(block["mirror"], "download.mirror"),
+        accept_local_repacks=v.boolean(block["accept_local_repacks"], "download.accept_local_repacks"),
+        timeout_seconds=v.number(block["timeout_seconds"], "download.timeout_seconds", 0, 3600, low_open=True),
+    )
+
+    dataset_blocks = v.mapping(top["datasets"], "datasets")
+    parsed_datasets = {key: _parse_dataset(key, value) for key, value in dataset_blocks.items()}
+
+    block = v.keys(top["normalize"], "normalize", required=("mode", "pad_to", "grayscale"))
+    normalize = NormalizeParams(
+        mode=v.choice(block["mode"], "normalize.mode", NORMALIZE_MODES),
+        pad_to=None if block["pad_to"] is None else v.integer(block["pad_to"], "normalize.pad_to", 1, 1024),
+        grayscale=v.boolean(block["grayscale"], "normalize.grayscale"),
+    )
+
+    train = designs.TrainSettings(**designs.parse_train(top["train"], "train"))
+
+    model_blocks = v.mapping(top["models"], "models")
+    if not model_blocks:
+        raise v.fail("models", "must declare at least one design", {})
+    models = {name: designs.parse_design(name, value, f"models.{name}") for name, value in model_blocks.items()}
+
+    block = v.keys(top["evaluate"], "evaluate", required=("batch_size", "sample_images"))
+    evaluate = EvaluateParams(
+        batch_size=v.integer(block["batch_size"], "evaluate.batch_size", 1),
+        sample_images=v.integer(block["sample_images"], "evaluate.sample_images", 1, 100),
+    )
+
+    block = v.keys(top["experiments"], "experiments", required=("datasets", "models"))
+    experiment_datasets = v.string_list(block["datasets"], "experiments.datasets", list(parsed_datasets))
+    experiment_models = v.string_list(block["models"], "experiments.models", list(models))
+
+    return Params(seed, download, parsed_datasets, normalize, train, models, evaluate, experiment_datasets,
+                  experiment_models, raw)
+
+
+def _parse_dataset(key: str, value: Any) -> DatasetParams:
+    where = f"datasets.{key}"
+    if key not in datasets.REGISTRY:
+        raise ConfigError(f"{where}: unknown dataset; known datasets: {', '.join(datasets.REGISTRY)}")
+    spec = datasets.REGISTRY[key]
+    block = v.keys(value, where, required=("val_fraction", "source"), optional=spec.options)
+    options = {name: (check(block[name], f"{where}.{name}") if name in block else default)
+               for name, (check, default) in spec.options.items()}
+    return DatasetParams(
+        key=key,
+        val_fraction=v.number(block["val_fraction"], f"{where}.val_fraction", 0.0, 1.0, low_open=True, high_open=True),
+        source=v.optional_text(block["source"], f"{where}.source"),
+        options=options,
+    )
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as `a.b.0.c` keys, the form MLflow params and `dvc exp show` use."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

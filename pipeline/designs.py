@@ -1,0 +1,259 @@
+"""The layer language: CNN designs written as data, and the built-in designs written in it.
+
+A design in params.yaml is either `{builtin: NAME}` or `{layers: [...]}`; each layer is a
+mapping with a `type` and that type's options. This module only parses and validates
+(no TensorFlow import, so a bad params.yaml fails in milliseconds); `pipeline.models`
+turns a validated design into a Keras model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pipeline import validate as v
+
+ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax", "elu", "selu", "gelu", "swish",
+               "leaky_relu", "scaled_tanh")
+INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal",
+                "lecun_uniform", "random_normal", "random_uniform", "orthogonal")
+PADDINGS = ("valid", "same")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+CLASSIC_OUTPUTS = ("rbf", "softmax")
+
+
+def _units(value: Any, where: str) -> int | str:
+    """Dense width: a positive int, or `classes` for the dataset's class count."""
+    if value == "classes":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise v.fail(where, "must be a positive int or the word classes", value)
+    return value
+
+
+def _rate(value: Any, where: str) -> float:
+    return v.number(value, where, 0.0, 1.0, high_open=True)
+
+
+def _activation(value: Any, where: str) -> str:
+    return v.choice(value, where, ACTIVATIONS)
+
+
+def _initializer(value: Any, where: str) -> str:
+    return v.choice(value, where, INITIALIZERS)
+
+
+def _padding(value: Any, where: str) -> str:
+    return v.choice(value, where, PADDINGS)
+
+
+def _positive_number(value: Any, where: str) -> float:
+    return v.number(value, where, 0.0, float("inf"), low_open=True)
+
+
+REQUIRED = object()  # marks an option without a default
+
+# type -> option -> (checker, default). Defaults follow Keras, so a design reads like Keras code.
+LAYER_OPTIONS: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
+    "conv": {
+        "filters": (lambda x, w: v.integer(x, w, 1), REQUIRED),
+        "kernel": (v.pair, REQUIRED),
+        "strides": (v.pair, 1),
+        "padding": (_padding, "valid"),
+        "activation": (_activation, "linear"),
+        "initializer": (_initializer, "glorot_uniform"),
+        "use_bias": (v.boolean, True),
+    },
+    "maxpool": {"pool": (v.pair, 2), "strides": (v.pair, None), "padding": (_padding, "valid")},
+    "avgpool": {"pool": (v.pair, 2), "strides": (v.pair, None), "padding": (_padding, "valid")},
+    "globalavgpool": {},
+    "globalmaxpool": {},
+    "flatten": {},
+    "dense": {
+        "units": (_units, REQUIRED),
+        "activation": (_activation, "linear"),
+        "initializer": (_initializer, "glorot_uniform"),
+        "use_bias": (v.boolean, True),
+    },
+    "dropout": {"rate": (_rate, REQUIRED)},
+    "batchnorm": {"momentum": (_rate, 0.99), "epsilon": (_positive_number, 1e-3)},
+    "activation": {"activation": (_activation, REQUIRED)},
+}
+CONVOLUTIONS = ("conv",)
+POOLINGS = ("maxpool", "avgpool", "globalavgpool", "globalmaxpool")
+DENSES = ("dense",)
+
+
+@dataclass(frozen=True)
+class Layer:
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    early_stopping_patience: int  # 0 = train every epoch
+
+    def merged(self, overrides: dict[str, Any]) -> "TrainSettings":
+        return TrainSettings(**{**self.__dict__, **overrides})
+
+
+TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "epochs": lambda x, w: v.integer(x, w, 1),
+    "batch_size": lambda x, w: v.integer(x, w, 1),
+    "optimizer": lambda x, w: v.choice(x, w, OPTIMIZERS),
+    "learning_rate": lambda x, w: v.number(x, w, 0.0, 10.0, low_open=True),
+    "momentum": lambda x, w: v.number(x, w, 0.0, 1.0, high_open=True),
+    "early_stopping_patience": lambda x, w: v.integer(x, w, 0),
+}
+
+
+def parse_train(value: Any, where: str, partial: bool = False) -> dict[str, Any]:
+    """Parse a `train:` block; `partial` allows a subset (per-design overrides)."""
+    block = v.keys(value, where, required=() if partial else TRAIN_KEYS, optional=TRAIN_KEYS if partial else ())
+    return {key: TRAIN_KEYS[key](block[key], v.join(where, key)) for key in block}
+
+
+@dataclass(frozen=True)
+class Design:
+    """One CNN design: a built-in name or a list of layers, with its own training overrides."""
+
+    name: str
+    layers: tuple[Layer, ...] | None  # None for builtins not expressible as layers (lenet5_classic)
+    builtin: str | None = None
+    student: bool = False
+    classic_output: str = "rbf"
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_layer(value: Any, where: str) -> Layer:
+    block = v.mapping(value, where)
+    kind = v.choice(block.get("type"), v.join(where, "type"), LAYER_OPTIONS)
+    schema = LAYER_OPTIONS[kind]
+    v.keys(block, where, required=["type"] + [k for k, (_, d) in schema.items() if d is REQUIRED],
+           optional=[k for k, (_, d) in schema.items() if d is not REQUIRED])
+    options = {}
+    for key, (check, default) in schema.items():
+        options[key] = check(block[key], v.join(where, key)) if key in block else default
+    return Layer(kind, options)
+
+
+def parse_layers(value: Any, where: str) -> tuple[Layer, ...]:
+    if not isinstance(value, list) or not value:
+        raise v.fail(where, "must be a non-empty list of layers", value)
+    return tuple(parse_layer(item, v.join(where, index)) for index, item in enumerate(value))
+
+
+def parse_design(name: str, value: Any, where: str) -> Design:
+    block = v.keys(value, where, optional=("builtin", "layers", "student", "output", "train"))
+    if ("builtin" in block) == ("layers" in block):
+        raise v.fail(where, "must have exactly one of builtin (a built-in design's name) or layers (a list)", dict(block))
+    overrides = parse_train(block["train"], v.join(where, "train"), partial=True) if "train" in block else {}
+    if "builtin" in block:
+        builtin = v.choice(block["builtin"], v.join(where, "builtin"), BUILTINS)
+        output = "rbf"
+        if "output" in block:
+            if builtin != "lenet5_classic":
+                raise v.ConfigError(f"{v.join(where, 'output')}: only lenet5_classic has an output option")
+            output = v.choice(block["output"], v.join(where, "output"), CLASSIC_OUTPUTS)
+        student = v.boolean(block.get("student", False), v.join(where, "student"))
+        layers = None if builtin == "lenet5_classic" else parse_layers(BUILTINS[builtin], f"builtin {builtin}")
+        return Design(name, layers, builtin, student, output, overrides)
+    if "output" in block:
+        raise v.ConfigError(f"{v.join(where, 'output')}: only lenet5_classic has an output option")
+    student = v.boolean(block.get("student", True), v.join(where, "student"))
+    return Design(name, parse_layers(block["layers"], v.join(where, "layers")), None, student, "rbf", overrides)
+
+
+def check_course_rule(layer_types: list[str], design: str) -> None:
+    """The course's rule for a student design: < 15 layers, >= 1 conv, >= 1 pooling, >= 1 dense.
+
+    `layer_types` are the layer-language types of the built model's layers (input excluded),
+    so the rule is checked on what was built, not on what was written.
+    """
+    problems = []
+    if len(layer_types) >= 15:
+        problems.append(f"has {len(layer_types)} layers, the rule allows at most 14")
+    for needed, name in ((CONVOLUTIONS, "convolution"), (POOLINGS, "pooling"), (DENSES, "dense")):
+        if not any(t in needed for t in layer_types):
+            problems.append(f"has no {name} layer")
+    if problems:
+        counted = ", ".join(f"{i + 1}:{t}" for i, t in enumerate(layer_types))
+        raise v.ConfigError(
+            f"models.{design}: breaks the course rule for student designs (fewer than 15 layers, at least one "
+            f"convolution, one pooling and one dense layer): it {'; '.join(problems)}. Layers counted: {counted}")
+
+
+def _conv(filters: int, kernel: int, **options: Any) -> dict[str, Any]:
+    return {"type": "conv", "filters": filters, "kernel": kernel, **options}
+
+
+def _dense(units: int | str, **options: Any) -> dict[str, Any]:
+    return {"type": "dense", "units": units, **options}
+
+
+_RELU_HE = {"activation": "relu", "initializer": "he_normal"}
+_SOFTMAX = _dense("classes", activation="softmax")
+
+# Built-in designs in the layer language (lenet5_classic needs layers of its own: see
+# pipeline/lenet5_classic.py). Each adapts to the dataset's input shape and class count.
+BUILTINS: dict[str, list[dict[str, Any]] | None] = {
+    # LeNet-5 as courses teach it today: ReLU, max-pooling, He init (Adam is in train:).
+    "lenet5_modern": [
+        _conv(6, 5, padding="same", **_RELU_HE),
+        {"type": "maxpool", "pool": 2, "strides": 2},
+        _conv(16, 5, padding="valid", **_RELU_HE),
+        {"type": "maxpool", "pool": 2, "strides": 2},
+        {"type": "flatten"},
+        _dense(120, **_RELU_HE),
+        _dense(84, **_RELU_HE),
+        _SOFTMAX,
+    ],
+    # Dive into Deep Learning's LeNet: sigmoid, average pooling, padding 2 on 28x28 input.
+    "lenet5_d2l": [
+        _conv(6, 5, padding="same", activation="sigmoid"),
+        {"type": "avgpool", "pool": 2, "strides": 2},
+        _conv(16, 5, activation="sigmoid"),
+        {"type": "avgpool", "pool": 2, "strides": 2},
+        {"type": "flatten"},
+        _dense(120, activation="sigmoid"),
+        _dense(84, activation="sigmoid"),
+        _SOFTMAX,
+    ],
+    # The course primer's small CNN.
+    "cnn_primer": [
+        _conv(64, 2, padding="same", activation="relu"),
+        {"type": "maxpool", "pool": 2},
+        _conv(32, 2, padding="same", activation="relu"),
+        {"type": "maxpool", "pool": 2},
+        {"type": "dropout", "rate": 0.3},
+        {"type": "flatten"},
+        _dense(256, activation="relu"),
+        {"type": "dropout", "rate": 0.5},
+        _SOFTMAX,
+    ],
+    # Hands-On Machine Learning's Fashion-MNIST CNN (chapter 14).
+    "cnn_homl": [
+        _conv(64, 7, padding="same", **_RELU_HE),
+        {"type": "maxpool", "pool": 2},
+        _conv(128, 3, padding="same", **_RELU_HE),
+        _conv(128, 3, padding="same", **_RELU_HE),
+        {"type": "maxpool", "pool": 2},
+        _conv(256, 3, padding="same", **_RELU_HE),
+        _conv(256, 3, padding="same", **_RELU_HE),
+        {"type": "maxpool", "pool": 2},
+        {"type": "flatten"},
+        _dense(128, **_RELU_HE),
+        {"type": "dropout", "rate": 0.5},
+        _dense(64, **_RELU_HE),
+        {"type": "dropout", "rate": 0.5},
+        _SOFTMAX,
+    ],
+    # LeCun et al. 1998, faithfully: scaled tanh, trainable subsampling, C3 table, RBF output.
+    "lenet5_classic": None,
+}
