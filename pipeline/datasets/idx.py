@@ -1,0 +1,61 @@
+"""Reader for the IDX format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/).
+
+An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of
+dimensions), one big-endian uint32 per dimension, then the data. Every field is checked,
+so a corrupt or truncated file fails with a message naming it instead of producing
+garbage arrays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+_UBYTE = 0x08
+
+
+class IdxFormatError(ValueError):
+    """An IDX file is corrupt, truncated or not what the caller expected."""
+
+
+def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
+    """Read a (possibly gzipped) IDX file of unsigned bytes with `expected_dims` dimensions."""
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:
+        raise IdxFormatError(f"{path}: cannot decompress ({error}); the file is corrupt or truncated, "
+                             "delete it and run the download stage again") from error
+    if len(raw) < 4:
+        raise IdxFormatError(f"{path}: {len(raw)} bytes is too short for an IDX header")
+    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != _UBYTE:
+        raise IdxFormatError(f"{path}: bad magic number 0x{raw[:4].hex()}; expected 0x0000{_UBYTE:02x}{expected_dims:02x} "
+                             "(an IDX file of unsigned bytes)")
+    if dims != expected_dims:
+        raise IdxFormatError(f"{path}: has {dims} dimensions, expected {expected_dims}")
+    header = 4 + 4 * dims
+    if len(raw) < header:
+        raise IdxFormatError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
+    shape = struct.unpack(f">{dims}I", raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise IdxFormatError(f"{path}: header promises shape {shape} = {expected} bytes of data, "
+                             f"found {len(raw) - header}; the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_images_and_labels(images: Path, labels: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A pair of IDX files as (N, H, W, 1) uint8 images and int64 labels, cross-checked."""
+    x = read_idx(images, 3)
+    y = read_idx(labels, 1)
+    if len(x) != len(y):
+        raise IdxFormatError(f"{images.name} holds {len(x)} images but {labels.name} holds {len(y)} labels")
+    if y.size and int(y.max()) >= num_classes:
+        bad = int(np.argmax(y >= num_classes))
+        raise IdxFormatError(f"{labels}: label {int(y[bad])} at index {bad} is out of range 0..{num_classes - 1}")
+    return x[..., np.newaxis], y.astype(np.int64)

@@ -1,0 +1,93 @@
+"""Stage `split@<dataset>`: decode the official files, then a seeded, stratified train/val split.
+
+The official test set stays the test set. Validation is drawn from the official training
+set, stratified by class; where images come in groups of near-duplicates (GTSRB's tracks)
+whole groups go to one side, or validation accuracy would measure memory, not learning.
+Outputs compact uint8 arrays (`np.load(..., allow_pickle=False)`) and per-class counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline import files, tracking
+from pipeline.config import load_params
+from pipeline.datasets import RawData, get
+from pipeline.progress import setup_logging
+
+log = logging.getLogger("pipeline.split")
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) indices into the official training set, stratified and seeded."""
+    if groups is not None:
+        from pipeline.datasets.gtsrb_reader import track_split
+
+        return track_split(labels, groups, val_fraction, seed)
+    indices = np.arange(len(labels))
+    train, val = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(val)
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+def split_dataset(raw: RawData, val_fraction: float, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    train_idx, val_idx = split_indices(raw.train_y, raw.train_groups, val_fraction, seed)
+    groups = raw.train_groups if raw.train_groups is not None else np.arange(len(raw.train_y))
+    return {
+        "train": {"x": raw.train_x[train_idx], "y": raw.train_y[train_idx], "groups": groups[train_idx]},
+        "val": {"x": raw.train_x[val_idx], "y": raw.train_y[val_idx], "groups": groups[val_idx]},
+        "test": {"x": raw.test_x, "y": raw.test_y, "groups": np.full(len(raw.test_y), -1, dtype=np.int64)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    args = parser.parse_args(argv)
+    setup_logging()
+    params = load_params()
+    spec = get(args.dataset)
+    settings = params.dataset(spec.key)
+
+    log.info("decoding %s from data/raw/%s", spec.title, spec.key)
+    raw = spec.read(Path("data/raw") / spec.key, settings.options)
+    splits = split_dataset(raw, settings.val_fraction, params.seed)
+    counts = {name: class_counts(split["y"], spec.num_classes) for name, split in splits.items()}
+    meta = {
+        "dataset": spec.key,
+        "class_names": list(spec.class_names),
+        "image_shape": list(raw.train_x.shape[1:]),
+        "sizes": {name: int(len(split["y"])) for name, split in splits.items()},
+        "val_fraction": settings.val_fraction,
+        "seed": params.seed,
+        "grouped_by": "track" if raw.train_groups is not None else None,
+    }
+    with files.atomic_directory(Path("data/split") / spec.key) as out:
+        for name, split in splits.items():
+            files.save_arrays(out / f"{name}.npz", **split)
+        files.write_json(out / "counts.json", {"class_names": list(spec.class_names), **counts})
+        files.write_json(out / "meta.json", meta)
+    log.info("split %s: %s", spec.key, ", ".join(f"{k} {v}" for k, v in meta["sizes"].items()))
+
+    with tracking.stage_run(params, spec.key, "split"):
+        tracking.log_params({"val_fraction": settings.val_fraction, "options": settings.options,
+                             "image_shape": meta["image_shape"], "grouped_by": meta["grouped_by"]})
+        tracking.log_metrics({f"size_{name}": size for name, size in meta["sizes"].items()})
+        tracking.log_metrics({f"class_min_{name}": min(c) for name, c in counts.items()})
+        tracking.log_artifact(Path("data/split") / spec.key / "counts.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
