@@ -1,0 +1,143 @@
+"""Stage `evaluate@<dataset>-<design>`: measure the trained model on the official test set.
+
+Writes metrics/<dataset>/<design>/evaluate.json (test loss and accuracy, macro scores) and
+per_class.json, plots/<dataset>/<design>/confusion.csv (DVC's confusion template) and
+PNG figures: learning curves, confusion matrices (counts and row-normalized), sample
+predictions, the most confident mistakes, first-layer filters and feature maps. All of it
+goes into the MLflow run that train opened, so one run holds the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+from pipeline import figures, files, tracking
+from pipeline.config import load_params
+from pipeline.progress import setup_logging
+from pipeline.train import load_split, output_dirs
+
+log = logging.getLogger("pipeline.evaluate")
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
+    labels = list(range(len(class_names)))
+    report = classification_report(y_true, y_pred, labels=labels, target_names=class_names, output_dict=True,
+                                   zero_division=0)
+    return {name: {k: float(v) for k, v in report[name].items()} for name in class_names}
+
+
+def to_pixels(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """Undo the normalization so figures show the images as people see them."""
+    scale, offset = np.asarray(stats["scale"], np.float32), np.asarray(stats["offset"], np.float32)
+    return np.clip(np.rint((x - offset) / scale), 0, 255).astype(np.uint8)
+
+
+def pick_samples(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, count: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random sample of test images, and the most confident mistakes."""
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(y_true), size=min(count, len(y_true)), replace=False))
+    wrong = np.flatnonzero(y_pred != y_true)
+    mistakes = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    return sample, mistakes
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list[str], batch_size: int) -> dict:
+    loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    y_pred = probabilities.argmax(axis=1)
+    return {
+        "metrics": {"test_loss": float(loss), "test_accuracy": float(accuracy),
+                    "test_macro_f1": float(f1_score(y, y_pred, average="macro")),
+                    "test_errors": int((y_pred != y).sum()), "test_images": int(len(y))},
+        "per_class": per_class_report(y, y_pred, class_names),
+        "confusion": confusion_matrix(y, y_pred, labels=list(range(len(class_names)))),
+        "y_pred": y_pred,
+        "confidence": probabilities.max(axis=1),
+    }
+
+
+def first_conv(model: keras.Model) -> keras.layers.Layer | None:
+    for layer in model.layers:
+        if layer.weights and len(layer.weights[0].shape) == 4:
+            return layer
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("design")
+    args = parser.parse_args(argv)
+    setup_logging()
+    params = load_params()
+    params.dataset(args.dataset)
+    params.design(args.design)
+    import pipeline.lenet5_classic  # noqa: F401  registers the classic layers for loading
+
+    out = output_dirs(args.dataset, args.design)
+    run = files.read_json(out["model"] / "run.json")
+    model = keras.models.load_model(out["model"] / "model.keras")
+    meta = files.read_json(Path("data/normalized") / args.dataset / "meta.json")
+    stats = files.read_json(Path("data/normalized") / args.dataset / "stats.json")
+    class_names = meta["class_names"]
+    x, y = load_split(args.dataset, "test")
+    result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
+    log.info("%s on %s: test accuracy %.4f, loss %.4f", args.design, args.dataset,
+             result["metrics"]["test_accuracy"], result["metrics"]["test_loss"])
+
+    history = list(csv.DictReader(open(out["plots"] / "history.csv", encoding="utf-8")))
+    history = [{k: float(v) for k, v in row.items()} for row in history]
+    title = f"{args.design} on {args.dataset}"
+    pixels = to_pixels(x, stats)
+    sample, mistakes = pick_samples(y, result["y_pred"], result["confidence"], params.evaluate.sample_images,
+                                    params.seed)
+    pngs = {
+        "learning_curves.png": figures.learning_curves(history, title),
+        "confusion.png": figures.confusion_matrix(result["confusion"], class_names, f"{title}: counts", False),
+        "confusion_normalized.png": figures.confusion_matrix(result["confusion"], class_names,
+                                                             f"{title}: row-normalized (recall)", True),
+        "samples.png": figures.image_grid(pixels[sample], y[sample], result["y_pred"][sample],
+                                          result["confidence"][sample], class_names, f"{title}: test samples"),
+        "mistakes.png": figures.image_grid(pixels[mistakes], y[mistakes], result["y_pred"][mistakes],
+                                           result["confidence"][mistakes], class_names,
+                                           f"{title}: most confident mistakes"),
+    }
+    conv = first_conv(model)
+    if conv is not None:
+        kernel = keras.ops.convert_to_numpy(conv.weights[0])
+        pngs["filters.png"] = figures.filters(kernel, f"{title}: first-layer filters ({conv.name})")
+        probe = keras.Model(model.inputs, conv.output)
+        maps = keras.ops.convert_to_numpy(probe(x[:1]))[0]
+        pngs["feature_maps.png"] = figures.feature_maps(pixels[0], maps, f"{title}: {conv.name} on test image 0")
+    for name, figure in pngs.items():
+        figures.save(figure, out["plots"] / name)
+    with files.atomic_file(out["plots"] / "confusion.csv", "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
+    files.write_json(out["metrics"] / "evaluate.json", result["metrics"])
+    files.write_json(out["metrics"] / "per_class.json", result["per_class"])
+
+    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"]):
+        tracking.log_metrics(result["metrics"])
+        tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
+                              for i, s in enumerate(result["per_class"].values())})
+        for name in pngs:
+            tracking.log_artifact(out["plots"] / name, "figures")
+        tracking.log_artifact(out["metrics"] / "per_class.json", "reports")
+        tracking.log_artifact(out["plots"] / "confusion.csv", "reports")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

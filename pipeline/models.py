@@ -1,0 +1,100 @@
+"""Validated designs (pipeline.designs) -> compiled Keras models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from pipeline.designs import Design, Layer, TrainSettings, check_course_rule
+
+# Keras layer class -> layer-language type, to check the course rule on the built model.
+LAYER_TYPES = {
+    "Conv2D": "conv", "MaxPooling2D": "maxpool", "AveragePooling2D": "avgpool",
+    "GlobalAveragePooling2D": "globalavgpool", "GlobalMaxPooling2D": "globalmaxpool", "Flatten": "flatten",
+    "Dense": "dense", "Dropout": "dropout", "BatchNormalization": "batchnorm", "Activation": "activation",
+    # lenet5_classic's own layers count as what they are in the paper
+    "PartiallyConnectedConv2D": "conv", "TrainableSubsampling": "avgpool", "EuclideanRBF": "dense",
+}
+
+
+def _activation(name: str) -> Any:
+    if name == "scaled_tanh":
+        from pipeline.lenet5_classic import scaled_tanh
+
+        return scaled_tanh
+    return None if name == "linear" else name
+
+
+def keras_layer(layer: Layer, num_classes: int, name: str) -> keras.layers.Layer:
+    o = layer.options
+    if layer.type == "conv":
+        return keras.layers.Conv2D(o["filters"], o["kernel"], strides=o["strides"], padding=o["padding"],
+                                   activation=_activation(o["activation"]), kernel_initializer=o["initializer"],
+                                   use_bias=o["use_bias"], name=name)
+    if layer.type in ("maxpool", "avgpool"):
+        cls = keras.layers.MaxPooling2D if layer.type == "maxpool" else keras.layers.AveragePooling2D
+        return cls(o["pool"], strides=o["strides"], padding=o["padding"], name=name)
+    if layer.type == "globalavgpool":
+        return keras.layers.GlobalAveragePooling2D(name=name)
+    if layer.type == "globalmaxpool":
+        return keras.layers.GlobalMaxPooling2D(name=name)
+    if layer.type == "flatten":
+        return keras.layers.Flatten(name=name)
+    if layer.type == "dense":
+        units = num_classes if o["units"] == "classes" else o["units"]
+        return keras.layers.Dense(units, activation=_activation(o["activation"]), kernel_initializer=o["initializer"],
+                                  use_bias=o["use_bias"], name=name)
+    if layer.type == "dropout":
+        return keras.layers.Dropout(o["rate"], name=name)
+    if layer.type == "batchnorm":
+        return keras.layers.BatchNormalization(momentum=o["momentum"], epsilon=o["epsilon"], name=name)
+    if layer.type == "activation":
+        return keras.layers.Activation(_activation(o["activation"]) or "linear", name=name)
+    raise ValueError(f"no Keras layer for layer type {layer.type!r}")
+
+
+def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
+    """The design as an (uncompiled) Keras model; weights initialised from `seed`.
+
+    Student designs are checked against the course rule on the built model.
+    """
+    keras.utils.set_random_seed(seed)
+    if design.layers is None:
+        from pipeline.lenet5_classic import build_lenet5_classic
+
+        model = build_lenet5_classic(tuple(input_shape), num_classes, output=design.classic_output, seed=seed)
+    else:
+        inputs = keras.Input(shape=tuple(input_shape), name="image")
+        x = inputs
+        for index, layer in enumerate(design.layers):
+            x = keras_layer(layer, num_classes, f"{index + 1:02d}_{layer.type}")(x)
+        model = keras.Model(inputs, x, name=design.name)
+    if design.student:
+        check_course_rule(layer_types(model), design.name)
+    return model
+
+
+def layer_types(model: keras.Model) -> list[str]:
+    return [LAYER_TYPES.get(type(layer).__name__, type(layer).__name__.lower())
+            for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def make_optimizer(settings: TrainSettings) -> keras.optimizers.Optimizer:
+    if settings.optimizer == "adam":
+        return keras.optimizers.Adam(settings.learning_rate)
+    if settings.optimizer == "adamw":
+        return keras.optimizers.AdamW(settings.learning_rate)
+    if settings.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(settings.learning_rate, momentum=settings.momentum)
+    return keras.optimizers.SGD(settings.learning_rate, momentum=settings.momentum)
+
+
+def compile_model(model: keras.Model, design: Design, settings: TrainSettings) -> keras.Model:
+    loss: Any = "sparse_categorical_crossentropy"
+    if design.builtin == "lenet5_classic":
+        from pipeline.lenet5_classic import loss_for
+
+        loss = loss_for(design.classic_output)
+    model.compile(optimizer=make_optimizer(settings), loss=loss, metrics=["accuracy"])
+    return model

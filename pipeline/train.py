@@ -1,0 +1,154 @@
+"""Stage `train@<dataset>-<design>`: build a design from params, fit it, save it and its history.
+
+Outputs: models/<dataset>/<design>/ (model.keras, summary.txt, run.json with the MLflow run
+id that evaluate continues), plots/<dataset>/<design>/history.csv (per-epoch loss and
+accuracy, train and validation) and metrics/<dataset>/<design>/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import files, tracking
+from pipeline.config import Params, load_params
+from pipeline.models import build_model, compile_model
+from pipeline.progress import is_tty, setup_logging
+
+log = logging.getLogger("pipeline.train")
+
+
+def load_split(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    arrays = files.load_arrays(Path("data/normalized") / dataset / f"{name}.npz")
+    return arrays["x"], arrays["y"]
+
+
+def output_dirs(dataset: str, design: str) -> dict[str, Path]:
+    return {"model": Path("models") / dataset / design, "plots": Path("plots") / dataset / design,
+            "metrics": Path("metrics") / dataset / design}
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One readable line per epoch (CI logs are not TTYs), and the epoch's metrics to MLflow."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        self.seconds.append(time.perf_counter() - self.started)
+        log.info("epoch %d/%d %.1fs  %s", epoch + 1, self.epochs, self.seconds[-1],
+                 "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
+        tracking.log_metrics({**logs, "epoch_seconds": self.seconds[-1]}, step=epoch + 1)
+
+
+def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
+    design = params.design(design_name)
+    settings = params.train_settings(design_name)
+    meta = files.read_json(Path("data/normalized") / dataset / "meta.json")
+    x_train, y_train = load_split(dataset, "train")
+    x_val, y_val = load_split(dataset, "val")
+
+    tf.config.experimental.enable_op_determinism()  # same params + seed -> same weights and metrics
+    model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), params.seed),
+                          design, settings)
+    summary = io.StringIO()
+    model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+    log.info("%s on %s: %d parameters, %d train / %d val images, %s", design_name, dataset, model.count_params(),
+             len(y_train), len(y_val), settings)
+
+    epoch_log = EpochLog(settings.epochs)
+    callbacks = [epoch_log]
+    if settings.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=settings.early_stopping_patience,
+                                                       restore_best_weights=True))
+    started = time.perf_counter()
+    history = model.fit(x_train, y_train, batch_size=settings.batch_size, epochs=settings.epochs,
+                        validation_data=(x_val, y_val), shuffle=True, callbacks=callbacks,
+                        verbose=1 if is_tty() else 0)
+    train_seconds = time.perf_counter() - started
+    rows = [{"epoch": epoch + 1, **{k: float(v[epoch]) for k, v in history.history.items() if k != "learning_rate"},
+             "seconds": epoch_log.seconds[epoch]} for epoch in range(len(history.epoch))]
+    return {"model": model, "summary": summary.getvalue(), "history": rows, "settings": settings, "meta": meta,
+            "x_example": x_val[:5], "metrics": {
+                "train_seconds": train_seconds,
+                "epochs_run": len(rows),
+                "params": int(model.count_params()),
+                "best_val_accuracy": max(r["val_accuracy"] for r in rows),
+                "final_val_accuracy": rows[-1]["val_accuracy"],
+                "final_train_accuracy": rows[-1]["accuracy"],
+                "images_per_second": len(y_train) * len(rows) / sum(epoch_log.seconds),
+            }}
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    with files.atomic_file(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("design")
+    args = parser.parse_args(argv)
+    setup_logging()
+    params = load_params()
+    params.dataset(args.dataset)
+    design = params.design(args.design)
+    out = output_dirs(args.dataset, args.design)
+
+    with tracking.stage_run(params, args.dataset, "train", model=args.design) as run_id:
+        tracking.log_params({"dataset": args.dataset, "design": args.design,
+                             "train": params.train_settings(args.design).__dict__,
+                             "design_spec": params.raw["models"][args.design],
+                             "normalize": params.raw["normalize"], "builtin": design.builtin or "none"})
+        result = train(params, args.dataset, args.design)
+        model = result["model"]
+        with files.atomic_directory(out["model"]) as tmp:
+            model.save(tmp / "model.keras")
+            (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
+            files.write_json(tmp / "run.json", {"run_id": run_id, "dataset": args.dataset, "design": args.design,
+                                                "input_shape": result["meta"]["input_shape"]})
+        write_history(out["plots"] / "history.csv", result["history"])
+        files.write_json(out["metrics"] / "train.json", result["metrics"])
+        tracking.log_metrics({k: v for k, v in result["metrics"].items()})
+        tracking.log_text(result["summary"], "model_summary.txt")
+        tracking.log_artifact(out["plots"] / "history.csv")
+        log_model(model, result["x_example"])
+    log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
+             result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])
+    return 0
+
+
+def log_model(model: Any, example: np.ndarray) -> None:
+    """The model in MLflow's Keras flavour, with the input/output signature users call it with."""
+    if not tracking.enabled():
+        return
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=[])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
