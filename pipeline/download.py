@@ -1,26 +1,27 @@
 """Stage `download@<dataset>`: fetch a dataset's official files and verify them.
 
 Sources are tried in order, for each file, until one gives a file that verifies:
-  1. the dataset's own source (`datasets.<key>.source`, or env PIPELINE_SOURCE_<KEY>):
+  1. the dataset's own source (env PIPELINE_SOURCE_<KEY>, else `datasets.<key>.source`):
      a folder or URL holding the dataset's files directly;
   2. the mirror (env PIPELINE_DATA_MIRROR, else `download.mirror`): a folder or URL
      with one subfolder per dataset key (`mnist/`, `fashion_mnist/`, `gtsrb/`);
   3. the official hosts, then known public mirrors (listed in each dataset module).
 
 Verification policy:
-  - any source: the published md5 of the file, or, for `.gz` files, the published md5
-    of the decompressed payload (so a recompressed copy such as Debian's is accepted on
-    its content);
+  - any source: the published md5 (and size) of the file, or, for `.gz` files, the
+    published md5 of the decompressed payload (so a recompressed copy such as Debian's
+    is accepted on its content, while a corrupt one is still rejected);
   - a local folder only, and only with `download.accept_local_repacks: true`: a file
     whose md5 is listed in an `MD5SUMS` file beside it (in its folder, or in the folder
-    above as `<key>/<file>`). This admits a user's own repackaged copy (e.g. the
+    above as `<folder name>/<file>`). This admits a user's own repackaged copy (e.g. the
     downscaled GTSRB in ../shared/datasets) whose integrity its owner vouches for. It is
     recorded as `repacked` in the manifest and logged as a warning. Files fetched over
     the network never get this exception: they match the official checksums or are
     rejected.
 
-Each file is written to a temporary name and renamed into place only once verified;
-a file already present and matching the manifest is not fetched again.
+Each file is written to a temporary name and renamed into place only once verified, so
+`data/raw/<key>` never holds a partial or unverified file. A file already present that
+verifies is not fetched again; one that does not is deleted and fetched again.
 """
 
 from __future__ import annotations
@@ -28,33 +29,42 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import http.client
 import logging
 import os
-import shutil
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from pipeline import files, tracking
-from pipeline.config import Params, load_params
+from pipeline.config import load_params
 from pipeline.datasets import DatasetSpec, RemoteFile, get
 from pipeline.progress import bar, setup_logging
 
 log = logging.getLogger("pipeline.download")
 MIRROR_ENV = "PIPELINE_DATA_MIRROR"
 MANIFEST = "MANIFEST.json"
+MD5SUMS = "MD5SUMS"
 CHUNK = 1 << 20
+REPACKED = "repacked (listed in the source's MD5SUMS)"
 
 
 class DownloadError(RuntimeError):
     """No source gave a verified copy of a file."""
 
 
+class FetchError(OSError):
+    """One source could not deliver a file; the message says why, for the final report."""
+
+
 @dataclass(frozen=True)
 class Source:
-    label: str  # e.g. "mirror (PIPELINE_DATA_MIRROR)"
+    label: str  # where the source was configured, e.g. "mirror (PIPELINE_DATA_MIRROR)"
     base: str  # folder path or URL prefix, ending where the file names start
 
     @property
@@ -69,24 +79,31 @@ def source_env_var(key: str) -> str:
     return f"PIPELINE_SOURCE_{key.upper()}"
 
 
-def sources_for(spec: DatasetSpec, params: Params) -> list[Source]:
-    """The ordered list of places to look for `spec`'s files."""
+def sources_for(spec: DatasetSpec, dataset_source: str | None, mirror: str | None,
+                environ: Mapping[str, str] = os.environ) -> list[Source]:
+    """The ordered places to look for `spec`'s files; environment variables win over params.
+
+    `dataset_source` and `mirror` are the params values (`datasets.<key>.source`,
+    `download.mirror`); relative folders are relative to the project root.
+    """
     found: list[Source] = []
     own_env = source_env_var(spec.key)
-    if os.environ.get(own_env):
-        found.append(Source(f"dataset source ({own_env})", _local_or_url(os.environ[own_env])))
-    elif params.dataset(spec.key).source:
-        found.append(Source(f"dataset source (datasets.{spec.key}.source)", _local_or_url(params.dataset(spec.key).source)))
-    if os.environ.get(MIRROR_ENV):
-        found.append(Source(f"mirror ({MIRROR_ENV})", _join(_local_or_url(os.environ[MIRROR_ENV]), spec.key)))
-    elif params.download.mirror:
-        found.append(Source("mirror (download.mirror)", _join(_local_or_url(params.download.mirror), spec.key)))
+    if environ.get(own_env):
+        found.append(Source(f"dataset source ({own_env})", _local_or_url(environ[own_env])))
+    elif dataset_source:
+        found.append(Source(f"dataset source (datasets.{spec.key}.source)", _local_or_url(dataset_source)))
+    if environ.get(MIRROR_ENV):
+        found.append(Source(f"mirror ({MIRROR_ENV})", _join(_local_or_url(environ[MIRROR_ENV]), spec.key)))
+    elif mirror:
+        found.append(Source("mirror (download.mirror)", _join(_local_or_url(mirror), spec.key)))
     for index, url in enumerate(spec.urls):
         found.append(Source("official host" if index == 0 else "known mirror", url))
     return found
 
 
 def _local_or_url(location: str) -> str:
+    if location.startswith("file://"):  # a folder written as a URL is still a local folder
+        return urllib.request.url2pathname(urllib.parse.urlparse(location).path)
     return location if "://" in location else str(files.resolve(location))
 
 
@@ -97,144 +114,213 @@ def _join(base: str, key: str) -> str:
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    how: str  # "official md5", "official payload md5", "repacked (MD5SUMS)", or why it was rejected
+    how: str  # "official md5", "official payload md5", REPACKED, or why it was rejected
     md5: str
 
 
-def verify(path: Path, remote: RemoteFile, local_sums: dict[str, str] | None, accept_repacks: bool) -> Verdict:
-    """Check a fetched file against the policy in the module docstring."""
+def verify(path: Path, remote: RemoteFile, local_sums: Mapping[str, str] | None, accept_repacks: bool) -> Verdict:
+    """Check a file against the policy in the module docstring.
+
+    `local_sums` is the source folder's MD5SUMS (None for network sources: they never
+    get the repack exception).
+    """
     md5 = files.md5_of(path)
-    if md5 == remote.md5:
+    size = path.stat().st_size
+    if md5 == remote.md5 and (remote.size is None or size == remote.size):
         return Verdict(True, "official md5", md5)
-    if remote.payload_md5 and remote.name.endswith(".gz"):
-        payload = _payload_md5(path)
-        if payload == remote.payload_md5:
-            return Verdict(True, "official payload md5", md5)
+    if remote.payload_md5 and remote.name.endswith(".gz") and _payload_md5(path) == remote.payload_md5:
+        return Verdict(True, "official payload md5", md5)
     if local_sums is not None and local_sums.get(remote.name) == md5:
         if accept_repacks:
-            return Verdict(True, "repacked (listed in the source's MD5SUMS)", md5)
-        return Verdict(False, f"md5 {md5} is not the official {remote.md5}; the source's MD5SUMS lists it as a "
+            return Verdict(True, REPACKED, md5)
+        return Verdict(False, f"md5 {md5} is not the official {remote.md5}; the source's {MD5SUMS} lists it as a "
                               "repacked copy, set download.accept_local_repacks: true to accept it", md5)
-    reason = f"md5 {md5}, expected the official {remote.md5}"
+    reason = f"{size} bytes with md5 {md5}, expected the official "
+    reason += f"{remote.size} bytes with md5 {remote.md5}" if remote.size is not None else f"md5 {remote.md5}"
     if remote.payload_md5:
-        reason += f" (or a decompressed payload with md5 {remote.payload_md5})"
+        reason += f" (or a gzip whose decompressed payload has md5 {remote.payload_md5})"
     return Verdict(False, reason, md5)
 
 
 def _payload_md5(path: Path) -> str | None:
+    """md5 of a gzip file's decompressed content; None when it is not a valid gzip."""
     digest = hashlib.md5(usedforsecurity=False)
     try:
         with gzip.open(path, "rb") as handle:
             while block := handle.read(CHUNK):
                 digest.update(block)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
     return digest.hexdigest()
 
 
-def read_md5sums(folder: Path, key: str) -> dict[str, str]:
-    """File name -> md5 from an MD5SUMS in `folder` or (as `<key>/<name>`) in its parent."""
+def read_md5sums(folder: Path) -> dict[str, str]:
+    """File name -> md5 from `md5sum`-style lists: `folder/MD5SUMS`, or the parent's as `<folder name>/<file>`.
+
+    The parent's list is keyed by the folder's own name so that it only ever vouches for
+    files in this very folder (that is what `md5sum */*` run in the parent writes).
+    """
     sums: dict[str, str] = {}
-    for manifest, prefix in ((folder.parent / "MD5SUMS", f"{key}/"), (folder / "MD5SUMS", "")):
-        if manifest.is_file():
-            for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
-                parts = line.split(maxsplit=1)
-                if len(parts) == 2 and parts[1].lstrip("*").startswith(prefix):
-                    sums[parts[1].lstrip("*")[len(prefix):]] = parts[0].lower()
+    # The folder's own list is read last, so it wins where both list a file.
+    for listing, prefix in ((folder.parent / MD5SUMS, f"{folder.name}/"), (folder / MD5SUMS, "")):
+        if not listing.is_file():
+            continue
+        for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                continue
+            md5, name = parts[0].lower(), parts[1].strip().lstrip("*")  # `*name` marks binary mode
+            name = name.removeprefix("./")
+            if name.startswith(prefix) and "/" not in name[len(prefix):]:
+                sums[name[len(prefix):]] = md5
     return sums
 
 
-def fetch_to(source: Source, remote: RemoteFile, target: Path, timeout: float) -> None:
-    """Copy or download one file to `target` (a temporary path), with a progress bar."""
-    location = source.location(remote.name)
-    if not source.is_url:
-        if not Path(location).is_file():
-            raise FileNotFoundError(f"{location} does not exist")
-        size = Path(location).stat().st_size
-        with open(location, "rb") as src, open(target, "wb") as dst, bar(size, remote.name, "B") as progress:
-            while block := src.read(CHUNK):
-                dst.write(block)
-                progress.update(len(block))
-        return
-    request = urllib.request.Request(location, headers={"User-Agent": "cnn-pipeline/0.1"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http/https only, checked)
-        expected = response.headers.get("Content-Length")
-        expected = int(expected) if expected and expected.isdigit() else remote.size
-        received = 0
-        with open(target, "wb") as dst, bar(expected, remote.name, "B") as progress:
-            while block := response.read(CHUNK):
-                dst.write(block)
-                received += len(block)
-                progress.update(len(block))
-    if expected is not None and received < expected:
-        raise OSError(f"transfer truncated: received {received} of {expected} bytes")
+def fetch_to(location: str, target: Path, size_hint: int | None, timeout: float) -> None:
+    """Copy a local file or download a URL to `target`, with a progress bar; FetchError says why not."""
+    name = location.rsplit("/", 1)[-1]
+    try:
+        if "://" not in location:
+            source = Path(location)
+            if not source.is_file():
+                raise FetchError("no such file")
+            with open(source, "rb") as src:
+                _copy(src, target, source.stat().st_size, name)
+            return
+        if not location.startswith(("http://", "https://")):
+            raise FetchError("only http(s) URLs and local folders are supported")
+        request = urllib.request.Request(location, headers={"User-Agent": "cnn-pipeline/0.1"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
+            length = response.headers.get("Content-Length")
+            promised = int(length) if length and length.isdigit() else None
+            received = _copy(response, target, promised or size_hint, name)
+        # http.client returns a short body without complaint when the server closes early.
+        if promised is not None and received < promised:
+            raise FetchError(f"transfer truncated: received {received} of {promised} bytes")
+    except FetchError:
+        raise
+    except urllib.error.HTTPError as error:
+        raise FetchError(f"HTTP {error.code} {error.reason}") from error
+    except urllib.error.URLError as error:
+        raise FetchError(f"cannot connect: {error.reason}") from error
+    except TimeoutError as error:
+        raise FetchError(f"timed out after {timeout:g} s") from error
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise FetchError(f"{type(error).__name__}: {error}") from error
+
+
+def _copy(stream: Any, target: Path, total: int | None, name: str) -> int:
+    """Stream to `target`, flushed to disk (it is renamed into place next); returns the bytes written."""
+    written = 0
+    with open(target, "wb") as out, bar(total, name, "B") as progress:
+        while block := stream.read(CHUNK):
+            out.write(block)
+            written += len(block)
+            progress.update(len(block))
+        out.flush()
+        os.fsync(out.fileno())
+    return written
 
 
 def fetch_file(remote: RemoteFile, sources: list[Source], out_dir: Path, key: str, accept_repacks: bool,
-               timeout: float) -> dict[str, str]:
+               timeout: float) -> dict[str, Any]:
     """Try every source in order; return the manifest entry of the first verified copy."""
     tried: list[str] = []
+    target = out_dir / remote.name
+    tmp = out_dir / f".{remote.name}.{os.getpid()}.part"  # hidden, and unique per process
     for source in sources:
-        if source.is_url and not source.base.startswith(("http://", "https://")):
-            tried.append(f"  - {source.label} {source.base}: only http(s) URLs are supported")
-            continue
         location = source.location(remote.name)
-        tmp = out_dir / f".{remote.name}.part"
         try:
-            fetch_to(source, remote, tmp, timeout)
-            local_sums = None if source.is_url else read_md5sums(Path(source.base), key)
+            fetch_to(location, tmp, remote.size, timeout)
+            local_sums = None if source.is_url else read_md5sums(Path(source.base))
             verdict = verify(tmp, remote, local_sums, accept_repacks)
             if not verdict.ok:
                 tried.append(f"  - {source.label} {location}: rejected, {verdict.how}")
                 log.warning("%s from %s rejected: %s", remote.name, location, verdict.how)
                 continue
-            os.replace(tmp, out_dir / remote.name)
-            if verdict.how.startswith("repacked"):
-                log.warning("%s: accepted a repacked local copy (md5 %s, not the official %s): results on it "
-                            "are not comparable with the official files", remote.name, verdict.md5, remote.md5)
-            log.info("%s: %s verified by %s", remote.name, location, verdict.how)
-            return {"md5": verdict.md5, "bytes": (out_dir / remote.name).stat().st_size, "verified_by": verdict.how,
-                    "source": location}
-        except (OSError, urllib.error.URLError, ValueError) as error:
-            reason = getattr(error, "reason", None) or error
-            tried.append(f"  - {source.label} {location}: {reason}")
-            log.info("%s: %s failed: %s", remote.name, location, reason)
+            os.replace(tmp, target)
+        except FetchError as error:
+            tried.append(f"  - {source.label} {location}: {error}")
+            log.info("%s: %s failed: %s", remote.name, location, error)
+            continue
         finally:
             tmp.unlink(missing_ok=True)
+        if verdict.how == REPACKED:
+            log.warning("%s: accepted a repacked local copy (md5 %s, not the official %s): results on it "
+                        "are not comparable with results on the official files", remote.name, verdict.md5, remote.md5)
+        log.info("%s: %s verified by %s", remote.name, location, verdict.how)
+        return {"md5": verdict.md5, "bytes": target.stat().st_size, "verified_by": verdict.how, "source": location}
     raise DownloadError(
         f"could not get a verified copy of {key}/{remote.name}. Sources tried, in order:\n" + "\n".join(tried) +
         f"\nWithout internet access, point the pipeline at a copy of the data: set {MIRROR_ENV}=/path/to/mirror "
-        f"(or download.mirror in params.yaml) to a folder holding {key}/{remote.name}, or set "
-        f"{source_env_var(key)} (or datasets.{key}.source) to a folder holding {remote.name}.")
+        f"(or download.mirror in params.yaml) to a folder or URL holding {key}/{remote.name}, or set "
+        f"{source_env_var(key)} (or datasets.{key}.source) to a folder or URL holding {remote.name}.")
 
 
-def download(spec: DatasetSpec, params: Params, out_dir: Path) -> dict[str, dict[str, str]]:
-    """Make `out_dir` hold every verified file of `spec`; returns the manifest."""
+def download(spec: DatasetSpec, sources: list[Source], out_dir: Path, accept_repacks: bool = False,
+             timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """Make `out_dir` hold a verified copy of every file of `spec`; returns the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(".*.part"):  # from a run that was killed mid-transfer
+        leftover.unlink(missing_ok=True)
     manifest_path = out_dir / MANIFEST
-    previous = files.read_json(manifest_path) if manifest_path.is_file() else {}
-    sources = sources_for(spec, params)
-    manifest: dict[str, dict[str, str]] = {}
+    previous = _read_manifest(manifest_path)
+    # Check every file in place first, so that even a run that fails below leaves only
+    # files that are valid under the current policy.
+    manifest: dict[str, dict[str, Any]] = {}
     for remote in spec.files:
-        entry = previous.get(remote.name)
-        present = out_dir / remote.name
-        if entry and present.is_file() and _still_valid(entry, present, params):
-            log.info("%s: already present and verified, skipped", remote.name)
+        entry = _present_and_valid(remote, out_dir / remote.name, previous.get(remote.name), accept_repacks)
+        if entry is not None:
             manifest[remote.name] = entry
-            continue
-        manifest[remote.name] = fetch_file(remote, sources, out_dir, spec.key, params.download.accept_local_repacks,
-                                           params.download.timeout_seconds)
-        files.write_json(manifest_path, {**previous, **manifest})
-    for stray in set(p.name for p in out_dir.iterdir()) - set(manifest) - {MANIFEST}:
+    if manifest_path.exists():
+        _write_manifest(manifest_path, spec, manifest)  # forget files deleted just now
+    for remote in spec.files:
+        if remote.name not in manifest:
+            manifest[remote.name] = fetch_file(remote, sources, out_dir, spec.key, accept_repacks, timeout)
+            _write_manifest(manifest_path, spec, manifest)  # a later failure keeps the record of this one
+    for stray in sorted({p.name for p in out_dir.iterdir()} - set(manifest) - {MANIFEST}):
         log.warning("%s: not one of %s's files, ignored", out_dir / stray, spec.key)
-    files.write_json(manifest_path, manifest)
-    return manifest
+    return _write_manifest(manifest_path, spec, manifest)
 
 
-def _still_valid(entry: dict[str, str], path: Path, params: Params) -> bool:
-    if entry.get("verified_by", "").startswith("repacked") and not params.download.accept_local_repacks:
-        return False
-    return path.stat().st_size == entry.get("bytes") and files.md5_of(path) == entry.get("md5")
+def _write_manifest(path: Path, spec: DatasetSpec, manifest: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Write the entries in the spec's file order (stable diffs); returns what was written."""
+    ordered = {remote.name: manifest[remote.name] for remote in spec.files if remote.name in manifest}
+    files.write_json(path, ordered)
+    return ordered
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The previous run's manifest; an unreadable one only costs re-verifying repacked copies."""
+    try:
+        manifest = files.read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _present_and_valid(remote: RemoteFile, path: Path, recorded: dict[str, Any] | None,
+                       accept_repacks: bool) -> dict[str, Any] | None:
+    """The manifest entry of a file already in place that still verifies; else None (and no file).
+
+    The official checksums are checked again every time (cheap, and catches a corrupted
+    copy); a repacked copy is trusted only through the md5 recorded when it was accepted,
+    and only while repacks are accepted.
+    """
+    if not path.is_file():
+        return None
+    recorded = recorded if isinstance(recorded, dict) else None
+    verdict = verify(path, remote, None, accept_repacks=False)
+    if verdict.ok:
+        log.info("%s: already present, verified by %s, skipped", remote.name, verdict.how)
+        source = recorded.get("source", "already present") if recorded else "already present"
+        return {"md5": verdict.md5, "bytes": path.stat().st_size, "verified_by": verdict.how, "source": source}
+    if accept_repacks and recorded and recorded.get("verified_by") == REPACKED and recorded.get("md5") == verdict.md5:
+        log.info("%s: already present (repacked copy accepted earlier), skipped", remote.name)
+        return recorded
+    log.warning("%s: present but does not verify (%s); deleting it and fetching it again", path, verdict.how)
+    path.unlink()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,10 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     params = load_params()
     spec = get(args.dataset)
-    params.dataset(spec.key)
-    out_dir = Path("data/raw") / spec.key
+    settings = params.dataset(spec.key)
+    sources = sources_for(spec, settings.source, params.download.mirror)
     try:
-        manifest = download(spec, params, out_dir)
+        manifest = download(spec, sources, Path("data/raw") / spec.key, params.download.accept_local_repacks,
+                            params.download.timeout_seconds)
     except DownloadError as error:
         log.error("%s", error)
         return 1

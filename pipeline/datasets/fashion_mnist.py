@@ -2,7 +2,9 @@
 
 Debian's `dataset-fashion-mnist` recompresses the `.gz` files, so their md5s differ from
 upstream while the decompressed payloads are identical: the payload md5s below let such a
-copy be used as a source without trusting anything but the bytes inside.
+copy be used as a source without trusting anything but the bytes inside. Offline, after
+`apt-get install dataset-fashion-mnist`, set `datasets.fashion_mnist.source` (or the env var
+PIPELINE_SOURCE_FASHION_MNIST) to /usr/share/datasets/fashion-mnist.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 _UBYTE = 0x08
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class IdxFormatError(ValueError):
@@ -23,26 +24,32 @@ class IdxFormatError(ValueError):
 
 
 def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
-    """Read a (possibly gzipped) IDX file of unsigned bytes with `expected_dims` dimensions."""
+    """Read a (possibly gzipped) IDX file of unsigned bytes with `expected_dims` dimensions.
+
+    The array is read-only: it is a view of the file's bytes, not a copy.
+    """
     path = Path(path)
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, zlib.error) as error:
-        raise IdxFormatError(f"{path}: cannot decompress ({error}); the file is corrupt or truncated, "
-                             "delete it and run the download stage again") from error
+    raw = path.read_bytes()
+    # Decided by content, not by name: a copy may have been decompressed and kept its name.
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise IdxFormatError(f"{path}: cannot decompress ({error}); the file is corrupt or truncated, "
+                                 "delete it and run the download stage again") from error
     if len(raw) < 4:
         raise IdxFormatError(f"{path}: {len(raw)} bytes is too short for an IDX header")
     zero, dtype, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != _UBYTE:
-        raise IdxFormatError(f"{path}: bad magic number 0x{raw[:4].hex()}; expected 0x0000{_UBYTE:02x}{expected_dims:02x} "
-                             "(an IDX file of unsigned bytes)")
+        raise IdxFormatError(f"{path}: bad magic number 0x{raw[:4].hex()}, "
+                             f"expected 0x0000{_UBYTE:02x}{expected_dims:02x} (an IDX file of unsigned bytes)")
     if dims != expected_dims:
         raise IdxFormatError(f"{path}: has {dims} dimensions, expected {expected_dims}")
     header = 4 + 4 * dims
     if len(raw) < header:
         raise IdxFormatError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
     shape = struct.unpack(f">{dims}I", raw[4:header])
-    expected = int(np.prod(shape))
+    expected = int(np.prod(shape, dtype=np.int64))
     if len(raw) - header != expected:
         raise IdxFormatError(f"{path}: header promises shape {shape} = {expected} bytes of data, "
                              f"found {len(raw) - header}; the file is truncated or corrupt")
@@ -54,7 +61,8 @@ def read_images_and_labels(images: Path, labels: Path, num_classes: int) -> tupl
     x = read_idx(images, 3)
     y = read_idx(labels, 1)
     if len(x) != len(y):
-        raise IdxFormatError(f"{images.name} holds {len(x)} images but {labels.name} holds {len(y)} labels")
+        raise IdxFormatError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels; "
+                             "they must be the matching pair of one dataset")
     if y.size and int(y.max()) >= num_classes:
         bad = int(np.argmax(y >= num_classes))
         raise IdxFormatError(f"{labels}: label {int(y[bad])} at index {bad} is out of range 0..{num_classes - 1}")

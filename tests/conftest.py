@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny datasets in the official formats, and a throwaway copy of the project."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+# What a copy of the project needs to run `dvc repro` (everything git tracks that the stages use).
+PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/README.md",
+                 "mlruns/README.md")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """`array` (uint8) in the IDX format MNIST ships in: magic, big-endian dims, raw bytes."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def learnable_digits(count: int, seed: int, size: int = 28, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Images a small CNN learns in one epoch: class k is a bright bar at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(count, size, size), dtype=np.uint8)
+    for index, label in enumerate(labels):
+        row = 3 + (label % 5) * 5
+        col = 4 if label < 5 else 16
+        images[index, row:row + 3, col:col + 8] = 255
+    return images, labels.astype(np.uint8)
+
+
+def write_idx_dataset(folder: Path, train: int = 300, test: int = 100, seed: int = 0) -> dict[str, str]:
+    """The four MNIST-layout .gz files of a tiny learnable dataset; returns name -> md5."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = learnable_digits(train, seed)
+    test_x, test_y = learnable_digits(test, seed + 1)
+    payloads = {"train-images-idx3-ubyte.gz": train_x, "train-labels-idx1-ubyte.gz": train_y,
+                "t10k-images-idx3-ubyte.gz": test_x, "t10k-labels-idx1-ubyte.gz": test_y}
+    md5s = {}
+    for name, array in payloads.items():
+        data = gzip.compress(idx_bytes(array), mtime=0)
+        (folder / name).write_bytes(data)
+        md5s[name] = hashlib.md5(data).hexdigest()
+    return md5s
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path: Path) -> Path:
+    """A mirror folder (one subfolder per dataset) holding a tiny repackaged MNIST and its MD5SUMS."""
+    mirror = tmp_path / "mirror"
+    md5s = write_idx_dataset(mirror / "mnist")
+    (mirror / "MD5SUMS").write_text("".join(f"{md5}  mnist/{name}\n" for name, md5 in md5s.items()))
+    return mirror
+
+
+def copy_project(target: Path, params_changes: dict[str, object]) -> Path:
+    """A git repository at `target` holding the project's files, with params.yaml edited."""
+    target.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    for dotted, value in params_changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], target)
+    run(["git", "config", "user.email", "tests@example.invalid"], target)
+    run(["git", "config", "user.name", "tests"], target)
+    run(["dvc", "init", "-q"], target)
+    run(["dvc", "config", "core.analytics", "false"], target)
+    run(["git", "add", "-A"], target)
+    run(["git", "commit", "-qm", "fixture project"], target)
+    return target
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment stages run in: this venv first on PATH, no inherited tracking overrides."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.update(extra)
+    return env
+
+
+def run(command: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, cwd=cwd, env=tool_env(**extra_env), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
