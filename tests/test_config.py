@@ -1,0 +1,98 @@
+"""params.yaml -> typed config: every mistake fails before work starts, naming key, value and expectation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import flatten, load_params, parse_params
+from pipeline.validate import ConfigError
+from tests.conftest import REPO
+
+SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def edited(**changes: object) -> dict:
+    """The shipped params with dotted keys replaced (value `...` deletes the key)."""
+    raw = copy.deepcopy(SHIPPED)
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if value is ...:
+            del node[leaf]
+        elif isinstance(node, list):
+            node[int(leaf)] = value
+        else:
+            node[leaf] = value
+    return raw
+
+
+def test_shipped_params_are_valid_and_typed() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.seed == 42
+    assert params.dataset("mnist").val_fraction == pytest.approx(0.1)
+    assert params.dataset("gtsrb").options == {"image_size": 32, "crop_roi": True}
+    assert params.normalize.mode in ("unit", "lecun", "standardize")
+    assert set(params.experiment_models) <= set(params.models)
+    assert params.design("student_a").student and not params.design("lenet5_modern").student
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"seed": "42"}, "seed: must be an int from 0 to 2147483647, got '42'"),
+    ({"seed": -1}, "seed: must be an int from 0 to 2147483647, got -1"),
+    ({"train__epochs": 0}, "train.epochs: must be"),
+    ({"train__learning_rate": "fast"}, "train.learning_rate: must be a number"),
+    ({"train__optimizer": "adagrad"}, "train.optimizer: must be one of"),
+    ({"train__epoch": 3}, "train.epoch: unknown key; allowed keys here: epochs"),
+    ({"normalize__mode": "minmax"}, "normalize.mode: must be one of unit, lecun, standardize, got 'minmax'"),
+    ({"normalize__grayscale": "yes"}, "normalize.grayscale: must be true or false, got 'yes'"),
+    ({"datasets__mnist__val_fraction": 1.0}, "datasets.mnist.val_fraction: must be a number in (0.0, 1.0), got 1.0"),
+    ({"datasets__gtsrb__image_size": 4}, "datasets.gtsrb.image_size: must be an int from 8 to 256, got 4"),
+    ({"datasets__mnist__crop_roi": True}, "datasets.mnist.crop_roi: unknown key"),
+    ({"datasets__cifar10": {"val_fraction": 0.1, "source": None}}, "datasets.cifar10: unknown dataset"),
+    ({"download__mirror": ...}, "download.mirror: missing; this key is required"),
+    ({"experiments__models": ["lenet5_modern", "lenet6"]}, "experiments.models.1: must be one of"),
+    ({"experiments__datasets": []}, "experiments.datasets: must be a non-empty list, got []"),
+    ({"evaluate__sample_images": 0}, "evaluate.sample_images: must be an int from 1 to 100, got 0"),
+    ({"colour": "red"}, "colour: unknown key"),
+])
+def test_mistakes_name_the_key_the_value_and_the_expectation(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(edited(**changes))
+    assert message in str(caught.value)
+
+
+def test_design_mistakes_name_the_layer_key() -> None:
+    layers = copy.deepcopy(SHIPPED["models"]["student_a"]["layers"])
+    layers[3]["kernel"] = 0
+    with pytest.raises(ConfigError, match=r"models\.student_a\.layers\.3\.kernel: .*got 0"):
+        parse_params(edited(models__student_a__layers=layers))
+
+
+def test_load_params_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [unclosed\n")
+    with pytest.raises(ConfigError, match="params.yaml: not valid YAML"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="not found; run from the project root"):
+        load_params(tmp_path / "missing.yaml")
+    path.write_text(yaml.safe_dump(edited(train__batch_size=0)))
+    with pytest.raises(ConfigError, match=r"params.yaml: train.batch_size: must be a positive int, got 0"):
+        load_params(path)
+
+
+def test_design_train_overrides_merge_over_the_shared_block() -> None:
+    params = parse_params(edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {"learning_rate": 0.003}}))
+    assert params.train_settings("lenet5_d2l").learning_rate == pytest.approx(0.003)
+    assert params.train_settings("lenet5_d2l").epochs == params.train.epochs
+    assert params.train_settings("lenet5_modern").learning_rate == params.train.learning_rate
+
+
+def test_flatten_gives_the_dotted_keys_dvc_and_mlflow_show() -> None:
+    flat = flatten({"train": {"epochs": 3}, "models": {"a": {"layers": [{"type": "conv"}]}}})
+    assert flat == {"train.epochs": 3, "models.a.layers.0.type": "conv"}
