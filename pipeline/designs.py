@@ -53,19 +53,21 @@ def _positive_number(value: Any, where: str) -> float:
 
 REQUIRED = object()  # marks an option without a default
 
-# type -> option -> (checker, default). Defaults follow Keras, so a design reads like Keras code.
+# type -> option -> (checker, default). Defaults follow Keras, so a design reads like Keras code;
+# they are written in the checked form (pairs as tuples) so a layer's options have one type.
 LAYER_OPTIONS: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
     "conv": {
         "filters": (lambda x, w: v.integer(x, w, 1), REQUIRED),
         "kernel": (v.pair, REQUIRED),
-        "strides": (v.pair, 1),
+        "strides": (v.pair, (1, 1)),
         "padding": (_padding, "valid"),
         "activation": (_activation, "linear"),
         "initializer": (_initializer, "glorot_uniform"),
         "use_bias": (v.boolean, True),
     },
-    "maxpool": {"pool": (v.pair, 2), "strides": (v.pair, None), "padding": (_padding, "valid")},
-    "avgpool": {"pool": (v.pair, 2), "strides": (v.pair, None), "padding": (_padding, "valid")},
+    # strides None: the pool size, as in Keras
+    "maxpool": {"pool": (v.pair, (2, 2)), "strides": (v.pair, None), "padding": (_padding, "valid")},
+    "avgpool": {"pool": (v.pair, (2, 2)), "strides": (v.pair, None), "padding": (_padding, "valid")},
     "globalavgpool": {},
     "globalmaxpool": {},
     "flatten": {},
@@ -170,23 +172,25 @@ def parse_design(name: str, value: Any, where: str) -> Design:
     return Design(name, parse_layers(block["layers"], v.join(where, "layers")), None, student, "rbf", overrides)
 
 
-def check_course_rule(layer_types: list[str], design: str) -> None:
+def check_course_rule(layers: list[tuple[str, str]], design: str) -> None:
     """The course's rule for a student design: < 15 layers, >= 1 conv, >= 1 pooling, >= 1 dense.
 
-    `layer_types` are the layer-language types of the built model's layers (input excluded),
+    `layers` are (name, layer-language type) of the built model's layers, input excluded,
     so the rule is checked on what was built, not on what was written.
     """
+    types = [kind for _, kind in layers]
     problems = []
-    if len(layer_types) >= 15:
-        problems.append(f"has {len(layer_types)} layers, the rule allows at most 14")
+    if len(types) >= 15:
+        problems.append(f"has {len(types)} layers, the rule allows at most 14")
     for needed, name in ((CONVOLUTIONS, "convolution"), (POOLINGS, "pooling"), (DENSES, "dense")):
-        if not any(t in needed for t in layer_types):
+        if not any(t in needed for t in types):
             problems.append(f"has no {name} layer")
     if problems:
-        counted = ", ".join(f"{i + 1}:{t}" for i, t in enumerate(layer_types))
+        counted = ", ".join(f"{name} ({kind})" for name, kind in layers)
         raise v.ConfigError(
             f"models.{design}: breaks the course rule for student designs (fewer than 15 layers, at least one "
-            f"convolution, one pooling and one dense layer): it {'; '.join(problems)}. Layers counted: {counted}")
+            f"convolution, one pooling and one dense layer): it {'; '.join(problems)}. "
+            f"Layers counted ({len(types)}): {counted}")
 
 
 def _conv(filters: int, kernel: int, **options: Any) -> dict[str, Any]:

@@ -44,8 +44,12 @@ layer therefore computes the RBF penalties ``y`` and returns
     p_i = exp(-y_i) / (exp(-j) + sum_k exp(-y_k)),   i = 0..num_classes-1,
 
 i.e. the softmax over ``(-y_0, ..., -y_{K-1}, -j)`` with the last column (a
-"rubbish" class of constant penalty ``j``) dropped.  Rows sum to slightly
-less than 1, and ``argmax p == argmin y``, the paper's decision rule.
+"rubbish" class of constant penalty ``j``) dropped.  ``argmax p == argmin y``,
+the paper's decision rule, so ``argmax`` and Keras' ``accuracy`` work as for
+any classifier.  Rows sum to less than 1, the rubbish class taking the rest:
+even a perfect match (``y_D = 0``, every other ``y_i`` large) gets
+``p_D = 1 / (1 + exp(-j))``, about 0.52 for ``j = 0.1``.  Read this model's
+"confidence" as a score for ranking, not a calibrated probability.
 
 The paper's discriminative criterion (section II-C, eq. 9) is
 
@@ -72,7 +76,7 @@ where ``exp(-625)`` is a normal number and eq. 9 is evaluated exactly.  The
 loss value handed back to Keras is cast to float32.
 
 ``output="softmax"`` replaces the RBF layer by ``Dense(num_classes,
-softmax)`` (850 parameters for 10 classes; total 60,010) trained with sparse
+softmax)`` (850 parameters for 10 classes; total 60,850) trained with sparse
 categorical cross-entropy; see :func:`loss_for`.
 
 Documented deviations from the paper
@@ -103,7 +107,6 @@ from keras import ops
 __all__ = [
     "A",
     "S",
-    "C3_TABLE_I",
     "C3_CONNECTIONS",
     "DEFAULT_RUBBISH_PENALTY",
     "DIGIT_BITMAPS",
@@ -137,46 +140,29 @@ PROTOTYPE_SEED = 1998
 OUTPUT_KINDS = ("rbf", "softmax")
 
 # --------------------------------------------------------------------------
-# Table I of LeCun et al. (1998), p. 8, copied as printed: "Each column
-# indicates which feature map in S2 are combined by the units in a particular
-# feature map of C3."  Rows are the 6 S2 maps, columns the 16 C3 maps.
+# Table I of LeCun et al. (1998), p. 8: "Each column indicates which feature
+# map in S2 are combined by the units in a particular feature map of C3."
+#
+#        C3 map:  0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+#     S2 map 0    X       X X X     X  X  X  X     X  X
+#            1    X X       X X X      X  X  X  X     X
+#            2    X X X       X X X       X     X  X  X
+#            3      X X X     X X X X        X     X  X
+#            4        X X X     X X X  X     X  X     X
+#            5          X X X     X X  X  X     X  X  X
+#
+# Written out below, one entry per C3 map: maps 0-5 see 3 contiguous S2 maps,
+# 6-11 see 4 contiguous, 12-14 see 4 discontinuous, 15 sees all 6.  60
+# connected (input, output) pairs, so 60*25 weights + 16 biases = 1,516
+# parameters.  The paper breaks symmetry this way: different C3 maps are
+# forced to extract different features because they get different inputs.
 # --------------------------------------------------------------------------
-C3_TABLE_I = """
-     0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
-  0  X       X X X     X  X  X  X     X  X
-  1  X X       X X X      X  X  X  X     X
-  2  X X X       X X X       X     X  X  X
-  3    X X X     X X X X        X     X  X
-  4      X X X     X X X  X     X  X     X
-  5        X X X     X X  X  X     X  X  X
-"""
-
-
-def _parse_table(table: str) -> tuple[tuple[int, ...], ...]:
-    """Read the ASCII Table I into, per C3 map, the sorted S2 maps it sees."""
-    lines = [line for line in table.splitlines() if line.strip()]
-    header = lines[0]
-    # Each column's 'X' sits under the last digit of its header number.
-    columns = []
-    pos = 0
-    for token in header.split():
-        start = header.index(token, pos)
-        pos = start + len(token)
-        columns.append(pos - 1)
-    connections: list[list[int]] = [[] for _ in columns]
-    for line in lines[1:]:
-        row = int(line.split()[0])
-        for c, col in enumerate(columns):
-            if col < len(line) and line[col] == "X":
-                connections[c].append(row)
-    return tuple(tuple(sorted(c)) for c in connections)
-
-
-#: For each of the 16 C3 maps, the S2 maps it is connected to (Table I):
-#: maps 0-5 see 3 contiguous S2 maps, 6-11 see 4 contiguous, 12-14 see 4
-#: discontinuous, 15 sees all 6.  60 connected (input, output) pairs, so
-#: 60*25 weights + 16 biases = 1,516 parameters.
-C3_CONNECTIONS: tuple[tuple[int, ...], ...] = _parse_table(C3_TABLE_I)
+C3_CONNECTIONS: tuple[tuple[int, ...], ...] = (
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+)
 
 # --------------------------------------------------------------------------
 # Output prototypes.  The paper (section II-B, Fig. 3) uses stylised 7x12

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 
 from pipeline.designs import Design, Layer, TrainSettings, check_course_rule
+from pipeline.validate import ConfigError
 
 # Keras layer class -> layer-language type, to check the course rule on the built model.
 LAYER_TYPES = {
@@ -59,25 +60,44 @@ def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, 
 
     Student designs are checked against the course rule on the built model.
     """
+    # Initializers without their own seed draw from Keras' global generator: seeding it
+    # makes the same params + seed give the same initial weights.
     keras.utils.set_random_seed(seed)
     if design.layers is None:
         from pipeline.lenet5_classic import build_lenet5_classic
 
-        model = build_lenet5_classic(tuple(input_shape), num_classes, output=design.classic_output, seed=seed)
+        try:
+            model = build_lenet5_classic(tuple(input_shape), num_classes, output=design.classic_output, seed=seed)
+        except ValueError as error:
+            raise ConfigError(f"models.{design.name}: cannot be built for input {tuple(input_shape)}: "
+                              f"{error}") from None
     else:
         inputs = keras.Input(shape=tuple(input_shape), name="image")
         x = inputs
         for index, layer in enumerate(design.layers):
-            x = keras_layer(layer, num_classes, f"{index + 1:02d}_{layer.type}")(x)
+            try:
+                # named by its index in params (layers.0 -> 00_conv), so reports and errors line up
+                x = keras_layer(layer, num_classes, f"{index:02d}_{layer.type}")(x)
+            except ValueError as error:
+                # e.g. a kernel or pool larger than what is left of the image: name the layer, not Keras' internals
+                where = (f"models.{design.name}.layers.{index}" if design.builtin is None
+                         else f"models.{design.name} (builtin {design.builtin}), layer {index}")
+                raise ConfigError(f"{where}: a {layer.type} layer cannot take an input of shape "
+                                  f"{tuple(x.shape[1:])}: {error}") from None
         model = keras.Model(inputs, x, name=design.name)
     if design.student:
-        check_course_rule(layer_types(model), design.name)
+        check_course_rule(counted_layers(model), design.name)
     return model
 
 
-def layer_types(model: keras.Model) -> list[str]:
-    return [LAYER_TYPES.get(type(layer).__name__, type(layer).__name__.lower())
+def counted_layers(model: keras.Model) -> list[tuple[str, str]]:
+    """(name, layer-language type) of every layer of the built model but its input."""
+    return [(layer.name, LAYER_TYPES.get(type(layer).__name__, type(layer).__name__.lower()))
             for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def layer_types(model: keras.Model) -> list[str]:
+    return [kind for _, kind in counted_layers(model)]
 
 
 def make_optimizer(settings: TrainSettings) -> keras.optimizers.Optimizer:

@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from pipeline.designs import parse_design  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
 from pipeline.reference_ops import (  # noqa: E402
     conv_backward,
     conv_forward,
@@ -306,21 +308,13 @@ def test_errors_name_argument_and_shapes(fn, args, kwargs, match):
 # the first block of LeNet-5 (modern), built by Keras
 # --------------------------------------------------------------------------- #
 def lenet5_modern_first_block() -> keras.Model:
-    """Conv2D(6, 5, same, relu, he_normal) -> MaxPooling2D(2, 2) on a 32x32x1 input.
-
-    Stand-in for the project's model builder: the test below only needs a model
-    whose first Conv2D is followed by a MaxPooling2D.
-    """
-    return keras.Sequential(
-        [
-            keras.Input((32, 32, 1)),
-            keras.layers.Conv2D(
-                6, 5, padding="same", activation="relu", kernel_initializer="he_normal"
-            ),
-            keras.layers.MaxPooling2D(2, 2),
-        ],
-        name="lenet5_modern_first_block",
-    )
+    """The first two layers (Conv2D 6@5x5 same ReLU -> MaxPooling2D 2x2) of lenet5_modern
+    on a 32x32x1 input, as the pipeline builds them (pipeline.models.build_model)."""
+    design = parse_design("lenet5_modern", {"builtin": "lenet5_modern"}, "models.lenet5_modern")
+    model = build_model(design, (32, 32, 1), num_classes=10, seed=0)
+    conv, pool = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)][:2]
+    assert isinstance(conv, keras.layers.Conv2D) and isinstance(pool, keras.layers.MaxPooling2D)
+    return keras.Model(model.inputs, pool.output, name="lenet5_modern_first_block")
 
 
 def _first_conv_and_pool(model: keras.Model):
