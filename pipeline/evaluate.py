@@ -1,8 +1,8 @@
 """Stage `evaluate@<dataset>-<design>`: measure the trained model on the official test set.
 
-Writes metrics/<dataset>/<design>/evaluate.json (test loss and accuracy, macro scores) and
-per_class.json, plots/<dataset>/<design>/confusion.csv (DVC's confusion template) and
-PNG figures: learning curves, confusion matrices (counts and row-normalized), sample
+Writes (pipeline/paths.py) metrics/<dataset>/<design>/evaluate.json (test loss and accuracy,
+macro scores) and per_class.json, plots/confusion/<dataset>/<design>.csv (DVC's confusion
+template) and, in plots/figures/<dataset>/<design>/, PNG figures: learning curves, confusion matrices (counts and row-normalized), sample
 predictions, the most confident mistakes, first-layer filters and feature maps. All of it
 goes into the MLflow run that train opened, so one run holds the whole story.
 """
@@ -20,10 +20,10 @@ import keras
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
-from pipeline import figures, files, tracking
+from pipeline import figures, files, paths, tracking
 from pipeline.config import load_params
 from pipeline.progress import setup_logging
-from pipeline.train import load_split, output_dirs
+from pipeline.train import load_split
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -84,18 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     params.design(args.design)
     import pipeline.lenet5_classic  # noqa: F401  registers the classic layers for loading
 
-    out = output_dirs(args.dataset, args.design)
-    run = files.read_json(out["model"] / "run.json")
-    model = keras.models.load_model(out["model"] / "model.keras")
-    meta = files.read_json(Path("data/normalized") / args.dataset / "meta.json")
-    stats = files.read_json(Path("data/normalized") / args.dataset / "stats.json")
+    out = paths.RunPaths(args.dataset, args.design)
+    run = files.read_json(out.model_dir / "run.json")
+    model = keras.models.load_model(out.model_dir / "model.keras")
+    meta = files.read_json(paths.NORMALIZED / args.dataset / "meta.json")
+    stats = files.read_json(paths.NORMALIZED / args.dataset / "stats.json")
     class_names = meta["class_names"]
     x, y = load_split(args.dataset, "test")
     result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
     log.info("%s on %s: test accuracy %.4f, loss %.4f", args.design, args.dataset,
              result["metrics"]["test_accuracy"], result["metrics"]["test_loss"])
 
-    history = list(csv.DictReader(open(out["plots"] / "history.csv", encoding="utf-8")))
+    history = list(csv.DictReader(open(out.history, encoding="utf-8")))
     history = [{k: float(v) for k, v in row.items()} for row in history]
     title = f"{args.design} on {args.dataset}"
     pixels = to_pixels(x, stats)
@@ -116,26 +116,27 @@ def main(argv: list[str] | None = None) -> int:
     if conv is not None:
         kernel = keras.ops.convert_to_numpy(conv.weights[0])
         pngs["filters.png"] = figures.filters(kernel, f"{title}: first-layer filters ({conv.name})")
-        probe = keras.Model(model.inputs, conv.output)
+        probe = keras.Model(model.input, conv.output)
         maps = keras.ops.convert_to_numpy(probe(x[:1]))[0]
         pngs["feature_maps.png"] = figures.feature_maps(pixels[0], maps, f"{title}: {conv.name} on test image 0")
-    for name, figure in pngs.items():
-        figures.save(figure, out["plots"] / name)
-    with files.atomic_file(out["plots"] / "confusion.csv", "w") as handle:
+    with files.atomic_directory(out.figures) as folder:
+        for name, figure in pngs.items():
+            figures.save(figure, folder / name)
+    with files.atomic_file(out.confusion, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["actual", "predicted"])
         writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
-    files.write_json(out["metrics"] / "evaluate.json", result["metrics"])
-    files.write_json(out["metrics"] / "per_class.json", result["per_class"])
+    files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
+    files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
 
     with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"]):
         tracking.log_metrics(result["metrics"])
         tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
                               for i, s in enumerate(result["per_class"].values())})
         for name in pngs:
-            tracking.log_artifact(out["plots"] / name, "figures")
-        tracking.log_artifact(out["metrics"] / "per_class.json", "reports")
-        tracking.log_artifact(out["plots"] / "confusion.csv", "reports")
+            tracking.log_artifact(out.figures / name, "figures")
+        tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
+        tracking.log_artifact(out.confusion, "reports")
     return 0
 
 

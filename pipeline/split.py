@@ -37,8 +37,9 @@ def split_indices(labels: np.ndarray, groups: np.ndarray | None, val_fraction: f
     return np.sort(train), np.sort(val)
 
 
-def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
-    return np.bincount(labels, minlength=num_classes).tolist()
+def class_counts(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, int]:
+    """Images per class, by class name (readable in counts.json and in MLflow)."""
+    return dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist()))
 
 
 def split_dataset(raw: RawData, val_fraction: float, seed: int) -> dict[str, dict[str, np.ndarray]]:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("decoding %s from data/raw/%s", spec.title, spec.key)
     raw = spec.read(Path("data/raw") / spec.key, settings.options)
     splits = split_dataset(raw, settings.val_fraction, params.seed)
-    counts = {name: class_counts(split["y"], spec.num_classes) for name, split in splits.items()}
+    counts = {name: class_counts(split["y"], spec.class_names) for name, split in splits.items()}
     meta = {
         "dataset": spec.key,
         "class_names": list(spec.class_names),
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     with files.atomic_directory(Path("data/split") / spec.key) as out:
         for name, split in splits.items():
             files.save_arrays(out / f"{name}.npz", **split)
-        files.write_json(out / "counts.json", {"class_names": list(spec.class_names), **counts})
+        files.write_json(out / "counts.json", counts)
         files.write_json(out / "meta.json", meta)
     log.info("split %s: %s", spec.key, ", ".join(f"{k} {v}" for k, v in meta["sizes"].items()))
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_params({"val_fraction": settings.val_fraction, "options": settings.options,
                              "image_shape": meta["image_shape"], "grouped_by": meta["grouped_by"]})
         tracking.log_metrics({f"size_{name}": size for name, size in meta["sizes"].items()})
-        tracking.log_metrics({f"class_min_{name}": min(c) for name, c in counts.items()})
+        tracking.log_metrics({f"class_min_{name}": min(c.values()) for name, c in counts.items()})
+        tracking.log_metrics({f"class_max_{name}": max(c.values()) for name, c in counts.items()})
         tracking.log_artifact(Path("data/split") / spec.key / "counts.json")
     return 0
 

@@ -26,8 +26,12 @@ def enabled() -> bool:
     return os.environ.get("PIPELINE_TRACKING", "on").lower() not in ("off", "0", "false", "no")
 
 
+def project_store_uri() -> str:
+    return f"sqlite:///{files.project_root() / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{files.project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or project_store_uri()
 
 
 def artifact_root() -> Path:
@@ -46,7 +50,9 @@ def experiment_id(dataset: str) -> str:
     experiment = mlflow.get_experiment_by_name(dataset)
     if experiment is not None:
         return experiment.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (artifact_root() / dataset).as_uri()
+    # Artifacts go beside the project's own store; a user's server keeps its own artifact root.
+    # (Compare URIs rather than test the variable: mlflow.set_tracking_uri sets it too.)
+    location = (artifact_root() / dataset).as_uri() if tracking_uri() == project_store_uri() else None
     try:
         return mlflow.create_experiment(dataset, artifact_location=location, tags={"dataset": dataset})
     except Exception:  # another process created it first (queued experiments run in parallel)

@@ -1,8 +1,8 @@
 """Stage `train@<dataset>-<design>`: build a design from params, fit it, save it and its history.
 
-Outputs: models/<dataset>/<design>/ (model.keras, summary.txt, run.json with the MLflow run
-id that evaluate continues), plots/<dataset>/<design>/history.csv (per-epoch loss and
-accuracy, train and validation) and metrics/<dataset>/<design>/train.json.
+Outputs (pipeline/paths.py): models/<dataset>/<design>/ (model.keras, summary.txt, run.json
+with the MLflow run id that evaluate continues), plots/history/<dataset>/<design>.csv
+(per-epoch loss and accuracy, train and validation) and metrics/<dataset>/<design>/train.json.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import files, tracking
+from pipeline import files, paths, tracking
+from pipeline.architecture import architecture_report, format_report
 from pipeline.config import Params, load_params
 from pipeline.models import build_model, compile_model
 from pipeline.progress import is_tty, setup_logging
@@ -30,13 +31,8 @@ log = logging.getLogger("pipeline.train")
 
 
 def load_split(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    arrays = files.load_arrays(Path("data/normalized") / dataset / f"{name}.npz")
+    arrays = files.load_arrays(paths.NORMALIZED / dataset / f"{name}.npz")
     return arrays["x"], arrays["y"]
-
-
-def output_dirs(dataset: str, design: str) -> dict[str, Path]:
-    return {"model": Path("models") / dataset / design, "plots": Path("plots") / dataset / design,
-            "metrics": Path("metrics") / dataset / design}
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -61,7 +57,7 @@ class EpochLog(keras.callbacks.Callback):
 def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
     design = params.design(design_name)
     settings = params.train_settings(design_name)
-    meta = files.read_json(Path("data/normalized") / dataset / "meta.json")
+    meta = files.read_json(paths.NORMALIZED / dataset / "meta.json")
     x_train, y_train = load_split(dataset, "train")
     x_val, y_val = load_split(dataset, "val")
 
@@ -70,6 +66,7 @@ def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
                           design, settings)
     summary = io.StringIO()
     model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+    architecture = architecture_report(model, settings.batch_size)
     log.info("%s on %s: %d parameters, %d train / %d val images, %s", design_name, dataset, model.count_params(),
              len(y_train), len(y_val), settings)
 
@@ -85,11 +82,12 @@ def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
     train_seconds = time.perf_counter() - started
     rows = [{"epoch": epoch + 1, **{k: float(v[epoch]) for k, v in history.history.items() if k != "learning_rate"},
              "seconds": epoch_log.seconds[epoch]} for epoch in range(len(history.epoch))]
-    return {"model": model, "summary": summary.getvalue(), "history": rows, "settings": settings, "meta": meta,
-            "x_example": x_val[:5], "metrics": {
+    return {"model": model, "summary": summary.getvalue(), "architecture": architecture, "history": rows,
+            "settings": settings, "meta": meta, "x_example": x_val[:5], "metrics": {
                 "train_seconds": train_seconds,
                 "epochs_run": len(rows),
                 "params": int(model.count_params()),
+                "macs_per_image": architecture["totals"]["macs"],
                 "best_val_accuracy": max(r["val_accuracy"] for r in rows),
                 "final_val_accuracy": rows[-1]["val_accuracy"],
                 "final_train_accuracy": rows[-1]["accuracy"],
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     params.dataset(args.dataset)
     design = params.design(args.design)
-    out = output_dirs(args.dataset, args.design)
+    out = paths.RunPaths(args.dataset, args.design)
 
     with tracking.stage_run(params, args.dataset, "train", model=args.design) as run_id:
         tracking.log_params({"dataset": args.dataset, "design": args.design,
@@ -122,16 +120,19 @@ def main(argv: list[str] | None = None) -> int:
                              "normalize": params.raw["normalize"], "builtin": design.builtin or "none"})
         result = train(params, args.dataset, args.design)
         model = result["model"]
-        with files.atomic_directory(out["model"]) as tmp:
+        with files.atomic_directory(out.model_dir) as tmp:
             model.save(tmp / "model.keras")
             (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
+            (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
             files.write_json(tmp / "run.json", {"run_id": run_id, "dataset": args.dataset, "design": args.design,
                                                 "input_shape": result["meta"]["input_shape"]})
-        write_history(out["plots"] / "history.csv", result["history"])
-        files.write_json(out["metrics"] / "train.json", result["metrics"])
+        write_history(out.history, result["history"])
+        files.write_json(out.metrics_dir / "train.json", result["metrics"])
         tracking.log_metrics({k: v for k, v in result["metrics"].items()})
-        tracking.log_text(result["summary"], "model_summary.txt")
-        tracking.log_artifact(out["plots"] / "history.csv")
+        tracking.log_metrics({f"arch_{key}": value for key, value in result["architecture"]["totals"].items()})
+        tracking.log_artifact(out.model_dir / "summary.txt", "reports")
+        tracking.log_artifact(out.model_dir / "architecture.md", "reports")
+        tracking.log_artifact(out.history, "reports")
         log_model(model, result["x_example"])
     log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])

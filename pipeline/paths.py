@@ -1,0 +1,43 @@
+"""Where every stage's outputs live: the same paths dvc.yaml declares, in one place.
+
+Paths are relative to the working directory, which DVC sets to the repository (or to a
+queued experiment's temporary copy of it) before running a stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RAW = Path("data/raw")
+SPLIT = Path("data/split")
+NORMALIZED = Path("data/normalized")
+REPORTS = Path("reports")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The outputs of train and evaluate for one (dataset, design)."""
+
+    dataset: str
+    design: str
+
+    @property
+    def model_dir(self) -> Path:  # model.keras, summary.txt, architecture.md, run.json
+        return Path("models") / self.dataset / self.design
+
+    @property
+    def metrics_dir(self) -> Path:  # train.json and evaluate.json (DVC metrics), per_class.json
+        return Path("metrics") / self.dataset / self.design
+
+    @property
+    def history(self) -> Path:  # per-epoch loss and accuracy; a DVC plot
+        return Path("plots/history") / self.dataset / f"{self.design}.csv"
+
+    @property
+    def confusion(self) -> Path:  # one (actual, predicted) row per test image; a DVC confusion plot
+        return Path("plots/confusion") / self.dataset / f"{self.design}.csv"
+
+    @property
+    def figures(self) -> Path:  # the PNGs evaluate draws
+        return Path("plots/figures") / self.dataset / self.design

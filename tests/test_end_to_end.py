@@ -1,0 +1,123 @@
+"""`dvc repro`, `dvc exp run` and the queue, in a throwaway copy of the project on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from tests.conftest import copy_project, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+MODEL = "lenet5_modern"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import write_idx_dataset
+
+    base = tmp_path_factory.mktemp("e2e")
+    mirror = base / "mirror"
+    md5s = write_idx_dataset(mirror / "mnist", train=400, test=100)
+    (mirror / "MD5SUMS").write_text("".join(f"{md5}  mnist/{name}\n" for name, md5 in md5s.items()))
+    repo = copy_project(base / "repo", {
+        "download.mirror": str(mirror), "train.epochs": 1, "train.batch_size": 32,
+        "experiments.datasets": ["mnist"], "experiments.models": [MODEL], "evaluate.sample_images": 8,
+    })
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def client(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def model_runs(repo: Path, **tags: str) -> list:
+    experiment = client(repo).get_experiment_by_name("mnist")
+    assert experiment is not None, "no MLflow experiment named after the dataset"
+    query = " and ".join([f"tags.model = '{MODEL}'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()])
+    return client(repo).search_runs([experiment.experiment_id], query)
+
+
+def test_repro_writes_every_stage_output(project: Path) -> None:
+    for path in ("data/raw/mnist/MANIFEST.json", "data/split/mnist/train.npz", "data/split/mnist/counts.json",
+                 "data/normalized/mnist/test.npz", "data/normalized/mnist/stats.json",
+                 f"models/mnist/{MODEL}/model.keras", f"models/mnist/{MODEL}/architecture.md",
+                 f"plots/history/mnist/{MODEL}.csv", f"plots/confusion/mnist/{MODEL}.csv",
+                 f"plots/figures/mnist/{MODEL}/learning_curves.png", f"plots/figures/mnist/{MODEL}/confusion.png",
+                 f"plots/figures/mnist/{MODEL}/samples.png", f"plots/figures/mnist/{MODEL}/mistakes.png",
+                 f"plots/figures/mnist/{MODEL}/filters.png", f"plots/figures/mnist/{MODEL}/feature_maps.png"):
+        assert (project / path).is_file(), path
+    split = np.load(project / "data/split/mnist/train.npz", allow_pickle=False)
+    assert split["x"].dtype == np.uint8 and split["x"].shape[1:] == (28, 28, 1)
+    counts = json.loads((project / "data/split/mnist/counts.json").read_text())
+    assert sum(counts["train"].values()) + sum(counts["val"].values()) == 400
+    assert sum(counts["test"].values()) == 100
+    normalized = np.load(project / "data/normalized/mnist/train.npz", allow_pickle=False)
+    assert normalized["x"].shape[1:] == (32, 32, 1)
+
+
+def test_metrics_are_readable_by_dvc(project: Path) -> None:
+    evaluated = json.loads((project / f"metrics/mnist/{MODEL}/evaluate.json").read_text())
+    assert 0.0 <= evaluated["test_accuracy"] <= 1.0 and evaluated["test_images"] == 100
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    flat = json.dumps(shown)
+    assert "test_accuracy" in flat and "best_val_accuracy" in flat
+
+
+def test_plots_render_learning_curves_and_confusion(project: Path) -> None:
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+    assert not shown.get("errors"), shown["errors"]
+    curves = shown["data"][f"plots/history/mnist/{MODEL}.csv"][0]["content"]["data"]["values"]
+    assert {row["field"] for row in curves} >= {"accuracy", "val_accuracy", "loss", "val_loss"}
+    confusion = shown["data"][f"plots/confusion/mnist/{MODEL}.csv"][0]["content"]["data"]["values"]
+    assert len(confusion) == 100 and {"actual", "predicted"} <= set(confusion[0])
+    assert f"plots/figures/mnist/{MODEL}/samples.png" in shown["data"]
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], project)
+    html = (project / "dvc_plots/index.html").read_text()
+    assert "Learning curves (train and validation)" in html and "Confusion matrix (test set)" in html
+    assert "samples.png" in html
+
+
+def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> None:
+    runs = model_runs(project)
+    assert len(runs) == 1
+    found = runs[0]
+    assert found.data.tags["dataset"] == "mnist" and found.data.tags["dvc_experiment"] == "workspace"
+    assert found.data.tags["git_commit"] != "unknown"
+    assert found.data.params["train.epochs"] == "1" and found.data.params["seed"] == "42"
+    assert {"test_accuracy", "test_loss", "val_accuracy", "best_val_accuracy"} <= set(found.data.metrics)
+    history = client(project).get_metric_history(found.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+    artifacts = {a.path for a in client(project).list_artifacts(found.info.run_id, "figures")}
+    assert {"figures/learning_curves.png", "figures/confusion.png", "figures/samples.png"} <= artifacts
+    assert (project / "mlruns" / "mnist").is_dir(), "artifacts must live under <repo>/mlruns/<dataset>"
+    logged = client(project).search_logged_models([found.info.experiment_id])
+    assert any(m.source_run_id == found.info.run_id for m in logged), "the model is not logged with its run"
+    data_runs = client(project).search_runs([found.info.experiment_id], "tags.stage = 'split'")
+    assert data_runs and data_runs[0].data.metrics["size_train"] + data_runs[0].data.metrics["size_val"] == 400
+
+
+def test_second_repro_is_a_no_op(project: Path) -> None:
+    output = run(["dvc", "repro"], project).stdout
+    assert "didn't change" in output or "is cached" in output
+    assert "Running stage" not in output
+
+
+def test_exp_run_and_queue_log_into_the_workspace_store(project: Path) -> None:
+    run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], project)
+    shown = run(["dvc", "exp", "show", "--json"], project).stdout
+    assert "two-epochs" in shown
+    (tagged,) = model_runs(project, dvc_experiment="two-epochs")
+    assert tagged.data.params["train.epochs"] == "2"
+
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-bs16", "-S", "train.batch_size=16"], project)
+    run(["dvc", "queue", "start"], project)
+    run(["dvc", "queue", "logs", "queued-bs16", "--follow"], project)
+    (queued,) = model_runs(project, dvc_experiment="queued-bs16")
+    assert queued.data.params["train.batch_size"] == "16"
+    assert not list((project / ".dvc" / "tmp" / "exps").rglob("mlflow.db")), "a queued run wrote its own store"
