@@ -56,13 +56,33 @@ def write_idx_dataset(folder: Path, train: int = 300, test: int = 100, seed: int
     return md5s
 
 
-@pytest.fixture
-def tiny_mirror(tmp_path: Path) -> Path:
+def write_mirror(mirror: Path) -> Path:
     """A mirror folder (one subfolder per dataset) holding a tiny repackaged MNIST and its MD5SUMS."""
-    mirror = tmp_path / "mirror"
-    md5s = write_idx_dataset(mirror / "mnist")
+    md5s = write_idx_dataset(mirror / "mnist", train=400, test=100)
     (mirror / "MD5SUMS").write_text("".join(f"{md5}  mnist/{name}\n" for name, md5 in md5s.items()))
     return mirror
+
+
+# The tiny project's designs: LeNet-5 modern and a student design, so comparisons have two rows.
+TINY_PROJECT_MODELS = ("lenet5_modern", "student_b")
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project after `dvc repro` on tiny MNIST-format data, 1 epoch, two designs.
+
+    Shared by the end-to-end and MLflow UI tests (it costs about a minute); tests that change
+    it (experiments) must keep the workspace runs intact.
+    """
+    base = tmp_path_factory.mktemp("tiny-project")
+    mirror = write_mirror(base / "mirror")
+    repo = copy_project(base / "repo", {
+        "download.mirror": str(mirror), "train.epochs": 1, "train.batch_size": 32,
+        "experiments.datasets": ["mnist"], "experiments.models": list(TINY_PROJECT_MODELS),
+        "evaluate.sample_images": 8,
+    })
+    run(["dvc", "repro"], repo)
+    return repo
 
 
 def copy_project(target: Path, params_changes: dict[str, object]) -> Path:

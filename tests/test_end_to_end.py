@@ -9,27 +9,16 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import copy_project, run
+from tests.conftest import TINY_PROJECT_MODELS, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
-MODEL = "lenet5_modern"
+MODEL = TINY_PROJECT_MODELS[0]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import write_idx_dataset
-
-    base = tmp_path_factory.mktemp("e2e")
-    mirror = base / "mirror"
-    md5s = write_idx_dataset(mirror / "mnist", train=400, test=100)
-    (mirror / "MD5SUMS").write_text("".join(f"{md5}  mnist/{name}\n" for name, md5 in md5s.items()))
-    repo = copy_project(base / "repo", {
-        "download.mirror": str(mirror), "train.epochs": 1, "train.batch_size": 32,
-        "experiments.datasets": ["mnist"], "experiments.models": [MODEL], "evaluate.sample_images": 8,
-    })
-    run(["dvc", "repro"], repo)
-    return repo
+@pytest.fixture
+def project(tiny_project: Path) -> Path:
+    return tiny_project
 
 
 def client(repo: Path) -> mlflow.MlflowClient:
@@ -84,7 +73,7 @@ def test_plots_render_learning_curves_and_confusion(project: Path) -> None:
 
 
 def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> None:
-    runs = model_runs(project)
+    runs = model_runs(project, dvc_experiment="workspace")
     assert len(runs) == 1
     found = runs[0]
     assert found.data.tags["dataset"] == "mnist" and found.data.tags["dvc_experiment"] == "workspace"
@@ -100,6 +89,21 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     assert any(m.source_run_id == found.info.run_id for m in logged), "the model is not logged with its run"
     data_runs = client(project).search_runs([found.info.experiment_id], "tags.stage = 'split'")
     assert data_runs and data_runs[0].data.metrics["size_train"] + data_runs[0].data.metrics["size_val"] == 400
+
+
+def test_compare_ranks_every_design_by_test_accuracy(project: Path) -> None:
+    table = json.loads((project / "reports/compare.json").read_text())["mnist"]
+    assert sorted(row["design"] for row in table) == sorted(TINY_PROJECT_MODELS)
+    accuracies = [row["test_accuracy"] for row in table]
+    assert accuracies == sorted(accuracies, reverse=True)
+    for row in table:  # the table repeats each design's own metrics files
+        evaluated = json.loads((project / f"metrics/mnist/{row['design']}/evaluate.json").read_text())
+        assert row["test_accuracy"] == evaluated["test_accuracy"] and row["params"] > 0
+    report = (project / "reports/compare.md").read_text()
+    assert "| rank | design | parameters |" in report
+    assert report.index(table[0]["design"]) < report.index(table[1]["design"])
+    for name in ("mnist_accuracy_vs_params.png", "mnist_val_accuracy.png"):
+        assert (project / "reports" / name).stat().st_size > 1000
 
 
 def test_second_repro_is_a_no_op(project: Path) -> None:
