@@ -35,6 +35,20 @@ def load_split(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     return arrays["x"], arrays["y"]
 
 
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
+    """Batches of (x, y), reshuffled every epoch when `seed` is given.
+
+    Shuffles indices and gathers one batch at a time: no copy of the data in a shuffle
+    buffer, and no per-image work in Python.
+    """
+    x_all, y_all = tf.constant(x), tf.constant(y)
+    order = tf.data.Dataset.range(len(y))
+    if seed is not None:
+        order = order.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return (order.batch(batch_size).map(lambda index: (tf.gather(x_all, index), tf.gather(y_all, index)))
+            .prefetch(tf.data.AUTOTUNE))
+
+
 class EpochLog(keras.callbacks.Callback):
     """One readable line per epoch (CI logs are not TTYs), and the epoch's metrics to MLflow."""
 
@@ -76,8 +90,9 @@ def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=settings.early_stopping_patience,
                                                        restore_best_weights=True))
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, batch_size=settings.batch_size, epochs=settings.epochs,
-                        validation_data=(x_val, y_val), shuffle=True, callbacks=callbacks,
+    history = model.fit(batches(x_train, y_train, settings.batch_size, params.seed), epochs=settings.epochs,
+                        validation_data=batches(x_val, y_val, settings.batch_size), callbacks=callbacks,
+                        shuffle=False,  # batches() reshuffles, seeded; Keras cannot shuffle a dataset
                         verbose=1 if is_tty() else 0)
     train_seconds = time.perf_counter() - started
     rows = [{"epoch": epoch + 1, **{k: float(v[epoch]) for k, v in history.history.items() if k != "learning_rate"},
