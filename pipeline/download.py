@@ -19,6 +19,13 @@ Verification policy:
     the network never get this exception: they match the official checksums or are
     rejected.
 
+A dataset users often keep unpacked (GTSRB) may also come from a local folder holding the
+official layout already extracted (e.g. `GTSRB/Final_Training/Images/`), when none of its
+archives is found anywhere. No checksum is published for extracted files, so this counts
+as user-provided data: it needs `download.accept_local_repacks: true`, is copied into
+`data/raw/<key>/` (atomically, part by part), and is recorded in the manifest with the
+file count and bytes; the split stage then validates every image and CSV row as it decodes.
+
 Each file is written to a temporary name and renamed into place only once verified, so
 `data/raw/<key>` never holds a partial or unverified file. A file already present that
 verifies is not fetched again; one that does not is deleted and fetched again.
@@ -32,6 +39,7 @@ import hashlib
 import http.client
 import logging
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.parse
@@ -274,6 +282,10 @@ def download(spec: DatasetSpec, sources: list[Source], out_dir: Path, accept_rep
             manifest[remote.name] = entry
     if manifest_path.exists():
         _write_manifest(manifest_path, spec, manifest)  # forget files deleted just now
+    if not manifest and spec.extracted_parts is not None:
+        extracted = _extracted_copy(spec, sources, out_dir, previous, accept_repacks)
+        if extracted is not None:
+            return extracted
     for remote in spec.files:
         if remote.name not in manifest:
             manifest[remote.name] = fetch_file(remote, sources, out_dir, spec.key, accept_repacks, timeout)
@@ -281,6 +293,53 @@ def download(spec: DatasetSpec, sources: list[Source], out_dir: Path, accept_rep
     for stray in sorted({p.name for p in out_dir.iterdir()} - set(manifest) - {MANIFEST}):
         log.warning("%s: not one of %s's files, ignored", out_dir / stray, spec.key)
     return _write_manifest(manifest_path, spec, manifest)
+
+
+EXTRACTED = "extracted"  # the manifest key of a copy of an extracted layout
+
+
+def _extracted_copy(spec: DatasetSpec, sources: list[Source], out_dir: Path, previous: dict[str, Any],
+                    accept_repacks: bool) -> dict[str, dict[str, Any]] | None:
+    """Use (or keep) an extracted copy of the official layout found in a local source; None if there is none.
+
+    Only consulted when no archive is present in `out_dir`; archives anywhere in the sources win.
+    """
+    assert spec.extracted_parts is not None
+    if EXTRACTED in previous and spec.extracted_parts(out_dir) is not None:
+        log.info("%s: extracted copy from %s already present, skipped", out_dir, previous[EXTRACTED].get("source"))
+        return previous
+    for source in sources:
+        if source.is_url or not Path(source.base).is_dir():
+            continue
+        if any((Path(source.base) / remote.name).is_file() for remote in spec.files):
+            return None  # the archives are there: verify them the usual way
+        parts = spec.extracted_parts(Path(source.base))
+        if parts is None:
+            continue
+        if not accept_repacks:
+            raise DownloadError(
+                f"{source.base}: holds {spec.key} extracted, and extracted files have no official checksums; set "
+                f"download.accept_local_repacks: true in params.yaml to use this copy, or provide the official "
+                f"archives ({', '.join(r.name for r in spec.files)})")
+        count = size = 0
+        for inside, origin in parts.items():
+            if origin.is_dir():
+                with files.atomic_directory(out_dir / inside) as tmp:
+                    shutil.copytree(origin, tmp, dirs_exist_ok=True)
+                copied = [p for p in (out_dir / inside).rglob("*") if p.is_file()]
+            else:
+                with open(origin, "rb") as src, files.atomic_file(out_dir / inside) as dst:
+                    shutil.copyfileobj(src, dst)
+                copied = [out_dir / inside]
+            count, size = count + len(copied), size + sum(p.stat().st_size for p in copied)
+        log.warning("%s: copied the extracted layout from %s (%d files); no official checksum applies to extracted "
+                    "files, so results are comparable with official ones only if that copy is intact", spec.key,
+                    source.base, count)
+        manifest = {EXTRACTED: {"source": source.base, "files": count, "bytes": size,
+                                "verified_by": "user-provided extracted layout (format checked when decoded)"}}
+        files.write_json(out_dir / MANIFEST, manifest)
+        return manifest
+    return None
 
 
 def _write_manifest(path: Path, spec: DatasetSpec, manifest: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

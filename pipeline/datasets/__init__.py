@@ -57,6 +57,9 @@ class DatasetSpec:
     read: Callable[[Path, dict[str, Any]], RawData]
     # Options this dataset accepts in params.yaml beyond the common ones: name -> (checker, default).
     options: dict[str, tuple[Callable[[Any, str], Any], Any]] = field(default_factory=dict)
+    # For datasets users often keep unpacked: finds the official layout already extracted in a
+    # local folder and returns {path inside data/raw/<key>: path to copy from}, or None.
+    extracted_parts: Callable[[Path], dict[str, Path] | None] | None = None
 
     @property
     def num_classes(self) -> int:

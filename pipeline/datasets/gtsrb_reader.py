@@ -1,0 +1,647 @@
+"""Decode the official GTSRB layout (after extraction) into uint8 arrays, fast and strictly.
+
+Layout (Stallkamp et al. 2012, the official archives):
+
+- training: ``<root>/GTSRB/Final_Training/Images/000NN/GT-000NN.csv`` plus the class's
+  ``TTTTT_IIIII.ppm`` images (TTTTT is the track: consecutive frames of one physical sign);
+- test: ``<root>/GTSRB/Final_Test/Images/NNNNN.ppm``, labelled by ``GT-final_test.csv``
+  (it comes in a separate archive, so its path is an argument).
+
+CSVs are ``;``-separated with CRLF line ends and the header
+``Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId``. The ROI is read as a
+half-open box, as in ``Image.crop((X1, Y1, X2, Y2))``: the crop is ``[Y1:Y2, X1:X2]``.
+Why not inclusive: the readme promises a border of at least 5 pixels around the sign, and
+the official rows have ``Width - X2 == 5`` and ``Height - Y2 == 5`` where the border is
+smallest (e.g. ``00000.ppm;53;54;6;5;48;49``), which is 5 pixels only if X2/Y2 are
+exclusive; this is also how the usual GTSRB code crops.
+
+Speed: PPMs are parsed from their bytes with NumPy (no per-image PIL decoder), a chunk of
+images is resized with a few Pillow calls that reproduce ``Image.resize(...,
+BILINEAR)`` bit for bit (see `_resize_bilinear`), and chunks run in a process pool. The
+result does not depend on the number of workers.
+
+Bad input raises `GtsrbFormatError` naming the file, the CSV line and what was expected;
+nothing is skipped silently. A dataset with a corrupt image, a wrong label or an ROI that
+does not fit is a broken download or a broken copy, and training on a silently shrunken
+or mislabelled set is worse than stopping.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import multiprocessing
+import os
+import re
+from collections import defaultdict
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, NoReturn, Sequence
+
+import numpy as np
+from PIL import Image
+
+from pipeline.progress import bar
+
+NUM_CLASSES = 43
+# groups = class * GROUP_STRIDE + track: unique across classes for any 5-digit track id.
+GROUP_STRIDE = 100_000
+# Up to this many images, `workers=None` decodes in the calling process.
+SINGLE_PROCESS_MAX = 2000
+CSV_COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
+
+# The standard short names used in the GTSRB literature, in ClassId order.
+CLASS_NAMES: tuple[str, ...] = (
+    "Speed limit (20km/h)",
+    "Speed limit (30km/h)",
+    "Speed limit (50km/h)",
+    "Speed limit (60km/h)",
+    "Speed limit (70km/h)",
+    "Speed limit (80km/h)",
+    "End of speed limit (80km/h)",
+    "Speed limit (100km/h)",
+    "Speed limit (120km/h)",
+    "No passing",
+    "No passing for vehicles over 3.5 metric tons",
+    "Right-of-way at the next intersection",
+    "Priority road",
+    "Yield",
+    "Stop",
+    "No vehicles",
+    "Vehicles over 3.5 metric tons prohibited",
+    "No entry",
+    "General caution",
+    "Dangerous curve to the left",
+    "Dangerous curve to the right",
+    "Double curve",
+    "Bumpy road",
+    "Slippery road",
+    "Road narrows on the right",
+    "Road work",
+    "Traffic signals",
+    "Pedestrians",
+    "Children crossing",
+    "Bicycles crossing",
+    "Beware of ice/snow",
+    "Wild animals crossing",
+    "End of all speed and passing limits",
+    "Turn right ahead",
+    "Turn left ahead",
+    "Ahead only",
+    "Go straight or right",
+    "Go straight or left",
+    "Keep right",
+    "Keep left",
+    "Roundabout mandatory",
+    "End of no passing",
+    "End of no passing by vehicles over 3.5 metric tons",
+)
+assert len(CLASS_NAMES) == NUM_CLASSES
+
+# A data row: a file name, then seven non-negative ASCII integers, ';'-separated.
+_CSV_ROW = re.compile(r"([^;]*)" + r";[ \t]*([0-9]+)[ \t]*" * 7)
+_TRAIN_NAME = re.compile(r"(\d{5})_(\d{5})\.ppm")
+_CLASS_DIR = re.compile(r"\d{5}")
+_TRAIN_SUBDIR = Path("GTSRB", "Final_Training", "Images")
+_TEST_SUBDIR = Path("GTSRB", "Final_Test", "Images")
+_TEST_GT_NAME = "GT-final_test.csv"
+# Netpbm header: magic, then width, height and maxval separated by whitespace and/or
+# '#' comments running to the end of their line, then exactly one whitespace byte.
+_SEP = rb"(?:\s|#[^\r\n]*[\r\n])+"
+_PPM_HEADER = re.compile(rb"P([56])" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)\s")
+
+
+class GtsrbFormatError(ValueError):
+    """The files do not follow the official GTSRB format.
+
+    The message names the offending file, the CSV line (1-based, the header is line 1)
+    that lists it, and what was expected. `path` and `line` carry the same information.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None, line: int | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.line = line
+
+    def __reduce__(self):  # keep path/line when raised in a worker process
+        return (type(self), (self.args[0], self.path, self.line))
+
+
+@dataclass
+class GtsrbSplit:
+    """One decoded split, rows in the order of `files`.
+
+    images: uint8, N x size x size x 3 (x 1 when grayscale).
+    labels: int64 ClassIds 0..42.
+    groups: int64; training: class * GROUP_STRIDE + track (unique across classes);
+        test: the row index (each test image is its own group).
+    files: paths relative to the root that was read, POSIX style, sorted.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _Item(NamedTuple):
+    """One image to decode, with what its CSV row says about it."""
+
+    path: str
+    width: int
+    height: int
+    roi: tuple[int, int, int, int]  # X1, Y1, X2, Y2 (X2, Y2 exclusive)
+    origin: str  # "<csv> line N", for messages
+
+
+class _Row(NamedTuple):
+    line: int
+    filename: str
+    width: int
+    height: int
+    roi: tuple[int, int, int, int]
+    class_id: int
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bool = True,
+                      grayscale: bool = False, workers: int | None = None,
+                      progress: bool = True) -> GtsrbSplit:
+    """Read the official training set under `root` (the folder holding ``GTSRB/``).
+
+    Every class folder present (``00000`` .. ``00042``) is read and validated; images are
+    cropped to their ROI (unless `crop_roi` is false) and resized to `size` x `size`.
+    Raises `GtsrbFormatError` on any deviation from the official format.
+    """
+    root = _existing_dir(root)
+    images_dir = _find_dir(root, (_TRAIN_SUBDIR, Path("Final_Training", "Images")), _looks_like_train_dir,
+                           "the training images folder GTSRB/Final_Training/Images with class folders 000NN")
+    class_dirs: list[tuple[int, Path]] = []
+    for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        if not _CLASS_DIR.fullmatch(entry.name) or int(entry.name) >= NUM_CLASSES:
+            raise GtsrbFormatError(f"{entry.path}: unexpected folder; expected class folders 00000 .. "
+                                   f"{NUM_CLASSES - 1:05d}", entry.path)
+        class_dirs.append((int(entry.name), Path(entry.path)))
+    if not class_dirs:
+        raise GtsrbFormatError(f"{images_dir}: no class folders; expected 00000 .. {NUM_CLASSES - 1:05d}", images_dir)
+
+    items: list[_Item] = []
+    labels: list[int] = []
+    groups: list[int] = []
+    files: list[str] = []
+    for class_id, folder in class_dirs:
+        csv_path = folder / f"GT-{folder.name}.csv"
+        listing = _ppm_listing(folder)
+        if not csv_path.is_file():
+            what = f"{len(listing)} images but no" if listing else "no images and no"
+            raise GtsrbFormatError(f"{folder}: {what} {csv_path.name}; expected a non-empty class folder "
+                                   f"with its ground-truth CSV", folder)
+        rows = _read_csv(csv_path)
+        if not rows:
+            raise GtsrbFormatError(f"{csv_path}: no data rows (empty class folder); expected one row per image",
+                                   csv_path, 1)
+        _check_listing(folder, csv_path, rows, listing)
+        # Plain string paths: pathlib costs ~10 us per join, noticeable over 39,209 images.
+        path_prefix, file_prefix = _prefixes(folder, root)
+        csv_name = str(csv_path)
+        for row in sorted(rows, key=lambda r: r.filename):  # class folders are sorted: all files end up sorted
+            match = _TRAIN_NAME.fullmatch(row.filename)
+            if match is None:
+                raise GtsrbFormatError(f"{csv_name} line {row.line}: Filename {row.filename!r}; expected "
+                                       f"TTTTT_IIIII.ppm (track_image, 5 digits each)", csv_path, row.line)
+            if row.class_id != class_id:
+                raise GtsrbFormatError(f"{csv_name} line {row.line}: {row.filename}: ClassId {row.class_id} "
+                                       f"disagrees with its folder {folder.name}; expected {class_id}",
+                                       csv_path, row.line)
+            items.append(_Item(path_prefix + row.filename, row.width, row.height, row.roi,
+                               f"{csv_name} line {row.line}"))
+            labels.append(class_id)
+            groups.append(class_id * GROUP_STRIDE + int(match.group(1)))
+            files.append(file_prefix + row.filename)
+
+    images = _decode_all(items, size, crop_roi, grayscale, workers, progress, "GTSRB train")
+    return GtsrbSplit(images, np.asarray(labels, np.int64), np.asarray(groups, np.int64), files)
+
+
+def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] | None = None, size: int = 32,
+                  crop_roi: bool = True, grayscale: bool = False, workers: int | None = None,
+                  progress: bool = True) -> GtsrbSplit:
+    """Read the official test images under `root`, labelled by `gt_csv`.
+
+    `gt_csv` is ``GT-final_test.csv`` from ``GTSRB_Final_Test_GT.zip`` (with ClassId);
+    when None it is looked for in `root`, ``root/GTSRB``, ``root/GTSRB/Final_Test`` and the
+    images folder. Every row must name an existing image and every image must have a row.
+    """
+    root = _existing_dir(root)
+    images_dir = _find_dir(root, (_TEST_SUBDIR, Path("Final_Test", "Images")), _looks_like_test_dir,
+                           "the test images folder GTSRB/Final_Test/Images with NNNNN.ppm images")
+    if gt_csv is None:
+        candidates = [root / _TEST_GT_NAME, root / "GTSRB" / _TEST_GT_NAME,
+                      root / "GTSRB" / "Final_Test" / _TEST_GT_NAME, images_dir / _TEST_GT_NAME]
+        gt_csv = next((c for c in candidates if c.is_file()), None)
+        if gt_csv is None:
+            raise GtsrbFormatError(f"{root}: no {_TEST_GT_NAME} found (looked in "
+                                   f"{', '.join(str(c.parent) for c in candidates)}); expected the ground truth "
+                                   f"from GTSRB_Final_Test_GT.zip, or pass its path as gt_csv", root)
+    gt_csv = Path(gt_csv)
+    if not gt_csv.is_file():
+        raise FileNotFoundError(f"{gt_csv}: no such ground-truth CSV")
+    rows = _read_csv(gt_csv)
+    if not rows:
+        raise GtsrbFormatError(f"{gt_csv}: no data rows; expected one row per test image", gt_csv, 1)
+    _check_listing(images_dir, gt_csv, rows, _ppm_listing(images_dir))
+    rows = sorted(rows, key=lambda r: r.filename)
+    path_prefix, file_prefix = _prefixes(images_dir, root)
+    items = [_Item(path_prefix + r.filename, r.width, r.height, r.roi, f"{gt_csv} line {r.line}") for r in rows]
+    images = _decode_all(items, size, crop_roi, grayscale, workers, progress, "GTSRB test")
+    return GtsrbSplit(images, np.asarray([r.class_id for r in rows], np.int64), np.arange(len(rows), dtype=np.int64),
+                      [file_prefix + r.filename for r in rows])
+
+
+def track_split(labels: np.ndarray | Sequence[int], groups: np.ndarray | Sequence[int], val_fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, val) by whole tracks, stratified by class, seeded.
+
+    Per class, round(val_fraction * its number of tracks) tracks go to validation, at least
+    one when the class has two tracks or more and never all of them (a class with a single
+    track stays in train). Each class draws from its own generator seeded by (seed, class),
+    so a class's choice does not depend on the other classes. Returns sorted int64 arrays.
+    Raises ValueError if a group spans two classes.
+    """
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    if labels.ndim != 1 or labels.shape != groups.shape:
+        raise ValueError(f"labels and groups must be 1-D and of equal length, got {labels.shape} and {groups.shape}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    pairs = np.unique(np.stack([groups, labels]), axis=1) if len(labels) else np.empty((2, 0), labels.dtype)
+    mixed_groups, counts = np.unique(pairs[0], return_counts=True)
+    if (counts > 1).any():
+        group = mixed_groups[counts > 1][0]
+        raise ValueError(f"group {group} spans classes {sorted(set(pairs[1][pairs[0] == group].tolist()))}; "
+                         f"expected every group (track) within one class")
+    val_groups: list[np.ndarray] = []
+    for cls in np.unique(labels):
+        tracks = pairs[0][pairs[1] == cls]  # sorted, unique
+        n = len(tracks)
+        n_val = math.floor(val_fraction * n + 0.5)
+        if val_fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        else:
+            n_val = 0
+        if n_val:
+            rng = np.random.default_rng([int(seed), int(cls)])
+            val_groups.append(rng.choice(tracks, size=n_val, replace=False))
+    is_val = np.isin(groups, np.concatenate(val_groups)) if val_groups else np.zeros(len(labels), bool)
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- layout and CSV
+
+
+def _existing_dir(root: str | os.PathLike[str]) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    return root
+
+
+def _prefixes(folder: Path, root: Path) -> tuple[str, str]:
+    """What to prepend to a file name in `folder`: for its path, and for its POSIX path under `root`."""
+    relative = folder.relative_to(root).as_posix()
+    return os.path.join(folder, ""), "" if relative == "." else relative + "/"
+
+
+def _looks_like_train_dir(path: Path) -> bool:
+    return any(e.is_dir() and _CLASS_DIR.fullmatch(e.name) for e in os.scandir(path))
+
+
+def _looks_like_test_dir(path: Path) -> bool:
+    return any(e.name.lower().endswith(".ppm") for e in os.scandir(path))
+
+
+def _find_dir(root: Path, subdirs: Sequence[Path], fits, expected: str) -> Path:
+    """`root/<subdir>` for the first subdir that exists, else root itself if it fits."""
+    for sub in subdirs:
+        if (root / sub).is_dir():
+            return root / sub
+    if fits(root):
+        return root
+    raise GtsrbFormatError(f"{root}: no {subdirs[0].as_posix()} folder; expected {expected}", root)
+
+
+def _ppm_listing(folder: Path) -> set[str]:
+    return {e.name for e in os.scandir(folder) if e.name.lower().endswith(".ppm") and e.is_file()}
+
+
+def _read_csv(csv_path: Path) -> list[_Row]:
+    """Parse a ground-truth CSV (official header with ClassId), validating every field."""
+    try:
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GtsrbFormatError(f"{csv_path}: not a text file ({exc}); expected ';'-separated ASCII", csv_path) from None
+    lines = text.splitlines()
+    expected_header = ";".join(CSV_COLUMNS)
+    header = [f.strip() for f in lines[0].split(";")] if lines else []
+    if tuple(header) != CSV_COLUMNS:
+        hint = ""
+        if tuple(header) == CSV_COLUMNS[:-1]:
+            hint = (" (this CSV has no ClassId: for the test set use GT-final_test.csv from "
+                    "GTSRB_Final_Test_GT.zip, not GT-final_test.test.csv)")
+        got = repr(lines[0]) if lines else "an empty file"
+        raise GtsrbFormatError(f"{csv_path} line 1: malformed header {got}{hint}; expected {expected_header!r}",
+                               csv_path, 1)
+    rows: list[_Row] = []
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        match = _CSV_ROW.fullmatch(line)  # the common, well-formed row in one step
+        if match is None:
+            _explain_bad_row(csv_path, line_no, line)
+        filename = match.group(1).strip()
+        width, height, x1, y1, x2, y2, class_id = map(int, match.group(2, 3, 4, 5, 6, 7, 8))
+        if (not filename.lower().endswith(".ppm") or filename.startswith(".") or "/" in filename
+                or "\\" in filename):
+            raise GtsrbFormatError(f"{csv_path} line {line_no}: Filename {filename!r}; expected a plain NAME.ppm",
+                                   csv_path, line_no)
+        if width < 1 or height < 1:
+            raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: size {width}x{height}; expected Width, "
+                                   f"Height >= 1", csv_path, line_no)
+        if not (x1 < x2 <= width and y1 < y2 <= height):
+            raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: ROI (X1, Y1, X2, Y2) = ({x1}, {y1}, {x2}, "
+                                   f"{y2}) is empty or outside the {width}x{height} image; expected "
+                                   f"0 <= X1 < X2 <= Width and 0 <= Y1 < Y2 <= Height", csv_path, line_no)
+        if class_id >= NUM_CLASSES:
+            raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: ClassId {class_id}; expected "
+                                   f"0 .. {NUM_CLASSES - 1}", csv_path, line_no)
+        rows.append(_Row(line_no, filename, width, height, (x1, y1, x2, y2), class_id))
+    return rows
+
+
+def _explain_bad_row(csv_path: Path, line_no: int, line: str) -> NoReturn:
+    """Raise the error that says what is wrong with a row `_CSV_ROW` does not match."""
+    where = f"{csv_path} line {line_no}"
+    fields = [f.strip() for f in line.split(";")]
+    if len(fields) != len(CSV_COLUMNS):
+        raise GtsrbFormatError(f"{where}: {len(fields)} fields in {line!r}; expected {len(CSV_COLUMNS)} "
+                               f"({';'.join(CSV_COLUMNS)})", csv_path, line_no)
+    for column, field in zip(CSV_COLUMNS[1:], fields[1:]):
+        if not (field.isascii() and field.isdigit()):
+            raise GtsrbFormatError(f"{where}: {fields[0]}: {column} {field!r}; expected a non-negative integer",
+                                   csv_path, line_no)
+    raise GtsrbFormatError(f"{where}: malformed row {line!r}; expected {';'.join(CSV_COLUMNS)}", csv_path, line_no)
+
+
+def _check_listing(folder: Path, csv_path: Path, rows: list[_Row], listing: set[str]) -> None:
+    """Every row names an existing, distinct image and every image of the folder has a row."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        if row.filename in seen:
+            raise GtsrbFormatError(f"{csv_path} line {row.line}: {row.filename} is listed again (first at line "
+                                   f"{seen[row.filename]}); expected one row per image", csv_path, row.line)
+        seen[row.filename] = row.line
+        if row.filename not in listing:
+            raise GtsrbFormatError(f"{csv_path} line {row.line}: {row.filename} does not exist in {folder}; "
+                                   f"expected every listed image to be present", csv_path, row.line)
+    unlisted = sorted(listing.difference(seen))
+    if unlisted:
+        raise GtsrbFormatError(f"{folder / unlisted[0]}: not listed in {csv_path} ({len(unlisted)} unlisted "
+                               f"image(s)); expected one CSV row per image", folder / unlisted[0])
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _decode_all(items: list[_Item], size: int, crop_roi: bool, grayscale: bool, workers: int | None,
+                progress: bool, desc: str) -> np.ndarray:
+    """Decode `items` into an N x size x size x C array, in order."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    n = len(items)
+    if workers is None:
+        # Starting workers costs ~0.1 s: not worth it for a few thousand images or less.
+        workers = _cpu_count() if n > SINGLE_PROCESS_MAX else 1
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    shape = (n, size, size, 1 if grayscale else 3)
+    # Chunks of up to 1024 images: each Pillow call then resizes many crops at once, and
+    # 2 workers still get 8+ chunks each on the full training set to balance the load.
+    chunk = max(1, min(1024, math.ceil(n / (workers * 8))))
+    ranges = [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+    workers = max(1, min(workers, len(ranges)))
+    # Worker processes need fork: they inherit `items` and write into a shared output buffer,
+    # so nothing is pickled but exceptions. Passing 120 MB of results and 39,209 items
+    # through pipes instead cost as much as the decoding on 2 cores.
+    if "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1
+    with bar(n, desc, "img", disable=not progress) as pbar:
+        if workers == 1:
+            out = np.empty(shape, np.uint8)
+            for start, stop in ranges:
+                out[start:stop] = _decode_chunk(items[start:stop], size, crop_roi, grayscale)
+                pbar.update(stop - start)
+            return out
+        # Anonymous shared memory, inherited by the forked workers; freed with its last reference.
+        buffer = mmap.mmap(-1, max(1, math.prod(shape)))
+        shared = np.frombuffer(buffer, np.uint8, math.prod(shape)).reshape(shape)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                                 initargs=(items, shared, size, crop_roi, grayscale)) as pool:
+            futures: list[Future] = [pool.submit(_decode_range, start, stop) for start, stop in ranges]
+            try:
+                for future in futures:  # in order: the first bad image raises
+                    pbar.update(future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    return _move_out(shared, buffer)
+
+
+def _move_out(shared: np.ndarray, buffer: mmap.mmap) -> np.ndarray:
+    """The result as an ordinary array: a shared mapping would stay shared with any process
+    forked later. Copied slice by slice, each slice's shared pages released (Linux) right
+    after, so the peak memory is about one copy of the images, not two."""
+    out = np.empty(shared.shape, np.uint8)
+    source, target = shared.reshape(-1), out.reshape(-1)
+    step = 1024 * mmap.PAGESIZE
+    for start in range(0, source.size, step):
+        target[start:start + step] = source[start:start + step]
+        if hasattr(mmap, "MADV_REMOVE"):
+            buffer.madvise(mmap.MADV_REMOVE, start, min(step, len(buffer) - start))
+    return out
+
+
+# What a worker process decodes and where it writes; set once per worker by `_start_worker`.
+_worker_job: tuple[list[_Item], np.ndarray, int, bool, bool] | None = None
+
+
+def _start_worker(items: list[_Item], shared: np.ndarray, size: int, crop_roi: bool, grayscale: bool) -> None:
+    global _worker_job
+    _worker_job = (items, shared, size, crop_roi, grayscale)
+
+
+def _decode_range(start: int, stop: int) -> int:
+    """In a worker: decode items[start:stop] into the shared output; return how many."""
+    assert _worker_job is not None, "called outside a worker started by _decode_all"
+    items, shared, size, crop_roi, grayscale = _worker_job
+    shared[start:stop] = _decode_chunk(items[start:stop], size, crop_roi, grayscale)
+    return stop - start
+
+
+def _decode_chunk(items: Sequence[_Item], size: int, crop_roi: bool, grayscale: bool) -> np.ndarray:
+    """Decode, crop and resize a list of images into an n x size x size x C uint8 array."""
+    crops = []
+    for item in items:
+        # Room for the raster its CSV row announces plus a header: one read() for almost every file.
+        pixels = _parse_ppm(_read_bytes(item.path, item.width * item.height * 3 + 1024), item)
+        if crop_roi:
+            x1, y1, x2, y2 = item.roi
+            pixels = pixels[y1:y2, x1:x2]
+        if pixels.shape[2] == 1:  # a PGM: resizing gray replicated to RGB gives the same values
+            pixels = np.repeat(pixels, 3, axis=2)
+        crops.append(pixels)
+    resized = _resize_bilinear(crops, size)
+    if grayscale:
+        # Pillow's convert("L") of the resized image: ITU-R 601-2 luma in 16-bit fixed point.
+        rgb = resized.astype(np.uint32)
+        luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+        return luma.astype(np.uint8)[..., None]
+    return resized
+
+
+def _read_bytes(path: str, size_hint: int) -> bytes:
+    """The whole file. os.read costs half of open().read() on these small files (~8 us)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        data = os.read(fd, size_hint)
+        if len(data) < size_hint:  # end of file reached
+            return data
+        blocks = [data]
+        while block := os.read(fd, 1 << 20):
+            blocks.append(block)
+        return b"".join(blocks)
+    finally:
+        os.close(fd)
+
+
+def _parse_ppm(data: bytes, item: _Item) -> np.ndarray:
+    """Binary PPM (P6) or PGM (P5) bytes -> H x W x C uint8 view (C = 3 or 1)."""
+    match = _PPM_HEADER.match(data)
+    if match is None:
+        if data[:2] not in (b"P6", b"P5"):
+            raise GtsrbFormatError(f"{item.path} ({item.origin}): magic {data[:2]!r}; expected a binary PPM "
+                                   f"starting with b'P6' (or b'P5')", item.path)
+        raise GtsrbFormatError(f"{item.path} ({item.origin}): malformed header {data[:40]!r}; expected "
+                               f"'P6 <width> <height> <maxval>' followed by one whitespace byte", item.path)
+    channels = 3 if match.group(1) == b"6" else 1
+    width, height, maxval = int(match.group(2)), int(match.group(3)), int(match.group(4))
+    if not 1 <= maxval <= 65535 or width < 1 or height < 1:
+        raise GtsrbFormatError(f"{item.path} ({item.origin}): header {width}x{height} maxval {maxval}; expected "
+                               f"a non-empty image with 1 <= maxval <= 65535", item.path)
+    if (width, height) != (item.width, item.height):
+        raise GtsrbFormatError(f"{item.path} ({item.origin}): image is {width}x{height}; expected "
+                               f"{item.width}x{item.height} as its CSV row says", item.path)
+    sample_bytes = 1 if maxval < 256 else 2
+    count = width * height * channels
+    offset = match.end()
+    if len(data) - offset < count * sample_bytes:
+        raise GtsrbFormatError(f"{item.path} ({item.origin}): truncated, {len(data) - offset} raster bytes; "
+                               f"expected {count * sample_bytes} for {width}x{height}x{channels} with maxval "
+                               f"{maxval}", item.path)
+    pixels = np.frombuffer(data, np.uint8 if sample_bytes == 1 else ">u2", count, offset)
+    if maxval != 255:
+        if int(pixels.max()) > maxval:
+            raise GtsrbFormatError(f"{item.path} ({item.origin}): sample {int(pixels.max())} above maxval "
+                                   f"{maxval}; expected samples <= maxval", item.path)
+        pixels = ((pixels.astype(np.uint32) * 255 + maxval // 2) // maxval).astype(np.uint8)
+    return pixels.reshape(height, width, channels)
+
+
+# --------------------------------------------------------------------------- resizing
+#
+# Quality: Pillow's BILINEAR is not the 2x2-tap bilinear of OpenCV or TF. When it shrinks,
+# Pillow widens the triangle filter by the scale factor, so every source pixel contributes
+# (an antialiased, area-like average): 250 -> 32 does not alias. It is sharper than BOX
+# when enlarging small crops (15 -> 32 px; BOX would be nearest-neighbour), free of the
+# ringing of BICUBIC/LANCZOS, and the cheapest of the antialiased filters.
+#
+# Speed: one `Image.resize` call per image costs ~50 us of Python overhead for a 32x32
+# result, more than the arithmetic. Pillow resizes separably, a horizontal pass (rounded
+# to uint8) then a vertical one, and a pass that leaves one axis unchanged is skipped. A
+# horizontal pass never mixes rows, so all crops of one width are stacked into one tall
+# image and resized horizontally in a single call; then all intermediates of one height
+# are laid side by side and resized vertically in a single call. It is Pillow's own
+# arithmetic, so the result equals ``Image.fromarray(crop).resize((size, size), BILINEAR)``
+# bit for bit (tests check this), whatever the batching.
+#
+# Pass order: since Pillow 13 (python-pillow/Pillow#9549) a resize whose height shrinks
+# much more than its width runs the vertical pass first, which changes rounding. Those
+# crops are transposed before the two passes and back after, which swaps the order.
+# `_vertical_first` is that rule for square outputs, found by comparing both orders with
+# Pillow 13.0 on ~10,000 (height, width, size) cases, crops of 2 to 260 pixels, sizes 8 to
+# 64; the tests check it against the installed Pillow. Older Pillow always went horizontal
+# first: with it, tall crops could differ by 1 in a few pixels (Pillow is pinned).
+
+
+def _vertical_first(height: int, width: int, size: int) -> bool:
+    """Whether Pillow resizes a height x width image to size x size vertically first."""
+    return height > size and 2 * width < height + size
+
+
+def _resize_bilinear(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Resize H x W x 3 uint8 crops (sizes may differ) to an n x size x size x 3 array.
+
+    Equals ``Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)`` per crop.
+    """
+    n = len(crops)
+    out = np.empty((n, size, size, 3), np.uint8)
+    flipped = [i for i, c in enumerate(crops) if _vertical_first(c.shape[0], c.shape[1], size)]
+    oriented = list(crops)
+    for i in flipped:
+        oriented[i] = crops[i].transpose(1, 0, 2)
+
+    # Pass 1, horizontal: crops of one width stacked vertically -> rows x size.
+    mid: list[np.ndarray] = list(oriented)
+    for width, idx in _groups(oriented, axis=1).items():
+        if width == size:
+            continue
+        tall = np.concatenate([oriented[i] for i in idx])
+        wide = np.asarray(Image.fromarray(tall).resize((size, len(tall)), Image.Resampling.BILINEAR))
+        top = 0
+        for i in idx:
+            mid[i] = wide[top:top + len(oriented[i])]
+            top += len(oriented[i])
+
+    # Pass 2, vertical: intermediates of one height side by side -> size x (k * size).
+    for height, idx in _groups(mid, axis=0).items():
+        row = np.concatenate([mid[i] for i in idx], axis=1)
+        if height != size:
+            row = np.asarray(Image.fromarray(row).resize((row.shape[1], size), Image.Resampling.BILINEAR))
+        out[idx] = row.reshape(size, len(idx), size, 3).transpose(1, 0, 2, 3)
+
+    if flipped:
+        out[flipped] = out[flipped].transpose(0, 2, 1, 3)
+    return out
+
+
+def _groups(arrays: Sequence[np.ndarray], axis: int) -> dict[int, list[int]]:
+    """Indices of `arrays` grouped by their length along `axis`."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, a in enumerate(arrays):
+        groups[a.shape[axis]].append(i)
+    return groups
