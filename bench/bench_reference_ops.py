@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     print(json.dumps(result, indent=2))
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "reference_ops.json").write_text(json.dumps(result, indent=2) + "\n")
     summary = ", ".join(f"{k} x{v['speedup']}" for k, v in result.items() if k != "config")
     print(f"vectorized vs naive loops (batch {args.batch}x28x28x1): {summary}", file=sys.stderr)
     return 0

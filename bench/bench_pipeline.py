@@ -1,0 +1,139 @@
+"""Benchmark: what DVC orchestration costs. No-op `dvc repro`, and the default `dvc repro`.
+
+- no-op: `dvc repro` in this repository when everything is up to date (median of 5): the
+  price of asking "is anything stale?";
+- default: `dvc repro` of the shipped params.yaml from scratch, in a scratch copy of the
+  repository (data from ../shared/datasets via PIPELINE_DATA_MIRROR), with the wall time
+  and peak RSS of every stage, sampled from the process tree every 0.2 s.
+
+Usage (from the repository root; the no-op part needs an up-to-date workspace):
+
+    .venv/bin/python bench/bench_pipeline.py [--skip-default]
+
+Prints the JSON result on stdout and a one-line summary on stderr, and writes
+bench/results/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "pipeline.json"
+MIRROR = ROOT.parent / "shared" / "datasets"
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PIPELINE_DATA_MIRROR": str(MIRROR)}
+
+
+def no_op_seconds(repeats: int = 5) -> list[float]:
+    status = subprocess.run(["dvc", "status", "--json"], cwd=ROOT, env=env(), capture_output=True, text=True)
+    if json.loads(status.stdout or "{}"):
+        sys.exit("the workspace is not up to date: run `dvc repro` first, then measure the no-op")
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(["dvc", "repro"], cwd=ROOT, env=env(), check=True, capture_output=True)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+class StageSampler(threading.Thread):
+    """Samples the RSS of every `python -m pipeline.<stage> ...` process under `root_pid`."""
+
+    def __init__(self, root_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(root_pid)
+        self.stages: dict[str, dict[str, float]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                children = self.root.children(recursive=True)
+            except psutil.Error:
+                break
+            now = time.perf_counter()
+            for child in children:
+                try:
+                    cmd = child.cmdline()
+                    rss = child.memory_info().rss + sum(c.memory_info().rss for c in child.children(recursive=True))
+                except psutil.Error:
+                    continue
+                if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith("pipeline."):
+                    name = cmd[2].removeprefix("pipeline.") + "@" + "-".join(cmd[3:])
+                    stage = self.stages.setdefault(name, {"first_seen": now, "peak_rss_mib": 0.0})
+                    stage["last_seen"] = now
+                    stage["peak_rss_mib"] = max(stage["peak_rss_mib"], rss / 2**20)
+            time.sleep(0.2)
+
+
+def default_repro() -> dict:
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        for name in files.split():
+            if name == "dvc.lock":
+                continue
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, work / name)
+        for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm",
+                         "bench"]):
+            subprocess.run(command, cwd=work, check=True, capture_output=True)
+        started = time.perf_counter()
+        process = subprocess.Popen(["dvc", "repro"], cwd=work, env=env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        sampler = StageSampler(process.pid)
+        sampler.start()
+        _, errors = process.communicate()
+        wall = time.perf_counter() - started
+        sampler.done.set()
+        sampler.join()
+        if process.returncode:
+            sys.exit(f"dvc repro failed:\n{errors[-3000:]}")
+        stages = {name: {"seconds": s["last_seen"] - s["first_seen"], "peak_rss_mib": s["peak_rss_mib"]}
+                  for name, s in sampler.stages.items()}
+        return {"wall_seconds": wall, "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
+                "stages": stages}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-default", action="store_true", help="only measure the no-op repro")
+    args = parser.parse_args()
+    no_op = no_op_seconds()
+    result = {"benchmark": "DVC orchestration", "no_op_repro_seconds": statistics.median(no_op),
+              "no_op_repro_all": no_op, "cpus": os.cpu_count()}
+    if not args.skip_default:
+        result["default_repro"] = default_repro()
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    line = f"no-op dvc repro {result['no_op_repro_seconds']:.2f} s"
+    if "default_repro" in result:
+        full = result["default_repro"]
+        line += f"; default dvc repro {full['wall_seconds'] / 60:.1f} min, peak RSS {full['peak_rss_mib']:.0f} MiB"
+    print(line, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

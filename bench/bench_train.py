@@ -1,0 +1,154 @@
+"""Benchmark: the pipeline's train stage vs a plain Keras script, and MLflow's cost.
+
+Why: wrapping Keras in DVC stages and MLflow tracking must not cost users speed. Compared,
+on the same normalized data, design, batch size and epochs, each run a fresh process,
+alternated round by round (stage+tracking, stage without tracking, plain, ...):
+
+- ``stage``: ``python -m pipeline.train <dataset> <design>`` exactly as `dvc repro` runs it,
+  in a scratch copy of the project (its own MLflow store), tracking on;
+- ``stage_untracked``: the same with ``PIPELINE_TRACKING=off``;
+- ``plain``: what a user writes by hand: load the arrays, build the model,
+  ``model.fit(x, y, batch_size, epochs, validation_data)`` (bench/plain_keras_train.py).
+
+Throughput is training images per second of ``model.fit`` wall time (tracing included,
+as a user waits for it); tracking overhead is the stage's whole wall time, tracked vs not.
+The achieved training FLOP/s (3 x 2 x MACs per image, forward + backward) is reported as a
+fraction of the machine's peak, measured with a large float32 matmul.
+
+Usage (from the repository root, after `dvc repro` has produced data/normalized/<dataset>):
+
+    .venv/bin/python bench/bench_train.py [--dataset mnist] [--designs lenet5_modern student_b]
+                                          [--epochs 2] [--rounds 2]
+
+Prints the JSON result on stdout and a one-line summary per design on stderr, and writes
+bench/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "train.json"
+PLAIN = ROOT / "bench" / "plain_keras_train.py"
+
+
+def scratch_project(dataset: str, design: str, epochs: int) -> Path:
+    """A throwaway project dir: params with `epochs`, the workspace's normalized data linked in."""
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["epochs"] = epochs
+    params["train"]["early_stopping_patience"] = 0
+    params["models"][design].pop("train", None)  # same epochs and batch size for every contender
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / "data" / "normalized").mkdir(parents=True)
+    (work / "data" / "normalized" / dataset).symlink_to(ROOT / "data" / "normalized" / dataset)
+    return work
+
+
+def run_stage(work: Path, dataset: str, design: str, tracked: bool) -> dict[str, float]:
+    env = {**os.environ, "DVC_ROOT": str(work), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PIPELINE_TRACKING": "on" if tracked else "off"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.train", dataset, design], cwd=work, env=env, check=True,
+                   capture_output=True)
+    wall = time.perf_counter() - started
+    metrics = json.loads((work / "metrics" / dataset / design / "train.json").read_text())
+    return {"wall_seconds": wall, "fit_seconds": metrics["train_seconds"], "epochs": metrics["epochs_run"],
+            "macs_per_image": metrics["macs_per_image"]}
+
+
+def run_plain(work: Path, dataset: str, design: str, epochs: int, batch_size: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, str(PLAIN), str(work), dataset, design, str(epochs), str(batch_size)],
+                         cwd=work, env=env, check=True, capture_output=True, text=True).stdout
+    return {"wall_seconds": time.perf_counter() - started, **json.loads(out.strip().splitlines()[-1])}
+
+
+def peak_flops(size: int = 2048, repeats: int = 10) -> float:
+    """float32 FLOP/s of a large matmul on all cores: the machine's practical peak."""
+    code = f"""
+import time, tensorflow as tf
+a = tf.random.normal(({size}, {size})); b = tf.random.normal(({size}, {size}))
+(a @ b).numpy()
+best = 0.0
+for _ in range({repeats}):
+    t = time.perf_counter(); (a @ b).numpy(); best = max(best, 2 * {size}**3 / (time.perf_counter() - t))
+print(best)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--designs", nargs="+", default=["lenet5_modern", "student_b"])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if not (ROOT / "data" / "normalized" / args.dataset / "train.npz").is_file():
+        sys.exit(f"data/normalized/{args.dataset}: missing; run `dvc repro normalize@{args.dataset}` first")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    batch_size = params["train"]["batch_size"]
+    train_images = int(json.loads((ROOT / "data/normalized" / args.dataset / "meta.json").read_text())
+                       ["sizes"]["train"])
+    peak = peak_flops()
+    result = {"benchmark": "train stage vs plain Keras, and MLflow tracking overhead", "dataset": args.dataset,
+              "train_images": train_images, "epochs": args.epochs, "batch_size": batch_size, "rounds": args.rounds,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "peak_matmul_gflops": peak / 1e9}, "designs": {}}
+    for design in args.designs:
+        work = scratch_project(args.dataset, design, args.epochs)
+        runs: dict[str, list[dict]] = {"stage": [], "stage_untracked": [], "plain": []}
+        try:
+            for _ in range(args.rounds):
+                runs["stage"].append(run_stage(work, args.dataset, design, tracked=True))
+                runs["stage_untracked"].append(run_stage(work, args.dataset, design, tracked=False))
+                runs["plain"].append(run_plain(work, args.dataset, design, args.epochs, batch_size))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        fit = {name: statistics.median(r["fit_seconds"] for r in rs) for name, rs in runs.items()}
+        wall = {name: statistics.median(r["wall_seconds"] for r in rs) for name, rs in runs.items()}
+        images_per_second = {name: train_images * args.epochs / seconds for name, seconds in fit.items()}
+        macs = runs["stage"][0]["macs_per_image"]
+        flops = images_per_second["stage"] * 6 * macs
+        summary = {
+            "images_per_second": images_per_second,
+            "throughput_ratio_stage_vs_plain": images_per_second["stage"] / images_per_second["plain"],
+            "macs_per_image": macs,
+            "training_gflops": flops / 1e9,
+            "fraction_of_peak": flops / peak,
+            "stage_wall_seconds": {"tracked": wall["stage"], "untracked": wall["stage_untracked"]},
+            "tracking_overhead": wall["stage"] / wall["stage_untracked"] - 1,
+            "runs": runs,
+        }
+        result["designs"][design] = summary
+        print(f"{design}: stage {images_per_second['stage']:.0f} img/s vs plain Keras "
+              f"{images_per_second['plain']:.0f} img/s (x{summary['throughput_ratio_stage_vs_plain']:.2f}); "
+              f"{summary['training_gflops']:.1f} GFLOP/s = {summary['fraction_of_peak']:.1%} of peak "
+              f"{peak / 1e9:.0f}; MLflow overhead {summary['tracking_overhead']:+.1%} of stage wall time",
+              file=sys.stderr)
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

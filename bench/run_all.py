@@ -1,0 +1,101 @@
+"""Run every benchmark (`make bench`), then summarize bench/results/*.json in bench/RESULTS.md.
+
+Each benchmark is its own script, printing a JSON result and a one-line summary; this runs
+them one after another (never in parallel: they measure the same two cores) and writes the
+summary with the machine it ran on. `--summary-only` rewrites RESULTS.md from the JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+SCRIPTS = ("bench_reference_ops.py", "bench_gtsrb_decode.py", "bench_train.py", "bench_pipeline.py")
+
+
+def machine() -> str:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = cpu
+    return (f"{model}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, no GPU; "
+            f"{platform.platform()}; Python {platform.python_version()}")
+
+
+def summary() -> str:
+    lines = ["# Benchmark results", "", f"Machine: {machine()}.", "",
+             f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `make bench` (bench/run_all.py); the raw "
+             "figures are in bench/results/*.json. Timings on a shared 2-core machine are noisy: each benchmark "
+             "alternates its contenders in one run and compares medians.", ""]
+    decode = _load("gtsrb_decode.json")
+    if decode:
+        s = decode["seconds_median"]
+        lines += ["## GTSRB preprocessing (39,209 training images: decode PPM, crop ROI, resize 32×32)", "",
+                  "| method | median s | pipeline's speed-up | peak RSS MiB |", "|---|---:|---:|---:|",
+                  f"| pipeline reader | {s['reader']:.2f} | | {decode['peak_rss_mib']['reader']:.0f} |",
+                  f"| naive Pillow loop | {s['naive']:.2f} | ×{decode['speedup_vs_naive']:.2f} | "
+                  f"{decode['peak_rss_mib']['naive']:.0f} |",
+                  f"| keras image_dataset_from_directory (PNG copies) | {s['keras']:.2f} | "
+                  f"×{decode['speedup_vs_keras']:.2f} | {decode['peak_rss_mib']['keras']:.0f} |", ""]
+    train = _load("train.json")
+    if train:
+        lines += [f"## Training throughput ({train['dataset']}, {train['epochs']} epochs, batch {train['batch_size']}; "
+                  f"peak float32 matmul {train['machine']['peak_matmul_gflops']:.0f} GFLOP/s)", "",
+                  "| design | stage img/s | plain Keras img/s | ratio | GFLOP/s | of peak | MLflow overhead |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for design, r in train["designs"].items():
+            ips = r["images_per_second"]
+            lines.append(f"| {design} | {ips['stage']:.0f} | {ips['plain']:.0f} | "
+                         f"×{r['throughput_ratio_stage_vs_plain']:.2f} | {r['training_gflops']:.1f} | "
+                         f"{r['fraction_of_peak']:.1%} | {r['tracking_overhead']:+.1%} |")
+        lines.append("")
+    pipeline = _load("pipeline.json")
+    if pipeline:
+        lines += ["## Pipeline overhead", "", f"- no-op `dvc repro`: {pipeline['no_op_repro_seconds']:.2f} s (median)"]
+        full = pipeline.get("default_repro")
+        if full:
+            lines += [f"- default `dvc repro` from scratch: {full['wall_seconds'] / 60:.1f} min, "
+                      f"peak RSS {full['peak_rss_mib']:.0f} MiB", "", "| stage | s | peak RSS MiB |", "|---|---:|---:|"]
+            lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in full["stages"].items()]
+        lines.append("")
+    ops = _load("reference_ops.json")
+    if ops:
+        lines += ["## NumPy reference ops: vectorized vs naive loops (64×28×28×1)", "",
+                  "| function | naive s | vectorized s | speed-up |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {r['naive_s']:.4f} | {r['vectorized_s']:.4f} | ×{r['speedup']} |"
+                  for name, r in ops.items() if name != "config"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summary-only", action="store_true")
+    args = parser.parse_args()
+    if not args.summary_only:
+        for script in SCRIPTS:
+            print(f"== {script}", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, str(BENCH / script)], check=True, stdout=subprocess.DEVNULL)
+    (BENCH / "RESULTS.md").write_text(summary() + "\n")
+    print(f"wrote {BENCH / 'RESULTS.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
