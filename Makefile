@@ -7,8 +7,9 @@ export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 UI_PORT ?= 5000
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup repro test test-fast ui bench lock clean-tracking
+.PHONY: setup repro test test-fast ui exps bench lock browser-deps
 
 $(VENV)/.installed: requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +22,29 @@ setup: $(VENV)/.installed
 repro: setup      ## set up, then run the whole pipeline
 	dvc repro
 
-test: setup       ## set up, then run the whole test suite (incl. end-to-end and real-data tests)
+test: setup browser-deps  ## set up, then run the whole test suite (incl. end-to-end, browser and real-data tests)
 	python -m pytest
 
 test-fast: setup  ## unit tests only
 	python -m pytest -m "not slow and not e2e and not browser"
 
+browser-deps:     ## Chromium for the MLflow UI browser test: Debian's chromium + chromium-driver, if missing
+	@if [ -x "$(CHROMIUM)" ] || [ "$$PIPELINE_SKIP_BROWSER" = 1 ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+	  echo "browser-deps: $(CHROMIUM) is missing and installing it needs root: run 'sudo make browser-deps'" \
+	    "(or set PIPELINE_SKIP_BROWSER=1 to skip the browser test)" >&2; exit 0; fi; \
+	echo "browser-deps: installing chromium and chromium-driver with apt-get"; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium chromium-driver fonts-liberation >/dev/null && $(CHROMIUM) --version
+
 ui: setup         ## the MLflow UI on http://127.0.0.1:$(UI_PORT), every design side by side
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns \
-	  --host 127.0.0.1 --port $(UI_PORT)
+	python -m pipeline.ui --root $(CURDIR) --port $(UI_PORT)
+
+# `dvc exp show` keeps every param of every design; this keeps the columns worth comparing.
+EXP_COLUMNS := Experiment|Created|test_accuracy|best_val_accuracy|train_seconds|^params$$|train\.(epochs|batch_size|optimizer|learning_rate)|normalize\.mode|experiments\.
+exps: setup       ## every experiment's key params and metrics, in readable columns
+	dvc exp show --no-pager --drop '.*' --keep '$(EXP_COLUMNS)'
 
 bench: setup      ## benchmarks (not tests): results in bench/results/
 	python bench/run_all.py

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in pngs:
             tracking.log_artifact(out.figures / name, "figures")
         tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
-        tracking.log_artifact(out.confusion, "reports")
+        tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
     return 0
 
 

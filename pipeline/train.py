@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_metrics({f"arch_{key}": value for key, value in result["architecture"]["totals"].items()})
         tracking.log_artifact(out.model_dir / "summary.txt", "reports")
         tracking.log_artifact(out.model_dir / "architecture.md", "reports")
-        tracking.log_artifact(out.history, "reports")
+        tracking.log_text(out.history.read_text(encoding="utf-8"), "reports/history.csv")
         log_model(model, result["x_example"])
     log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])

@@ -84,6 +84,9 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     assert [m.step for m in history] == [1]
     artifacts = {a.path for a in client(project).list_artifacts(found.info.run_id, "figures")}
     assert {"figures/learning_curves.png", "figures/confusion.png", "figures/samples.png"} <= artifacts
+    reports = {a.path for a in client(project).list_artifacts(found.info.run_id, "reports")}
+    assert {"reports/history.csv", "reports/confusion.csv", "reports/architecture.md", "reports/summary.txt",
+            "reports/per_class.json"} <= reports
     assert (project / "mlruns" / "mnist").is_dir(), "artifacts must live under <repo>/mlruns/<dataset>"
     logged = client(project).search_logged_models([found.info.experiment_id])
     assert any(m.source_run_id == found.info.run_id for m in logged), "the model is not logged with its run"
