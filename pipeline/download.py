@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline import files, tracking
+from pipeline import files, paths, tracking
 from pipeline.config import load_params
 from pipeline.datasets import DatasetSpec, RemoteFile, get
 from pipeline.progress import bar, setup_logging
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = params.dataset(spec.key)
     sources = sources_for(spec, settings.source, params.download.mirror)
     try:
-        manifest = download(spec, sources, Path("data/raw") / spec.key, params.download.accept_local_repacks,
+        manifest = download(spec, sources, paths.RAW / spec.key, params.download.accept_local_repacks,
                             params.download.timeout_seconds)
     except DownloadError as error:
         log.error("%s", error)

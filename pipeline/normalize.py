@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from pipeline import files, tracking
+from pipeline import files, paths, tracking
 from pipeline.config import NormalizeParams, load_params
 from pipeline.progress import setup_logging
 from pipeline.split import SPLITS
@@ -86,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     params = load_params()
     params.dataset(args.dataset)
-    source = Path("data/split") / args.dataset
+    source = paths.SPLIT / args.dataset
     splits = {name: files.load_arrays(source / f"{name}.npz") for name in SPLITS}
     meta = files.read_json(source / "meta.json")
     normalized, stats = normalize_splits(splits, params.normalize)
-    with files.atomic_directory(Path("data/normalized") / args.dataset) as out:
+    with files.atomic_directory(paths.NORMALIZED / args.dataset) as out:
         for name, split in normalized.items():
             files.save_arrays(out / f"{name}.npz", **split)
         files.write_json(out / "stats.json", stats)

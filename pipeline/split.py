@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline import files, tracking
+from pipeline import files, paths, tracking
 from pipeline.config import load_params
 from pipeline.datasets import RawData, get
 from pipeline.progress import setup_logging
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = params.dataset(spec.key)
 
     log.info("decoding %s from data/raw/%s", spec.title, spec.key)
-    raw = spec.read(Path("data/raw") / spec.key, settings.options)
+    raw = spec.read(paths.RAW / spec.key, settings.options)
     splits = split_dataset(raw, settings.val_fraction, params.seed)
     counts = {name: class_counts(split["y"], spec.class_names) for name, split in splits.items()}
     meta = {
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": params.seed,
         "grouped_by": "track" if raw.train_groups is not None else None,
     }
-    with files.atomic_directory(Path("data/split") / spec.key) as out:
+    with files.atomic_directory(paths.SPLIT / spec.key) as out:
         for name, split in splits.items():
             files.save_arrays(out / f"{name}.npz", **split)
         files.write_json(out / "counts.json", counts)
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_metrics({f"size_{name}": size for name, size in meta["sizes"].items()})
         tracking.log_metrics({f"class_min_{name}": min(c.values()) for name, c in counts.items()})
         tracking.log_metrics({f"class_max_{name}": max(c.values()) for name, c in counts.items()})
-        tracking.log_artifact(Path("data/split") / spec.key / "counts.json")
+        tracking.log_artifact(paths.SPLIT / spec.key / "counts.json")
     return 0
 
 
