@@ -39,14 +39,18 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = No
     """Batches of (x, y), reshuffled every epoch when `seed` is given.
 
     Shuffles indices and gathers one batch at a time: no copy of the data in a shuffle
-    buffer, and no per-image work in Python.
+    buffer, and no per-image work in Python. tf.data's autotuner is off: on 2 cores it
+    sometimes left training on one core for a whole run (a third of runs at exactly half
+    speed, bench/RESULTS.md); a fixed two-batch prefetch keeps both cores on the model.
     """
     x_all, y_all = tf.constant(x), tf.constant(y)
     order = tf.data.Dataset.range(len(y))
     if seed is not None:
         order = order.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.autotune.enabled = False
     return (order.batch(batch_size).map(lambda index: (tf.gather(x_all, index), tf.gather(y_all, index)))
-            .prefetch(tf.data.AUTOTUNE))
+            .prefetch(2).with_options(options))
 
 
 class EpochLog(keras.callbacks.Callback):
