@@ -21,7 +21,6 @@ import numpy as np
 from pipeline import files, paths, tracking
 from pipeline.config import NormalizeParams, load_params
 from pipeline.progress import setup_logging
-from pipeline.split import SPLITS
 
 log = logging.getLogger("pipeline.normalize")
 LECUN_BACKGROUND, LECUN_FOREGROUND = -0.1, 1.175
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     params.dataset(args.dataset)
     source = paths.SPLIT / args.dataset
-    splits = {name: files.load_arrays(source / f"{name}.npz") for name in SPLITS}
+    splits = {name: files.load_arrays(source / f"{name}.npz") for name in paths.SPLITS}
     meta = files.read_json(source / "meta.json")
     normalized, stats = normalize_splits(splits, params.normalize)
     with files.atomic_directory(paths.NORMALIZED / args.dataset) as out:

@@ -13,6 +13,7 @@ RAW = Path("data/raw")
 SPLIT = Path("data/split")
 NORMALIZED = Path("data/normalized")
 REPORTS = Path("reports")
+SPLITS = ("train", "val", "test")  # <split>.npz in SPLIT/<dataset> and NORMALIZED/<dataset>
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from pipeline.datasets import RawData, get
 from pipeline.progress import setup_logging
 
 log = logging.getLogger("pipeline.split")
-SPLITS = ("train", "val", "test")
 
 
 def split_indices(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
