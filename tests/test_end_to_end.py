@@ -115,6 +115,18 @@ def test_second_repro_is_a_no_op(project: Path) -> None:
     assert "Running stage" not in output
 
 
+def test_editing_one_design_from_the_command_line_reruns_only_its_stages(project: Path) -> None:
+    edited = "student_b"
+    assert edited in TINY_PROJECT_MODELS and edited != MODEL
+    output = run(["dvc", "exp", "run", "-n", "narrow-b", "-S", f"models.{edited}.layers.0.filters=8"], project).stdout
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {f"train@mnist-{edited}", f"evaluate@mnist-{edited}", "compare"}, output
+    (narrowed,) = client(project).search_runs(
+        [client(project).get_experiment_by_name("mnist").experiment_id],
+        f"tags.model = '{edited}' and tags.dvc_experiment = 'narrow-b'")
+    assert narrowed.data.params["design_spec.layers.0.filters"] == "8"
+
+
 def test_exp_run_and_queue_log_into_the_workspace_store(project: Path) -> None:
     run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], project)
     shown = run(["dvc", "exp", "show", "--json"], project).stdout
