@@ -25,10 +25,10 @@ def client(repo: Path) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
 
 
-def model_runs(repo: Path, **tags: str) -> list:
+def model_runs(repo: Path, model: str = MODEL, **tags: str) -> list:
     experiment = client(repo).get_experiment_by_name("mnist")
     assert experiment is not None, "no MLflow experiment named after the dataset"
-    query = " and ".join([f"tags.model = '{MODEL}'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()])
+    query = " and ".join([f"tags.model = '{model}'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()])
     return client(repo).search_runs([experiment.experiment_id], query)
 
 
@@ -121,9 +121,7 @@ def test_editing_one_design_from_the_command_line_reruns_only_its_stages(project
     output = run(["dvc", "exp", "run", "-n", "narrow-b", "-S", f"models.{edited}.layers.0.filters=8"], project).stdout
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran == {f"train@mnist-{edited}", f"evaluate@mnist-{edited}", "compare"}, output
-    (narrowed,) = client(project).search_runs(
-        [client(project).get_experiment_by_name("mnist").experiment_id],
-        f"tags.model = '{edited}' and tags.dvc_experiment = 'narrow-b'")
+    (narrowed,) = model_runs(project, edited, dvc_experiment="narrow-b")
     assert narrowed.data.params["design_spec.layers.0.filters"] == "8"
 
 
