@@ -112,8 +112,11 @@ def default_repro() -> dict:
             sys.exit(f"dvc repro failed:\n{errors[-3000:]}")
         stages = {name: {"seconds": s["last_seen"] - s["first_seen"], "peak_rss_mib": s["peak_rss_mib"]}
                   for name, s in sampler.stages.items()}
+        # what the run trained to: a speed-up must not cost accuracy
+        accuracy = {f"{path.parts[-3]}/{path.parts[-2]}": json.loads(path.read_text())["test_accuracy"]
+                    for path in sorted(work.glob("metrics/*/*/evaluate.json"))}
         return {"wall_seconds": wall, "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
-                "stages": stages, "no_op_seconds": no_op_seconds(work)}
+                "stages": stages, "test_accuracy": accuracy, "no_op_seconds": no_op_seconds(work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,8 +7,11 @@ project (its own MLflow store); contenders alternate round by round:
 - throughput, for each design, `--epochs` epochs: ``stage``, i.e.
   ``python -m pipeline.train <dataset> <design>`` exactly as `dvc repro` runs it (tracking
   on), vs ``plain``, what a user writes by hand: load the arrays, build the model,
-  ``model.fit(x, y, batch_size, epochs, validation_data)`` (bench/plain_keras_train.py).
-  Images per second of ``model.fit`` wall time (tracing included, as a user waits for it).
+  ``model.fit(x, y, batch_size, epochs, validation_data)`` (bench/plain_keras_train.py), with
+  TensorFlow's defaults; and ``plain_onednn``, the same script on the oneDNN kernels the
+  stage turns on (pipeline/__init__.py), so ``stage / plain_onednn`` is the wrapper's own cost
+  and ``stage / plain`` what a user gains. Images per second of ``model.fit`` wall time
+  (tracing included, as a user waits for it).
   The achieved training FLOP/s (3 x 2 x MACs per image, forward + backward) is reported as
   a fraction of the machine's peak, measured with a large float32 matmul.
 - tracking overhead, for the first design at the params' own epochs (what `dvc repro`
@@ -77,8 +80,12 @@ def run_stage(work: Path, dataset: str, design: str, tracked: bool) -> dict[str,
             "macs_per_image": metrics["macs_per_image"]}
 
 
-def run_plain(work: Path, dataset: str, design: str, epochs: int, batch_size: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run_plain(work: Path, dataset: str, design: str, epochs: int, batch_size: int,
+              onednn: bool) -> dict[str, float]:
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if onednn:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1"
     started = time.perf_counter()
     out = subprocess.run([sys.executable, str(PLAIN), str(work), dataset, design, str(epochs), str(batch_size)],
                          cwd=work, env=env, check=True, capture_output=True, text=True).stdout
@@ -104,11 +111,12 @@ print(best)
 def throughput(dataset: str, design: str, epochs: int, rounds: int, batch_size: int, train_images: int,
                peak: float) -> dict:
     work = scratch_project(dataset, design, epochs)
-    runs: dict[str, list[dict]] = {"stage": [], "plain": []}
+    runs: dict[str, list[dict]] = {"stage": [], "plain": [], "plain_onednn": []}
     try:
         for _ in range(rounds):
             runs["stage"].append(run_stage(work, dataset, design, tracked=True))
-            runs["plain"].append(run_plain(work, dataset, design, epochs, batch_size))
+            runs["plain"].append(run_plain(work, dataset, design, epochs, batch_size, onednn=False))
+            runs["plain_onednn"].append(run_plain(work, dataset, design, epochs, batch_size, onednn=True))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fit = {name: statistics.median(r["fit_seconds"] for r in rs) for name, rs in runs.items()}
@@ -117,6 +125,7 @@ def throughput(dataset: str, design: str, epochs: int, rounds: int, batch_size: 
     flops = images_per_second["stage"] * 6 * macs
     return {"images_per_second": images_per_second,
             "throughput_ratio_stage_vs_plain": images_per_second["stage"] / images_per_second["plain"],
+            "throughput_ratio_stage_vs_plain_onednn": images_per_second["stage"] / images_per_second["plain_onednn"],
             "macs_per_image": macs, "training_gflops": flops / 1e9, "fraction_of_peak": flops / peak, "runs": runs}
 
 
@@ -161,7 +170,8 @@ def main() -> int:
         result["designs"][design] = summary
         ips = summary["images_per_second"]
         print(f"{design}: stage {ips['stage']:.0f} img/s vs plain Keras {ips['plain']:.0f} img/s "
-              f"(x{summary['throughput_ratio_stage_vs_plain']:.2f}); {summary['training_gflops']:.1f} GFLOP/s = "
+              f"(x{summary['throughput_ratio_stage_vs_plain']:.2f}), on oneDNN too {ips['plain_onednn']:.0f} img/s "
+              f"(x{summary['throughput_ratio_stage_vs_plain_onednn']:.2f}); {summary['training_gflops']:.1f} GFLOP/s = "
               f"{summary['fraction_of_peak']:.1%} of peak {peak / 1e9:.0f}", file=sys.stderr)
     if args.overhead_rounds:
         overhead = tracking_overhead(args.dataset, args.designs[0], args.overhead_rounds)
