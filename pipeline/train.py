@@ -107,7 +107,7 @@ def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
     rows = [{"epoch": epoch + 1, **{k: float(v[epoch]) for k, v in history.history.items() if k != "learning_rate"},
              "seconds": epoch_log.seconds[epoch]} for epoch in range(len(history.epoch))]
     return {"model": model, "summary": summary.getvalue(), "architecture": architecture, "history": rows,
-            "settings": settings, "meta": meta, "x_example": x_val[:5], "metrics": {
+            "settings": settings, "meta": meta, "metrics": {
                 "train_seconds": train_seconds,
                 "epochs_run": len(rows),
                 "params": int(model.count_params()),
@@ -157,23 +157,30 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_artifact(out.model_dir / "summary.txt", "reports")
         tracking.log_artifact(out.model_dir / "architecture.md", "reports")
         tracking.log_text(out.history.read_text(encoding="utf-8"), "reports/history.csv")
-        log_model(model, result["x_example"])
+        log_model(model)
     log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])
     return 0
 
 
-def log_model(model: Any, example: np.ndarray) -> None:
-    """The model in MLflow's Keras flavour, with the input/output signature users call it with."""
+def log_model(model: Any) -> None:
+    """The model in MLflow's Keras flavour, with the input/output signature users call it with.
+
+    The signature is read off the model's shapes: inferring it from a prediction would trace
+    a predict function only for this (a fixed cost of tracking, bench/bench_train.py).
+    """
     if not tracking.enabled():
         return
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    def spec(shape: tuple) -> Schema:
+        return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape[1:]))])
+
+    signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=[])
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -89,7 +90,10 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
             "reports/per_class.json"} <= reports
     assert (project / "mlruns" / "mnist").is_dir(), "artifacts must live under <repo>/mlruns/<dataset>"
     logged = client(project).search_logged_models([found.info.experiment_id])
-    assert any(m.source_run_id == found.info.run_id for m in logged), "the model is not logged with its run"
+    (model,) = [m for m in logged if m.source_run_id == found.info.run_id] or ["the model is not logged with its run"]
+    where = urlparse(model.artifact_location).path
+    signature = mlflow.models.Model.load(where).signature  # how users call the model
+    assert signature.inputs.inputs[0].shape == (-1, 32, 32, 1) and signature.outputs.inputs[0].shape == (-1, 10)
     data_runs = client(project).search_runs([found.info.experiment_id], "tags.stage = 'split'")
     assert data_runs and data_runs[0].data.metrics["size_train"] + data_runs[0].data.metrics["size_val"] == 400
 
