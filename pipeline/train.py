@@ -182,5 +182,6 @@ def log_model(model: Any) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=[])
 
+
 if __name__ == "__main__":
     sys.exit(main())

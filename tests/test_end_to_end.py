@@ -90,8 +90,9 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
             "reports/per_class.json"} <= reports
     assert (project / "mlruns" / "mnist").is_dir(), "artifacts must live under <repo>/mlruns/<dataset>"
     logged = client(project).search_logged_models([found.info.experiment_id])
-    (model,) = [m for m in logged if m.source_run_id == found.info.run_id] or ["the model is not logged with its run"]
-    where = urlparse(model.artifact_location).path
+    mine = [m for m in logged if m.source_run_id == found.info.run_id]
+    assert len(mine) == 1, "the model is not logged with its run"
+    where = urlparse(mine[0].artifact_location).path
     signature = mlflow.models.Model.load(where).signature  # how users call the model
     assert signature.inputs.inputs[0].shape == (-1, 32, 32, 1) and signature.outputs.inputs[0].shape == (-1, 10)
     data_runs = client(project).search_runs([found.info.experiment_id], "tags.stage = 'split'")
