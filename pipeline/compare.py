@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     setup_logging()
     params = load_params()
+    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
     from pipeline import figures
 
     table = collect(params.experiment_datasets, params.experiment_models)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -129,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
     files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
 
-    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"]):
-        tracking.log_metrics(result["metrics"])
+    # In-process: MLflow logs a Keras model only from the process that holds it.
+    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"],
+                            in_process=True) as tracked:
+        model_id = log_model(model) if tracked.id else None
+        tracking.log_metrics(result["metrics"], model_id=model_id)
         tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
                               for i, s in enumerate(result["per_class"].values())})
         for name in pngs:
@@ -138,6 +141,27 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
         tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
     return 0
+
+
+def log_model(model: keras.Model) -> str:
+    """The model in MLflow's Keras flavour, with the input/output signature users call it with
+    and the packages that load it; returns its MLflow model id.
+
+    Both are given rather than inferred: inferring the signature traces a prediction, and
+    inferring the requirements loads the model again in a subprocess (seconds per stage).
+    """
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(shape: tuple) -> Schema:
+        return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape[1:]))])
+
+    signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    requirements = [*mlflow.keras.get_default_pip_requirements(), f"tensorflow=={tf.__version__}"]
+    return mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements).model_id
 
 
 if __name__ == "__main__":

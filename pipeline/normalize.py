@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     params = load_params()
+    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
     params.dataset(args.dataset)
     source = paths.SPLIT / args.dataset
     splits = {name: files.load_arrays(source / f"{name}.npz") for name in paths.SPLITS}

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     params = load_params()
+    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
     spec = get(args.dataset)
     settings = params.dataset(spec.key)
 

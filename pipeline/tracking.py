@@ -6,20 +6,34 @@ copy (see `files.project_root`), so every run lands in the store `make ui` serve
 `MLFLOW_TRACKING_URI` overrides it (e.g. a shared server). One MLflow experiment per
 dataset; train and evaluate of one (dataset, design) share one run.
 `PIPELINE_TRACKING=off` turns tracking off (used to measure its overhead).
+
+Stages log through a worker process (`python -m pipeline.tracking`, started by `warm_up`):
+importing MLflow and opening its store take about 3 s of one core, which the worker spends
+while the stage does its own work (TensorFlow's import leaves the second core idle), so
+tracking adds almost nothing to a stage's wall time (bench/RESULTS.md). Log calls travel to
+it as JSON lines. The evaluate stage logs in-process instead: MLflow logs a Keras model only
+from the process that holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from pipeline import files
 from pipeline.config import Params, flatten
 
 MAX_PARAM_LENGTH = 6000
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not log (the worker's own error message is printed above this one)."""
 
 
 def enabled() -> bool:
@@ -77,22 +91,108 @@ def run_tags(dataset: str, stage: str, model: str | None) -> dict[str, str]:
     return tags
 
 
+# --- What a stage calls. Outside a stage run, or with tracking off, the log calls do nothing.
+
+def log_params(values: dict[str, Any]) -> None:
+    _log("params", {key: str(value)[:MAX_PARAM_LENGTH] for key, value in flatten(values).items()})
+
+
+def log_metrics(values: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
+    """Metrics of the run (per epoch with `step`); with `model_id`, also of that logged model."""
+    _log("metrics", {key: float(value) for key, value in values.items()}, step, model_id)
+
+
+def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    _log("artifact", str(Path(path).resolve()), artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    _log("text", text, artifact_file)
+
+
+class _LocalRun:
+    """A run this process logs into with MLflow's API (the worker's, and evaluate's)."""
+
+    def __init__(self, run_id: str | None) -> None:
+        self.id = run_id
+
+    def log(self, kind: str, *args: Any) -> None:
+        _MLFLOW_LOGGERS[kind](*args)
+
+
+class _WorkerRun:
+    """A run the tracking worker holds; its id arrives when the worker has opened it."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self._id: str | None = None
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            self._id = self.worker.reply()
+        return self._id
+
+    def log(self, kind: str, *args: Any) -> None:
+        self.worker.send(kind, *args)
+
+
+_active: _LocalRun | _WorkerRun | None = None  # the stage run the log calls go to
+
+
+def _log(kind: str, *args: Any) -> None:
+    if _active is not None:
+        _active.log(kind, *args)
+
+
 @contextlib.contextmanager
-def stage_run(params: Params, dataset: str, stage: str, model: str | None = None,
-              run_id: str | None = None) -> Iterator[str | None]:
-    """Open (or, with `run_id`, reopen) the MLflow run of a stage; yields its id (None when off)."""
+def stage_run(params: Params, dataset: str, stage: str, model: str | None = None, run_id: str | None = None,
+              in_process: bool = False) -> Iterator[_LocalRun | _WorkerRun]:
+    """Open (or, with `run_id`, reopen) the MLflow run of a stage; yields it (`.id` is None when off).
+
+    The run ends FINISHED when the block completes and FAILED when it raises.
+    """
+    global _active
     if not enabled():
-        yield None
+        yield _LocalRun(None)
         return
+    start = {"dataset": dataset, "stage": stage, "model": model, "run_id": run_id, "seed": params.seed}
+    if in_process:
+        with _mlflow_run(**start) as opened:
+            _active = _LocalRun(opened)
+            try:
+                yield _active
+            finally:
+                _active = None
+        return
+    worker = _running_worker()
+    worker.send("start", start)
+    _active = run = _WorkerRun(worker)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        _active = None
+        try:
+            run.id  # replies come in order: the run's id, then its end
+            worker.send("end", status)
+            worker.reply()
+        except TrackingError:
+            if status == "FINISHED":
+                raise  # else the stage's own error is the one to show
+
+
+@contextlib.contextmanager
+def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None, seed: int) -> Iterator[str]:
     mlflow = _mlflow()
     if run_id is not None and not _run_exists(run_id):
         run_id = None  # the store was reset since train ran: log into a fresh run rather than fail
-    kwargs = {"run_id": run_id} if run_id else {"experiment_id": experiment_id(dataset),
-                                                 "run_name": model or f"{stage}"}
+    kwargs = {"run_id": run_id} if run_id else {"experiment_id": experiment_id(dataset), "run_name": model or stage}
     with mlflow.start_run(**kwargs) as run:
-        mlflow.set_tags({**run_tags(dataset, stage if run_id is None else "train+evaluate", model)})
+        mlflow.set_tags(run_tags(dataset, stage if run_id is None else "train+evaluate", model))
         if run_id is None:
-            mlflow.log_params({"seed": params.seed})
+            mlflow.log_params({"seed": seed})
         yield run.info.run_id
 
 
@@ -104,25 +204,127 @@ def _run_exists(run_id: str) -> bool:
         return False
 
 
-def log_params(values: dict[str, Any]) -> None:
-    if not enabled():
-        return
-    mlflow = _mlflow()
-    items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(values).items()]
+def _mlflow_params(values: dict[str, str]) -> None:
+    items = list(values.items())
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        mlflow.log_params(dict(items[start:start + 100]))
+        _mlflow().log_params(dict(items[start:start + 100]))
 
 
-def log_metrics(values: dict[str, float], step: int | None = None) -> None:
+_MLFLOW_LOGGERS = {
+    "params": _mlflow_params,
+    "metrics": lambda values, step, model_id: _mlflow().log_metrics(values, step=step, model_id=model_id),
+    "artifact": lambda path, artifact_path: _mlflow().log_artifact(path, artifact_path=artifact_path),
+    "text": lambda text, artifact_file: _mlflow().log_text(text, artifact_file),
+}
+
+
+# --- The worker process, and this process's handle on it.
+
+class _Worker:
+    def __init__(self) -> None:
+        self.uri = tracking_uri()
+        # The worker must import this package even when the stage was started from elsewhere.
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri,
+               "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.tracking"], env=env, text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def send(self, kind: str, *args: Any) -> None:
+        assert self.process.stdin is not None
+        try:
+            if self.process.poll() is not None:
+                raise BrokenPipeError
+            self.process.stdin.write(json.dumps([kind, *args]) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise self.failed() from None
+
+    def reply(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise self.failed()
+        return line.rstrip("\n")
+
+    def failed(self) -> TrackingError:
+        code = self.process.wait()
+        return TrackingError(f"MLflow tracking failed: its worker process exited with status {code} (its error "
+                             f"is above). Check the store at {tracking_uri()}, or set PIPELINE_TRACKING=off to "
+                             f"run without tracking.")
+
+
+_worker: _Worker | None = None
+
+
+def warm_up() -> None:
+    """Start the tracking worker now, so that MLflow loads while the stage works.
+
+    Stages call this first thing (train before it imports TensorFlow). The worker lives as
+    long as this process: it exits on its own when its input closes.
+    """
     if enabled():
-        _mlflow().log_metrics({key: float(value) for key, value in values.items()}, step=step)
+        _running_worker()
 
 
-def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-    if enabled():
-        _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+def _running_worker() -> _Worker:
+    global _worker
+    if _worker is not None and (_worker.process.poll() is not None or _worker.uri != tracking_uri()):
+        with contextlib.suppress(OSError):  # dead, or bound to another store: it exits when its input closes
+            _worker.process.stdin.close()
+        _worker = None
+    if _worker is None:
+        _worker = _Worker()
+    return _worker
 
 
-def log_text(text: str, artifact_file: str) -> None:
-    if enabled():
-        _mlflow().log_text(text, artifact_file)
+def serve(requests: IO[str], replies: IO[str]) -> None:
+    """The worker's loop: each ["start", {...}] opens a run and is answered with its id; the log calls
+    that follow go into it; ["end", status] ends it and is answered "ended"."""
+    _mlflow().search_experiments(max_results=1)  # open (or create) the store before a run needs it
+    for line in requests:
+        kind, start = json.loads(line)
+        if kind != "start":
+            raise ValueError(f"tracking worker: expected a start request, got {kind!r}")
+        if _serve_run(start, requests, replies) is None:
+            return  # input closed mid-run: the stage process died, and its run ended FAILED
+        print("ended", file=replies, flush=True)
+
+
+def _serve_run(start: dict[str, Any], requests: IO[str], replies: IO[str]) -> str | None:
+    """Log into one run until its end request; returns the stage's status (None if input closed)."""
+    status = None
+    try:
+        with _mlflow_run(**start) as run_id:
+            print(run_id, file=replies, flush=True)
+            run = _LocalRun(run_id)
+            for line in requests:
+                kind, *args = json.loads(line)
+                if kind == "end":
+                    status = args[0]
+                    break
+                run.log(kind, *args)
+            if status != "FINISHED":
+                raise _StageFailed
+    except _StageFailed:
+        pass
+    return status
+
+
+class _StageFailed(Exception):
+    """Raised inside a run to end it FAILED (MLflow marks a run so when its block raises)."""
+
+
+def _worker_main() -> int:
+    from pipeline.progress import setup_logging
+
+    setup_logging()  # the stage's log format, and MLflow's INFO chatter off as in the stage
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage, which then ends its run
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints must not mix with the replies
+    serve(sys.stdin, replies)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

@@ -11,21 +11,24 @@ import argparse
 import csv
 import io
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import keras
-import numpy as np
-import tensorflow as tf
-
 from pipeline import files, paths, tracking
-from pipeline.architecture import architecture_report, format_report
-from pipeline.config import Params, load_params
-from pipeline.models import build_model, compile_model
-from pipeline.progress import is_tty, setup_logging
+
+if __name__ == "__main__":  # run as the stage: MLflow loads in its worker while TensorFlow loads here
+    tracking.warm_up()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline.architecture import architecture_report, format_report  # noqa: E402
+from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.models import build_model, compile_model  # noqa: E402
+from pipeline.progress import is_tty, setup_logging  # noqa: E402
 
 log = logging.getLogger("pipeline.train")
 
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     design = params.design(args.design)
     out = paths.RunPaths(args.dataset, args.design)
 
-    with tracking.stage_run(params, args.dataset, "train", model=args.design) as run_id:
+    with tracking.stage_run(params, args.dataset, "train", model=args.design) as run:
         tracking.log_params({"dataset": args.dataset, "design": args.design,
                              "train": params.train_settings(args.design).__dict__,
                              "design_spec": params.raw["models"][args.design],
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             model.save(tmp / "model.keras")
             (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
             (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
-            files.write_json(tmp / "run.json", {"run_id": run_id, "dataset": args.dataset, "design": args.design,
+            files.write_json(tmp / "run.json", {"run_id": run.id, "dataset": args.dataset, "design": args.design,
                                                 "input_shape": result["meta"]["input_shape"]})
         write_history(out.history, result["history"])
         files.write_json(out.metrics_dir / "train.json", result["metrics"])
@@ -157,30 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_artifact(out.model_dir / "summary.txt", "reports")
         tracking.log_artifact(out.model_dir / "architecture.md", "reports")
         tracking.log_text(out.history.read_text(encoding="utf-8"), "reports/history.csv")
-        log_model(model)
     log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])
     return 0
-
-
-def log_model(model: Any) -> None:
-    """The model in MLflow's Keras flavour, with the input/output signature users call it with.
-
-    The signature is read off the model's shapes: inferring it from a prediction would trace
-    a predict function only for this (a fixed cost of tracking, bench/bench_train.py).
-    """
-    if not tracking.enabled():
-        return
-    import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    def spec(shape: tuple) -> Schema:
-        return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape[1:]))])
-
-    signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=[])
 
 
 if __name__ == "__main__":

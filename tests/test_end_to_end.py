@@ -95,6 +95,10 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     where = urlparse(mine[0].artifact_location).path
     signature = mlflow.models.Model.load(where).signature  # how users call the model
     assert signature.inputs.inputs[0].shape == (-1, 32, 32, 1) and signature.outputs.inputs[0].shape == (-1, 10)
+    requirements = (Path(where) / "requirements.txt").read_text()  # what loads it elsewhere
+    assert "keras==" in requirements and "tensorflow==" in requirements
+    model_metrics = {metric.key: metric.value for metric in mine[0].metrics or []}
+    assert model_metrics["test_accuracy"] == found.data.metrics["test_accuracy"], "test metrics not on the model"
     data_runs = client(project).search_runs([found.info.experiment_id], "tags.stage = 'split'")
     assert data_runs and data_runs[0].data.metrics["size_train"] + data_runs[0].data.metrics["size_val"] == 400
 

@@ -1,0 +1,107 @@
+"""Stages log through the tracking worker: what they log lands in the run, and a stage that fails or
+dies leaves its run FAILED, never RUNNING."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline import tracking
+from pipeline.config import load_params
+from tests.conftest import REPO
+
+PARAMS = load_params(REPO / "params.yaml")
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClient:
+    """A fresh project store in tmp_path, read with MLflow's client as the UI reads it."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_what_a_stage_logs_lands_in_its_finished_run(store: mlflow.MlflowClient, tmp_path: Path) -> None:
+    report = tmp_path / "summary.txt"
+    report.write_text("layers\n")
+    with tracking.stage_run(PARAMS, "mnist", "train", model="lenet5_modern") as run:
+        tracking.log_params({"train": {"epochs": 2, "optimizer": "adam"}})
+        for epoch in (1, 2):
+            tracking.log_metrics({"val_accuracy": 0.5 * epoch}, step=epoch)
+        tracking.log_artifact(report, "reports")
+        tracking.log_text("epoch,loss\n1,0.3\n", "reports/history.csv")
+        run_id = run.id
+    found = store.get_run(run_id)
+    assert found.info.status == "FINISHED"
+    assert found.data.params["train.epochs"] == "2" and found.data.params["seed"] == str(PARAMS.seed)
+    assert found.data.tags["model"] == "lenet5_modern" and found.data.tags["stage"] == "train"
+    assert [(m.step, m.value) for m in store.get_metric_history(run_id, "val_accuracy")] == [(1, 0.5), (2, 1.0)]
+    assert {a.path for a in store.list_artifacts(run_id, "reports")} == {"reports/summary.txt",
+                                                                         "reports/history.csv"}
+    assert store.get_experiment(found.info.experiment_id).name == "mnist"
+
+
+def test_one_process_logs_several_runs_in_turn(store: mlflow.MlflowClient) -> None:
+    ids = {}
+    for dataset in ("mnist", "gtsrb"):  # as compare does, one run per dataset
+        with tracking.stage_run(PARAMS, dataset, "compare") as run:
+            tracking.log_metrics({"test_accuracy.lenet5_modern": 0.9})
+            ids[dataset] = run.id
+    for dataset, run_id in ids.items():
+        found = store.get_run(run_id)
+        assert found.info.status == "FINISHED" and found.data.metrics == {"test_accuracy.lenet5_modern": 0.9}
+        assert store.get_experiment(found.info.experiment_id).name == dataset
+
+
+def test_a_stage_that_raises_ends_its_run_failed_and_keeps_its_error(store: mlflow.MlflowClient) -> None:
+    with pytest.raises(ValueError, match="bad batch"):
+        with tracking.stage_run(PARAMS, "mnist", "train", model="lenet5_modern") as run:
+            run_id = run.id
+            raise ValueError("bad batch")
+    assert store.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_stage_process_that_dies_leaves_its_run_failed(store: mlflow.MlflowClient, tmp_path: Path) -> None:
+    """A killed stage sends no end: its worker sees its input close and fails the run."""
+    script = (
+        "import os, sys\n"
+        "from pipeline import tracking\n"
+        "from pipeline.config import load_params\n"
+        f"with tracking.stage_run(load_params({str(REPO / 'params.yaml')!r}), 'mnist', 'train') as run:\n"
+        "    tracking.log_metrics({'loss': 1.0}, step=1)\n"
+        "    print(run.id, 'mlflow' in sys.modules, flush=True)\n"
+        "    os._exit(9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 9, result.stderr
+    run_id, imported_mlflow = result.stdout.split()
+    assert imported_mlflow == "False", "the stage imported MLflow itself: its seconds of imports are back"
+    deadline = time.monotonic() + 60
+    while store.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get_run(run_id).info.status == "FAILED"
+    assert [m.value for m in store.get_metric_history(run_id, "loss")] == [1.0]
+
+
+def test_a_store_mlflow_cannot_open_is_a_clear_error(store: mlflow.MlflowClient, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'not-a-folder' / 'mlflow.db'}")
+    with pytest.raises(tracking.TrackingError, match="PIPELINE_TRACKING=off"):
+        with tracking.stage_run(PARAMS, "mnist", "split"):
+            tracking.log_metrics({"size_train": 10})
+
+
+def test_tracking_off_starts_no_worker_and_has_no_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_TRACKING", "off")
+    monkeypatch.setattr(tracking, "_worker", None)
+    tracking.warm_up()
+    with tracking.stage_run(PARAMS, "mnist", "train") as run:
+        tracking.log_metrics({"loss": 1.0})
+    assert run.id is None and tracking._worker is None
