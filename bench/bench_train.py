@@ -15,11 +15,13 @@ project (its own MLflow store); contenders alternate round by round:
   The achieved training FLOP/s (3 x 2 x MACs per image, forward + backward) is reported as
   a fraction of the machine's peak, measured with a large float32 matmul.
 - tracking overhead, for the first design at the params' own epochs (what `dvc repro`
-  runs): the stage's whole wall time with MLflow tracking vs with ``PIPELINE_TRACKING=off``.
-  MLflow's cost is mostly fixed (import, store, logging the model), so it is measured
-  against the training users actually run, not against a shortened one. Also reported: the
-  difference in time spent outside ``model.fit``, which training-speed drift does not blur
-  (per-epoch metric logging inside fit costs milliseconds).
+  runs): the train stage's whole wall time with MLflow tracking vs with
+  ``PIPELINE_TRACKING=off``. MLflow's cost is mostly fixed (import, store), so it is
+  measured against the training users actually run, not against a shortened one. Also
+  reported: the difference in time spent outside ``model.fit``, which training-speed drift
+  does not blur (per-epoch metric logging inside fit costs milliseconds); and the evaluate
+  stage tracked vs not, since it logs the model (in-process, pipeline/tracking.py), so that
+  MLflow's whole cost per (dataset, design) is on the record too.
 
 Usage (from the repository root, after `dvc repro` has produced data/normalized/<dataset>):
 
@@ -80,6 +82,14 @@ def run_stage(work: Path, dataset: str, design: str, tracked: bool) -> dict[str,
     metrics = json.loads((work / "metrics" / dataset / design / "train.json").read_text())
     return {"wall_seconds": wall, "fit_seconds": metrics["train_seconds"], "epochs": metrics["epochs_run"],
             "macs_per_image": metrics["macs_per_image"]}
+
+
+def run_evaluate(work: Path, dataset: str, design: str, tracked: bool) -> float:
+    """Wall seconds of the evaluate stage on the model the last run_stage trained."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.evaluate", dataset, design], cwd=work,
+                   env=stage_env(work, tracked), check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def run_plain(work: Path, dataset: str, design: str, epochs: int, batch_size: int,
@@ -146,11 +156,13 @@ def tracking_overhead(dataset: str, design: str, rounds: int) -> dict:
         subprocess.run([sys.executable, "-c", f"from pipeline import tracking; tracking.experiment_id({dataset!r})"],
                        cwd=work, env=stage_env(work, tracked=True), check=True, capture_output=True)
         for _ in range(rounds):
-            runs["tracked"].append(run_stage(work, dataset, design, tracked=True))
-            runs["untracked"].append(run_stage(work, dataset, design, tracked=False))
+            for name, tracked in (("tracked", True), ("untracked", False)):
+                run = run_stage(work, dataset, design, tracked)
+                runs[name].append({**run, "evaluate_wall_seconds": run_evaluate(work, dataset, design, tracked)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = {name: statistics.median(r["wall_seconds"] for r in rs) for name, rs in runs.items()}
+    evaluate = {name: statistics.median(r["evaluate_wall_seconds"] for r in rs) for name, rs in runs.items()}
     # Training speed drifts by 10-15% between runs on a shared machine, more than tracking costs;
     # the time outside model.fit (imports, store, logging the model) does not drift with it.
     outside_fit = {name: statistics.median(r["wall_seconds"] - r["fit_seconds"] for r in rs)
@@ -159,6 +171,9 @@ def tracking_overhead(dataset: str, design: str, rounds: int) -> dict:
             "tracking_overhead": wall["tracked"] / wall["untracked"] - 1,
             "seconds_outside_fit": outside_fit,
             "tracking_overhead_outside_fit": (outside_fit["tracked"] - outside_fit["untracked"]) / wall["untracked"],
+            "evaluate_wall_seconds": evaluate,
+            "tracking_seconds_per_design": outside_fit["tracked"] - outside_fit["untracked"]
+            + evaluate["tracked"] - evaluate["untracked"],
             "runs": runs}
 
 
@@ -196,7 +211,10 @@ def main() -> int:
         print(f"{overhead['design']}, {overhead['epochs']} epochs: stage {wall['tracked']:.1f} s with MLflow vs "
               f"{wall['untracked']:.1f} s without ({overhead['tracking_overhead']:+.1%}); outside model.fit "
               f"{overhead['seconds_outside_fit']['tracked']:.1f} s vs {overhead['seconds_outside_fit']['untracked']:.1f} s "
-              f"({overhead['tracking_overhead_outside_fit']:+.1%} of the untracked stage)", file=sys.stderr)
+              f"({overhead['tracking_overhead_outside_fit']:+.1%} of the untracked stage); evaluate "
+              f"{overhead['evaluate_wall_seconds']['tracked']:.1f} s vs {overhead['evaluate_wall_seconds']['untracked']:.1f} s; "
+              f"MLflow's seconds per design (train outside fit + evaluate) {overhead['tracking_seconds_per_design']:.1f}",
+              file=sys.stderr)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
