@@ -20,8 +20,8 @@ project (its own MLflow store); contenders alternate round by round:
   measured against the training users actually run, not against a shortened one. Also
   reported: the difference in time spent outside ``model.fit``, which training-speed drift
   does not blur (per-epoch metric logging inside fit costs milliseconds); and the evaluate
-  stage tracked vs not, since it logs the model (in-process, pipeline/tracking.py), so that
-  MLflow's whole cost per (dataset, design) is on the record too.
+  stage tracked vs not, since it logs the model (pipeline/tracking.py), so that MLflow's
+  whole cost per (dataset, design) is on the record too.
 
 Usage (from the repository root, after `dvc repro` has produced data/normalized/<dataset>):
 

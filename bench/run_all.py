@@ -74,9 +74,9 @@ def summary() -> str:
                       f"{tracking['tracking_overhead_outside_fit']:+.1%} of the untracked stage."]
             if "evaluate_wall_seconds" in tracking:
                 evaluate = tracking["evaluate_wall_seconds"]
-                lines[-1] += (f" The train stage logs through a worker process that loads MLflow while "
-                              f"TensorFlow loads; evaluate logs the model in-process: {evaluate['tracked']:.1f} s "
-                              f"tracked vs {evaluate['untracked']:.1f} s. MLflow's whole cost per (dataset, design), "
+                lines[-1] += (f" Stages log through a worker process that loads MLflow while they load "
+                              f"TensorFlow; evaluate's worker also logs the model while the stage draws its "
+                              f"figures: {evaluate['tracked']:.1f} s tracked vs {evaluate['untracked']:.1f} s. MLflow's whole cost per (dataset, design), "
                               f"train outside `model.fit` plus evaluate: "
                               f"{tracking['tracking_seconds_per_design']:.1f} s.")
             lines.append("")

@@ -12,18 +12,22 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import sys
 from typing import Any
 
-import keras
-import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix, f1_score
+from pipeline import files, paths, tracking
 
-from pipeline import figures, files, paths, tracking
-from pipeline.config import load_params
-from pipeline.progress import setup_logging
-from pipeline.train import load_split
+if __name__ == "__main__":  # run as the stage: MLflow and Keras load in its worker while Keras loads here
+    tracking.warm_up(with_keras=True)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix, f1_score  # noqa: E402
+
+from pipeline import figures  # noqa: E402
+from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.progress import setup_logging  # noqa: E402
+from pipeline.train import load_split  # noqa: E402
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -95,9 +99,34 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s on %s: test accuracy %.4f, loss %.4f", args.design, args.dataset,
              result["metrics"]["test_accuracy"], result["metrics"]["test_loss"])
 
+    # One run with train's: the worker logs the model while this process draws the figures.
+    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"]):
+        tracking.log_model(out.model_dir / "model.keras", result["metrics"])
+        tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
+                              for i, s in enumerate(result["per_class"].values())})
+        pngs = draw_figures(model, x, y, result, stats, class_names, out, params, f"{args.design} on {args.dataset}")
+        with files.atomic_directory(out.figures) as folder:
+            for name, figure in pngs.items():
+                figures.save(figure, folder / name)
+        with files.atomic_file(out.confusion, "w") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["actual", "predicted"])
+            writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
+        files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
+        files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
+        for name in pngs:
+            tracking.log_artifact(out.figures / name, "figures")
+        tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
+        tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
+    return 0
+
+
+def draw_figures(model: keras.Model, x: np.ndarray, y: np.ndarray, result: dict, stats: dict[str, Any],
+                 class_names: list[str], out: paths.RunPaths, params: Params, title: str) -> dict[str, Any]:
+    """The evaluation's figures by file name: learning curves, confusion matrices, samples,
+    mistakes and, for a convolutional model, its first layer's filters and feature maps."""
     history = list(csv.DictReader(open(out.history, encoding="utf-8")))
     history = [{k: float(v) for k, v in row.items()} for row in history]
-    title = f"{args.design} on {args.dataset}"
     pixels = to_pixels(x, stats)
     sample, mistakes = pick_samples(y, result["y_pred"], result["confidence"], params.evaluate.sample_images,
                                     params.seed)
@@ -119,49 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = keras.Model(model.input, conv.output)
         maps = keras.ops.convert_to_numpy(probe(x[:1]))[0]
         pngs["feature_maps.png"] = figures.feature_maps(pixels[0], maps, f"{title}: {conv.name} on test image 0")
-    with files.atomic_directory(out.figures) as folder:
-        for name, figure in pngs.items():
-            figures.save(figure, folder / name)
-    with files.atomic_file(out.confusion, "w") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
-    files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
-    files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
-
-    # In-process: MLflow logs a Keras model only from the process that holds it.
-    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"],
-                            in_process=True) as tracked:
-        model_id = log_model(model) if tracked.id else None
-        tracking.log_metrics(result["metrics"], model_id=model_id)
-        tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
-                              for i, s in enumerate(result["per_class"].values())})
-        for name in pngs:
-            tracking.log_artifact(out.figures / name, "figures")
-        tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
-        tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
-    return 0
-
-
-def log_model(model: keras.Model) -> str:
-    """The model in MLflow's Keras flavour, with the input/output signature users call it with
-    and the packages that load it; returns its MLflow model id.
-
-    Both are given rather than inferred: inferring the signature traces a prediction, and
-    inferring the requirements loads the model again in a subprocess (seconds per stage).
-    """
-    import mlflow
-    import tensorflow as tf
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    def spec(shape: tuple) -> Schema:
-        return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape[1:]))])
-
-    signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    requirements = [*mlflow.keras.get_default_pip_requirements(), f"tensorflow=={tf.__version__}"]
-    return mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements).model_id
+    return pngs
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Stages log through a worker process (`python -m pipeline.tracking`, started by `
 importing MLflow and opening its store take about 3 s of one core, which the worker spends
 while the stage does its own work (TensorFlow's import leaves the second core idle), so
 tracking adds almost nothing to a stage's wall time (bench/RESULTS.md). Log calls travel to
-it as JSON lines. The evaluate stage logs in-process instead: MLflow logs a Keras model only
-from the process that holds it.
+it as JSON lines. The evaluate stage also logs the trained model through it: the worker loads
+Keras while the stage does, then reads the saved model and logs it while the stage draws its
+figures.
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ def log_params(values: dict[str, Any]) -> None:
     _log("params", {key: str(value)[:MAX_PARAM_LENGTH] for key, value in flatten(values).items()})
 
 
-def log_metrics(values: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
-    """Metrics of the run (per epoch with `step`); with `model_id`, also of that logged model."""
-    _log("metrics", {key: float(value) for key, value in values.items()}, step, model_id)
+def log_metrics(values: dict[str, float], step: int | None = None) -> None:
+    """Metrics of the run (per epoch with `step`)."""
+    _log("metrics", {key: float(value) for key, value in values.items()}, step)
 
 
 def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
@@ -110,8 +111,14 @@ def log_text(text: str, artifact_file: str) -> None:
     _log("text", text, artifact_file)
 
 
+def log_model(model_file: str | os.PathLike[str], metrics: dict[str, float]) -> None:
+    """The Keras model saved at `model_file` as the run's MLflow model, with `metrics` (its test
+    scores) logged to the run and linked to the model, so the model's page shows them."""
+    _log("model", str(Path(model_file).resolve()), {key: float(value) for key, value in metrics.items()})
+
+
 class _LocalRun:
-    """A run this process logs into with MLflow's API (the worker's, and evaluate's)."""
+    """A run this process logs into with MLflow's API (the worker's)."""
 
     def __init__(self, run_id: str | None) -> None:
         self.id = run_id
@@ -146,8 +153,8 @@ def _log(kind: str, *args: Any) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, dataset: str, stage: str, model: str | None = None, run_id: str | None = None,
-              in_process: bool = False) -> Iterator[_LocalRun | _WorkerRun]:
+def stage_run(params: Params, dataset: str, stage: str, model: str | None = None,
+              run_id: str | None = None) -> Iterator[_LocalRun | _WorkerRun]:
     """Open (or, with `run_id`, reopen) the MLflow run of a stage; yields it (`.id` is None when off).
 
     The run ends FINISHED when the block completes and FAILED when it raises.
@@ -157,14 +164,6 @@ def stage_run(params: Params, dataset: str, stage: str, model: str | None = None
         yield _LocalRun(None)
         return
     start = {"dataset": dataset, "stage": stage, "model": model, "run_id": run_id, "seed": params.seed}
-    if in_process:
-        with _mlflow_run(**start) as opened:
-            _active = _LocalRun(opened)
-            try:
-                yield _active
-            finally:
-                _active = None
-        return
     worker = _running_worker()
     worker.send("start", start)
     _active = run = _WorkerRun(worker)
@@ -210,25 +209,58 @@ def _mlflow_params(values: dict[str, str]) -> None:
         _mlflow().log_params(dict(items[start:start + 100]))
 
 
+def _mlflow_model(model_file: str, metrics: dict[str, float]) -> None:
+    """The model in MLflow's Keras flavour, with the input/output signature users call it with
+    and the packages that load it, and its metrics.
+
+    Both are given rather than inferred: inferring the signature traces a prediction, and
+    inferring the requirements loads the model again in a subprocess (seconds per stage).
+    """
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    keras = _keras()
+    def spec(shape: tuple) -> Schema:
+        return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape[1:]))])
+
+    mlflow = _mlflow()
+    model = keras.models.load_model(model_file)
+    signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
+    requirements = [*mlflow.keras.get_default_pip_requirements(), f"tensorflow=={tf.__version__}"]
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for a few hundred KB is noise
+    logged = mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+    mlflow.log_metrics(metrics, model_id=logged.model_id)
+
+
+def _keras() -> Any:
+    import keras  # imported lazily: only the worker of a stage that logs a model needs it
+
+    import pipeline.lenet5_classic  # noqa: F401  registers the classic design's layers for loading
+    return keras
+
+
 _MLFLOW_LOGGERS = {
     "params": _mlflow_params,
-    "metrics": lambda values, step, model_id: _mlflow().log_metrics(values, step=step, model_id=model_id),
+    "metrics": lambda values, step: _mlflow().log_metrics(values, step=step),
     "artifact": lambda path, artifact_path: _mlflow().log_artifact(path, artifact_path=artifact_path),
     "text": lambda text, artifact_file: _mlflow().log_text(text, artifact_file),
+    "model": _mlflow_model,
 }
 
 
 # --- The worker process, and this process's handle on it.
 
 class _Worker:
-    def __init__(self) -> None:
+    def __init__(self, with_keras: bool) -> None:
         self.uri = tracking_uri()
         # The worker must import this package even when the stage was started from elsewhere.
         package_parent = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri,
                "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.tracking"], env=env, text=True,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        command = [sys.executable, "-m", "pipeline.tracking", *(["--with-keras"] if with_keras else [])]
+        self.process = subprocess.Popen(command, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def send(self, kind: str, *args: Any) -> None:
         assert self.process.stdin is not None
@@ -257,31 +289,34 @@ class _Worker:
 _worker: _Worker | None = None
 
 
-def warm_up() -> None:
-    """Start the tracking worker now, so that MLflow loads while the stage works.
+def warm_up(with_keras: bool = False) -> None:
+    """Start the tracking worker now, so that MLflow loads while the stage works; `with_keras`
+    if the stage will `log_model`, so that Keras loads there too (seconds of one core).
 
-    Stages call this first thing (train before it imports TensorFlow). The worker lives as
-    long as this process: it exits on its own when its input closes.
+    Stages call this first thing (train and evaluate before they import TensorFlow). The worker
+    lives as long as this process: it exits on its own when its input closes.
     """
     if enabled():
-        _running_worker()
+        _running_worker(with_keras)
 
 
-def _running_worker() -> _Worker:
+def _running_worker(with_keras: bool = False) -> _Worker:
     global _worker
     if _worker is not None and (_worker.process.poll() is not None or _worker.uri != tracking_uri()):
         with contextlib.suppress(OSError):  # dead, or bound to another store: it exits when its input closes
             _worker.process.stdin.close()
         _worker = None
     if _worker is None:
-        _worker = _Worker()
+        _worker = _Worker(with_keras)
     return _worker
 
 
-def serve(requests: IO[str], replies: IO[str]) -> None:
+def serve(requests: IO[str], replies: IO[str], with_keras: bool = False) -> None:
     """The worker's loop: each ["start", {...}] opens a run and is answered with its id; the log calls
     that follow go into it; ["end", status] ends it and is answered "ended"."""
     _mlflow().search_experiments(max_results=1)  # open (or create) the store before a run needs it
+    if with_keras:
+        _keras()
     for line in requests:
         kind, start = json.loads(line)
         if kind != "start":
@@ -322,7 +357,7 @@ def _worker_main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage, which then ends its run
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints must not mix with the replies
-    serve(sys.stdin, replies)
+    serve(sys.stdin, replies, with_keras="--with-keras" in sys.argv[1:])
     return 0
 
 

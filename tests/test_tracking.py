@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
+import numpy as np
 import pytest
 
 from pipeline import tracking
@@ -57,6 +59,29 @@ def test_one_process_logs_several_runs_in_turn(store: mlflow.MlflowClient) -> No
         found = store.get_run(run_id)
         assert found.info.status == "FINISHED" and found.data.metrics == {"test_accuracy.lenet5_modern": 0.9}
         assert store.get_experiment(found.info.experiment_id).name == dataset
+
+
+def test_a_saved_model_is_logged_loadable_with_its_signature_and_test_metrics(store: mlflow.MlflowClient,
+                                                                               tmp_path: Path) -> None:
+    """As evaluate logs it: the worker reads the saved file, so the stage never imports MLflow."""
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.save(tmp_path / "model.keras")
+    with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny") as run:
+        tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.75})
+        run_id = run.id
+    found = store.get_run(run_id)
+    (logged,) = store.search_logged_models([found.info.experiment_id])
+    assert logged.source_run_id == run_id and found.data.metrics["test_accuracy"] == 0.75
+    assert {m.key: m.value for m in logged.metrics}["test_accuracy"] == 0.75  # shown on the model's page
+    where = urlparse(logged.artifact_location).path
+    signature = mlflow.models.Model.load(where).signature
+    assert signature.inputs.inputs[0].shape == (-1, 8, 8, 1) and signature.outputs.inputs[0].shape == (-1, 3)
+    x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(mlflow.keras.load_model(where).predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)
 
 
 def test_a_stage_that_raises_ends_its_run_failed_and_keeps_its_error(store: mlflow.MlflowClient) -> None:
