@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import sys
 from typing import Any
 
-from pipeline import files, paths, tracking
+from pipeline import exit_now, files, paths, tracking
 
 if __name__ == "__main__":  # run as the stage: MLflow and Keras load in its worker while Keras loads here
     tracking.warm_up(with_keras=True)
@@ -152,4 +151,4 @@ def draw_figures(model: keras.Model, x: np.ndarray, y: np.ndarray, result: dict,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from pipeline import files
+from pipeline import exit_now, files
 from pipeline.config import Params, flatten
 
 MAX_PARAM_LENGTH = 6000
@@ -362,4 +362,4 @@ def _worker_main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main())
+    exit_now(_worker_main())

@@ -11,12 +11,11 @@ import argparse
 import csv
 import io
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import files, paths, tracking
+from pipeline import exit_now, files, paths, tracking
 
 if __name__ == "__main__":  # run as the stage: MLflow loads in its worker while TensorFlow loads here
     tracking.warm_up()
@@ -166,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
