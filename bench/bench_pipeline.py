@@ -2,7 +2,8 @@
 
 - default: `dvc repro` of the shipped params.yaml from scratch, in a scratch copy of the
   repository (data from ../shared/datasets via PIPELINE_DATA_MIRROR), with the wall time
-  and peak RSS of every stage, sampled from the process tree every 0.2 s;
+  and peak RSS of every stage (its process tree, tracking worker included), sampled every
+  0.2 s;
 - no-op: `dvc repro` again in that copy, now up to date (median of 5): the price of asking
   "is anything stale?".
 
@@ -78,7 +79,8 @@ class StageSampler(threading.Thread):
                     rss = child.memory_info().rss + sum(c.memory_info().rss for c in child.children(recursive=True))
                 except psutil.Error:
                     continue
-                if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith("pipeline."):
+                # A stage's tracking worker (pipeline.tracking) is its child: counted in the stage's RSS.
+                if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith("pipeline.") and cmd[2] != "pipeline.tracking":
                     name = cmd[2].removeprefix("pipeline.") + "@" + "-".join(cmd[3:])
                     stage = self.stages.setdefault(name, {"first_seen": now, "peak_rss_mib": 0.0})
                     stage["last_seen"] = now

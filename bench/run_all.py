@@ -78,7 +78,9 @@ def summary() -> str:
                               f"TensorFlow; evaluate's worker also logs the model while the stage draws its "
                               f"figures: {evaluate['tracked']:.1f} s tracked vs {evaluate['untracked']:.1f} s. MLflow's whole cost per (dataset, design), "
                               f"train outside `model.fit` plus evaluate: "
-                              f"{tracking['tracking_seconds_per_design']:.1f} s.")
+                              f"{tracking['tracking_seconds_per_design']:.1f} s, "
+                              f"{tracking['tracking_seconds_per_design'] / wall['untracked']:.1%} of the untracked "
+                              f"train stage.")
             lines.append("")
     pipeline = _load("pipeline.json")
     if pipeline:
