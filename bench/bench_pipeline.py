@@ -79,9 +79,10 @@ class StageSampler(threading.Thread):
                     rss = child.memory_info().rss + sum(c.memory_info().rss for c in child.children(recursive=True))
                 except psutil.Error:
                     continue
+                module = cmd[2] if len(cmd) >= 3 and cmd[1] == "-m" else ""
                 # A stage's tracking worker (pipeline.tracking) is its child: counted in the stage's RSS.
-                if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith("pipeline.") and cmd[2] != "pipeline.tracking":
-                    name = cmd[2].removeprefix("pipeline.") + "@" + "-".join(cmd[3:])
+                if module.startswith("pipeline.") and module != "pipeline.tracking":
+                    name = module.removeprefix("pipeline.") + "@" + "-".join(cmd[3:])
                     stage = self.stages.setdefault(name, {"first_seen": now, "peak_rss_mib": 0.0})
                     stage["last_seen"] = now
                     stage["peak_rss_mib"] = max(stage["peak_rss_mib"], rss / 2**20)

@@ -84,7 +84,9 @@ def summary() -> str:
             lines.append("")
     pipeline = _load("pipeline.json")
     if pipeline:
-        lines += ["## Pipeline overhead", "", f"- no-op `dvc repro`: {pipeline['no_op_repro_seconds']:.2f} s (median)"]
+        lines += ["## Pipeline overhead", "", f"- no-op `dvc repro`: {pipeline['no_op_repro_seconds']:.2f} s (median of "
+                  f"{len(pipeline['no_op_repro_all'])}: {min(pipeline['no_op_repro_all']):.2f} to "
+                  f"{max(pipeline['no_op_repro_all']):.2f} s)"]
         full = pipeline.get("default_repro")
         if full:
             lines += [f"- default `dvc repro` from scratch: {full['wall_seconds'] / 60:.1f} min, "
