@@ -76,17 +76,17 @@ def summary() -> str:
                 evaluate = tracking["evaluate_wall_seconds"]
                 lines[-1] += (f" Stages log through a worker process that loads MLflow while they load "
                               f"TensorFlow; evaluate's worker also logs the model while the stage draws its "
-                              f"figures: {evaluate['tracked']:.1f} s tracked vs {evaluate['untracked']:.1f} s. MLflow's whole cost per (dataset, design), "
-                              f"train outside `model.fit` plus evaluate: "
+                              f"figures: {evaluate['tracked']:.1f} s tracked vs {evaluate['untracked']:.1f} s. "
+                              f"MLflow's whole cost per (dataset, design), train outside `model.fit` plus evaluate: "
                               f"{tracking['tracking_seconds_per_design']:.1f} s, "
                               f"{tracking['tracking_seconds_per_design'] / wall['untracked']:.1%} of the untracked "
                               f"train stage.")
             lines.append("")
     pipeline = _load("pipeline.json")
     if pipeline:
-        lines += ["## Pipeline overhead", "", f"- no-op `dvc repro`: {pipeline['no_op_repro_seconds']:.2f} s (median of "
-                  f"{len(pipeline['no_op_repro_all'])}: {min(pipeline['no_op_repro_all']):.2f} to "
-                  f"{max(pipeline['no_op_repro_all']):.2f} s)"]
+        no_op = pipeline["no_op_repro_all"]
+        lines += ["## Pipeline overhead", "", f"- no-op `dvc repro`: {pipeline['no_op_repro_seconds']:.2f} s "
+                  f"(median of {len(no_op)}: {min(no_op):.2f} to {max(no_op):.2f} s)"]
         full = pipeline.get("default_repro")
         if full:
             lines += [f"- default `dvc repro` from scratch: {full['wall_seconds'] / 60:.1f} min, "

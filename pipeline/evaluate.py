@@ -25,6 +25,7 @@ from sklearn.metrics import classification_report, confusion_matrix, f1_score  #
 
 from pipeline import figures  # noqa: E402
 from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.models import load_model  # noqa: E402
 from pipeline.progress import setup_logging  # noqa: E402
 from pipeline.train import load_split  # noqa: E402
 
@@ -85,11 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     params.dataset(args.dataset)
     params.design(args.design)
-    import pipeline.lenet5_classic  # noqa: F401  registers the classic layers for loading
 
     out = paths.RunPaths(args.dataset, args.design)
     run = files.read_json(out.model_dir / "run.json")
-    model = keras.models.load_model(out.model_dir / "model.keras")
+    model = load_model(out.model_dir / "model.keras")
     meta = files.read_json(paths.NORMALIZED / args.dataset / "meta.json")
     stats = files.read_json(paths.NORMALIZED / args.dataset / "stats.json")
     class_names = meta["class_names"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import keras
@@ -118,3 +119,10 @@ def compile_model(model: keras.Model, design: Design, settings: TrainSettings) -
         loss = loss_for(design.classic_output)
     model.compile(optimizer=make_optimizer(settings), loss=loss, metrics=["accuracy"])
     return model
+
+
+def load_model(path: str | os.PathLike[str]) -> keras.Model:
+    """A model the train stage saved, whichever design (the classic design's own layers included)."""
+    import pipeline.lenet5_classic  # noqa: F401  registers the classic design's layers for loading
+
+    return keras.models.load_model(path)

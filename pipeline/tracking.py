@@ -221,24 +221,18 @@ def _mlflow_model(model_file: str, metrics: dict[str, float]) -> None:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    keras = _keras()
+    from pipeline.models import load_model
+
     def spec(shape: tuple) -> Schema:
         return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape[1:]))])
 
     mlflow = _mlflow()
-    model = keras.models.load_model(model_file)
+    model = load_model(model_file)
     signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
     requirements = [*mlflow.keras.get_default_pip_requirements(), f"tensorflow=={tf.__version__}"]
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for a few hundred KB is noise
     logged = mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
     mlflow.log_metrics(metrics, model_id=logged.model_id)
-
-
-def _keras() -> Any:
-    import keras  # imported lazily: only the worker of a stage that logs a model needs it
-
-    import pipeline.lenet5_classic  # noqa: F401  registers the classic design's layers for loading
-    return keras
 
 
 _MLFLOW_LOGGERS = {
@@ -316,7 +310,7 @@ def serve(requests: IO[str], replies: IO[str], with_keras: bool = False) -> None
     that follow go into it; ["end", status] ends it and is answered "ended"."""
     _mlflow().search_experiments(max_results=1)  # open (or create) the store before a run needs it
     if with_keras:
-        _keras()
+        import pipeline.models  # noqa: F401  Keras, for log_model: only a stage that logs a model needs it
     for line in requests:
         kind, start = json.loads(line)
         if kind != "start":
