@@ -117,14 +117,10 @@ def log_model(model_file: str | os.PathLike[str], metrics: dict[str, float]) -> 
     _log("model", str(Path(model_file).resolve()), {key: float(value) for key, value in metrics.items()})
 
 
-class _LocalRun:
-    """A run this process logs into with MLflow's API (the worker's)."""
+class _Untracked:
+    """What `stage_run` yields when tracking is off: a run without an id."""
 
-    def __init__(self, run_id: str | None) -> None:
-        self.id = run_id
-
-    def log(self, kind: str, *args: Any) -> None:
-        _MLFLOW_LOGGERS[kind](*args)
+    id = None
 
 
 class _WorkerRun:
@@ -144,7 +140,7 @@ class _WorkerRun:
         self.worker.send(kind, *args)
 
 
-_active: _LocalRun | _WorkerRun | None = None  # the stage run the log calls go to
+_active: _WorkerRun | None = None  # the stage run the log calls go to
 
 
 def _log(kind: str, *args: Any) -> None:
@@ -154,14 +150,14 @@ def _log(kind: str, *args: Any) -> None:
 
 @contextlib.contextmanager
 def stage_run(params: Params, dataset: str, stage: str, model: str | None = None,
-              run_id: str | None = None) -> Iterator[_LocalRun | _WorkerRun]:
+              run_id: str | None = None) -> Iterator[_Untracked | _WorkerRun]:
     """Open (or, with `run_id`, reopen) the MLflow run of a stage; yields it (`.id` is None when off).
 
     The run ends FINISHED when the block completes and FAILED when it raises.
     """
     global _active
     if not enabled():
-        yield _LocalRun(None)
+        yield _Untracked()
         return
     start = {"dataset": dataset, "stage": stage, "model": model, "run_id": run_id, "seed": params.seed}
     worker = _running_worker()
@@ -230,7 +226,6 @@ def _mlflow_model(model_file: str, metrics: dict[str, float]) -> None:
     model = load_model(model_file)
     signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
     requirements = [*mlflow.keras.get_default_pip_requirements(), f"tensorflow=={tf.__version__}"]
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for a few hundred KB is noise
     logged = mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
     mlflow.log_metrics(metrics, model_id=logged.model_id)
 
@@ -326,13 +321,12 @@ def _serve_run(start: dict[str, Any], requests: IO[str], replies: IO[str]) -> st
     try:
         with _mlflow_run(**start) as run_id:
             print(run_id, file=replies, flush=True)
-            run = _LocalRun(run_id)
             for line in requests:
                 kind, *args = json.loads(line)
                 if kind == "end":
                     status = args[0]
                     break
-                run.log(kind, *args)
+                _MLFLOW_LOGGERS[kind](*args)
             if status != "FINISHED":
                 raise _StageFailed
     except _StageFailed:
@@ -349,6 +343,7 @@ def _worker_main() -> int:
 
     setup_logging()  # the stage's log format, and MLflow's INFO chatter off as in the stage
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage, which then ends its run
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars for uploads of KBs are noise
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints must not mix with the replies
     serve(sys.stdin, replies, with_keras="--with-keras" in sys.argv[1:])
