@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import datasets, designs
+from pipeline import datasets, designs, preprocess
 from pipeline import validate as v
 from pipeline.validate import ConfigError
 
@@ -42,6 +42,7 @@ class NormalizeParams:
     mode: str
     pad_to: int | None
     grayscale: bool
+    equalize: str  # none | histogram | clahe (pipeline/preprocess.py)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Params:
     seed: int
     download: DownloadParams
     datasets: dict[str, DatasetParams]
-    normalize: NormalizeParams
+    normalize: NormalizeParams  # the defaults; normalize_for() applies a dataset's own overrides
+    normalize_overrides: dict[str, dict[str, Any]]
     train: designs.TrainSettings
     models: dict[str, designs.Design]
     evaluate: EvaluateParams
@@ -67,6 +69,10 @@ class Params:
         if key not in self.datasets:
             raise ConfigError(f"datasets.{key}: missing; add a block for it to {PARAMS_FILE}")
         return self.datasets[key]
+
+    def normalize_for(self, dataset: str) -> NormalizeParams:
+        """`normalize:` with `normalize.per_dataset.<dataset>` applied."""
+        return NormalizeParams(**{**self.normalize.__dict__, **self.normalize_overrides.get(dataset, {})})
 
     def design(self, name: str) -> designs.Design:
         if name not in self.models:
@@ -107,12 +113,14 @@ def parse_params(raw: Any) -> Params:
     dataset_blocks = v.mapping(top["datasets"], "datasets")
     parsed_datasets = {key: _parse_dataset(key, value) for key, value in dataset_blocks.items()}
 
-    block = v.keys(top["normalize"], "normalize", required=("mode", "pad_to", "grayscale"))
-    normalize = NormalizeParams(
-        mode=v.choice(block["mode"], "normalize.mode", NORMALIZE_MODES),
-        pad_to=None if block["pad_to"] is None else v.integer(block["pad_to"], "normalize.pad_to", 1, 1024),
-        grayscale=v.boolean(block["grayscale"], "normalize.grayscale"),
-    )
+    block = v.keys(top["normalize"], "normalize", required=NORMALIZE_KEYS, optional=("per_dataset",))
+    normalize = NormalizeParams(**_parse_normalize(block, "normalize"))
+    overrides = {}
+    for key, value in v.mapping(block.get("per_dataset") or {}, "normalize.per_dataset").items():
+        where = f"normalize.per_dataset.{key}"
+        if key not in parsed_datasets:
+            raise ConfigError(f"{where}: not a dataset of this file; declared datasets: {', '.join(parsed_datasets)}")
+        overrides[key] = _parse_normalize(v.keys(value, where, optional=NORMALIZE_KEYS), where)
 
     train = designs.TrainSettings(**designs.parse_train(top["train"], "train"))
 
@@ -120,6 +128,8 @@ def parse_params(raw: Any) -> Params:
     if not model_blocks:
         raise v.fail("models", "must declare at least one design", {})
     models = {name: designs.parse_design(name, value, f"models.{name}") for name, value in model_blocks.items()}
+    for design in models.values():
+        designs.check_recipe(design, train.merged(design.train_overrides))
 
     block = v.keys(top["evaluate"], "evaluate", required=("batch_size", "sample_images"))
     evaluate = EvaluateParams(
@@ -131,8 +141,21 @@ def parse_params(raw: Any) -> Params:
     experiment_datasets = v.string_list(block["datasets"], "experiments.datasets", list(parsed_datasets))
     experiment_models = v.string_list(block["models"], "experiments.models", list(models))
 
-    return Params(seed, download, parsed_datasets, normalize, train, models, evaluate, experiment_datasets,
+    return Params(seed, download, parsed_datasets, normalize, overrides, train, models, evaluate, experiment_datasets,
                   experiment_models, raw)
+
+
+NORMALIZE_KEYS = ("mode", "pad_to", "grayscale", "equalize")
+_NORMALIZE_CHECKS = {
+    "mode": lambda x, w: v.choice(x, w, NORMALIZE_MODES),
+    "pad_to": lambda x, w: None if x is None else v.integer(x, w, 1, 1024),
+    "grayscale": v.boolean,
+    "equalize": lambda x, w: v.choice(x, w, preprocess.EQUALIZERS),
+}
+
+
+def _parse_normalize(block: Any, where: str) -> dict[str, Any]:
+    return {key: _NORMALIZE_CHECKS[key](block[key], f"{where}.{key}") for key in block if key != "per_dataset"}
 
 
 def _parse_dataset(key: str, value: Any) -> DatasetParams:

@@ -92,17 +92,78 @@ class Layer:
     options: dict[str, Any]
 
 
+SCHEDULES = ("constant", "step", "cosine", "one_cycle")
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """On-the-fly jitter of training batches (pipeline/augment.py); all zero means off.
+
+    Geometric ranges are the maxima of a uniform draw per image: rotation and shear in
+    degrees, translation as a fraction of the image side, zoom as a fraction of the scale
+    (0.1 draws from 0.9x to 1.1x). brightness shifts by up to that fraction of the pixel
+    range; contrast scales each image's deviation from its mean by 1 +- contrast. flip
+    mirrors half the images left-right: off by default, since a mirrored 3 or "keep right"
+    sign is another class.
+    """
+
+    rotation: float = 0.0
+    translation: float = 0.0
+    zoom: float = 0.0
+    shear: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    flip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, name) for name in AUGMENT_KEYS)
+
+
+def _fraction(value: Any, where: str) -> float:
+    return v.number(value, where, 0.0, 1.0, high_open=True)
+
+
+AUGMENT_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "rotation": lambda x, w: v.number(x, w, 0.0, 180.0),
+    "translation": lambda x, w: v.number(x, w, 0.0, 0.5),
+    "zoom": lambda x, w: v.number(x, w, 0.0, 0.9),
+    "shear": lambda x, w: v.number(x, w, 0.0, 60.0),
+    "brightness": _fraction,
+    "contrast": _fraction,
+    "flip": v.boolean,
+}
+
+
 @dataclass(frozen=True)
 class TrainSettings:
+    """How a design is trained, its recipe: `train:` in params.yaml, overridable per design."""
+
     epochs: int
     batch_size: int
     optimizer: str
-    learning_rate: float
+    learning_rate: float  # the peak rate: constant, the start of step and cosine, one-cycle's top
     momentum: float
     early_stopping_patience: int  # 0 = train every epoch
+    schedule: str  # constant | step | cosine | one_cycle (pipeline/schedules.py)
+    warmup_epochs: int  # cosine: linear warm-up from 0 over this many epochs
+    step_epochs: int  # step: multiply the rate by step_factor every step_epochs epochs
+    step_factor: float
+    weight_decay: float  # decoupled weight decay (as AdamW), for every optimizer
+    label_smoothing: float  # softmax outputs only
+    restore_best: bool  # end with the weights of the epoch with the best validation accuracy
+    augment: AugmentSettings
 
     def merged(self, overrides: dict[str, Any]) -> "TrainSettings":
-        return TrainSettings(**{**self.__dict__, **overrides})
+        """These settings with a design's overrides; `augment` merges key by key."""
+        values = {**self.__dict__, **overrides}
+        if "augment" in overrides:
+            values["augment"] = AugmentSettings(**{**self.augment.__dict__, **overrides["augment"]})
+        return TrainSettings(**values)
+
+    def as_params(self) -> dict[str, Any]:
+        """Plain values, as logged to MLflow and fingerprinted for checkpoints."""
+        return {**self.__dict__, "augment": dict(self.augment.__dict__)}
 
 
 TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
@@ -112,13 +173,28 @@ TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "learning_rate": lambda x, w: v.number(x, w, 0.0, 10.0, low_open=True),
     "momentum": lambda x, w: v.number(x, w, 0.0, 1.0, high_open=True),
     "early_stopping_patience": lambda x, w: v.integer(x, w, 0),
+    "schedule": lambda x, w: v.choice(x, w, SCHEDULES),
+    "warmup_epochs": lambda x, w: v.integer(x, w, 0),
+    "step_epochs": lambda x, w: v.integer(x, w, 1),
+    "step_factor": lambda x, w: v.number(x, w, 0.0, 1.0, low_open=True),
+    "weight_decay": lambda x, w: v.number(x, w, 0.0, 1.0, high_open=True),
+    "label_smoothing": _fraction,
+    "restore_best": v.boolean,
+    "augment": lambda x, w: x,  # a mapping of its own: parse_train checks it key by key
 }
 
 
 def parse_train(value: Any, where: str, partial: bool = False) -> dict[str, Any]:
-    """Parse a `train:` block; `partial` allows a subset (per-design overrides)."""
+    """Parse a `train:` block; `partial` allows a subset (a design's overrides)."""
     block = v.keys(value, where, required=() if partial else TRAIN_KEYS, optional=TRAIN_KEYS if partial else ())
-    return {key: TRAIN_KEYS[key](block[key], v.join(where, key)) for key in block}
+    parsed = {key: TRAIN_KEYS[key](block[key], v.join(where, key)) for key in block}
+    if "augment" in block:
+        augment_where = v.join(where, "augment")
+        jitter = v.keys(block["augment"], augment_where, required=() if partial else AUGMENT_KEYS,
+                        optional=AUGMENT_KEYS if partial else ())
+        augment = {key: AUGMENT_KEYS[key](jitter[key], v.join(augment_where, key)) for key in jitter}
+        parsed["augment"] = augment if partial else AugmentSettings(**augment)
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -170,6 +246,17 @@ def parse_design(name: str, value: Any, where: str) -> Design:
         raise v.ConfigError(f"{v.join(where, 'output')}: only lenet5_classic has an output option")
     student = v.boolean(block.get("student", True), v.join(where, "student"))
     return Design(name, parse_layers(block["layers"], v.join(where, "layers")), None, student, "rbf", overrides)
+
+
+def check_recipe(design: Design, settings: TrainSettings) -> None:
+    """What no single key can check: a design's merged recipe must make sense as a whole."""
+    where = f"models.{design.name}" if design.train_overrides else "train"
+    if settings.schedule == "cosine" and settings.warmup_epochs >= settings.epochs:
+        raise v.ConfigError(f"{where}: warmup_epochs ({settings.warmup_epochs}) must be fewer than epochs "
+                            f"({settings.epochs}) for the cosine schedule; lower train.warmup_epochs")
+    if settings.label_smoothing and design.builtin == "lenet5_classic" and design.classic_output == "rbf":
+        raise v.ConfigError(f"models.{design.name}: label_smoothing applies to softmax outputs, and this design's "
+                            f"output is rbf; set its train: {{label_smoothing: 0}} or output: softmax")
 
 
 def check_course_rule(layers: list[tuple[str, str]], design: str) -> None:

@@ -1,13 +1,16 @@
-"""Stage `normalize@<dataset>`: pixel scaling, optional grayscale and padding to LeNet's 32x32.
+"""Stage `normalize@<dataset>`: contrast normalization, pixel scaling, grayscale, padding.
 
-Modes (`normalize.mode`), each a per-channel affine map x -> x * scale + offset:
+What each step does lives in pipeline/preprocess.py, which pipeline.predict uses too. Modes
+(`normalize.mode`), each a per-channel affine map x -> x * scale + offset:
   unit         x / 255, as the course notebooks do;
   lecun        background (0) -> -0.1 and foreground (255) -> 1.175, as in LeCun et al.
                1998, which makes the mean roughly 0 and the variance roughly 1 on MNIST;
   standardize  (x - mean) / std per channel, fitted on the training split only (fitting
                on val or test would leak them into training) and saved in stats.json.
-Padding adds background (raw 0) around the image, so a 28x28 digit sits centred in a
-32x32 field as in the paper; images already that large are left as they are.
+`normalize.equalize` (none, histogram, clahe) equalizes each image's luminance first;
+`normalize.per_dataset.<dataset>` overrides any of these keys for one dataset. Padding adds
+background (raw 0) around the image, so a 28x28 digit sits centred in a 32x32 field as in
+the paper; images already that large are left as they are.
 """
 
 from __future__ import annotations
@@ -15,66 +18,34 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 import numpy as np
 
 from pipeline import files, paths, tracking
 from pipeline.config import NormalizeParams, load_params
+from pipeline.preprocess import apply_affine, fit_affine, shape_and_equalize
 from pipeline.progress import setup_logging
 
 log = logging.getLogger("pipeline.normalize")
-LECUN_BACKGROUND, LECUN_FOREGROUND = -0.1, 1.175
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" mode
 
 
-def to_grayscale(x: np.ndarray) -> np.ndarray:
-    if x.shape[-1] == 1:
-        return x
-    return np.rint(x.astype(np.float32) @ LUMA).clip(0, 255).astype(np.uint8)[..., np.newaxis]
+def normalize_splits(splits: dict[str, dict[str, np.ndarray]], settings: NormalizeParams) -> tuple[dict, dict, float]:
+    """Normalize every split with statistics from the training split.
 
-
-def pad_to(x: np.ndarray, size: int | None) -> np.ndarray:
-    """Zero-pad (N, H, W, C) images to size x size, centred; larger images are unchanged."""
-    if size is None:
-        return x
-    pad_h, pad_w = max(0, size - x.shape[1]), max(0, size - x.shape[2])
-    if not pad_h and not pad_w:
-        return x
-    return np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-
-
-def fit_affine(train_x: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (scale, offset) such that normalized = x * scale + offset."""
-    channels = train_x.shape[-1]
-    if mode == "unit":
-        scale, offset = np.full(channels, 1 / 255), np.zeros(channels)
-    elif mode == "lecun":
-        scale = np.full(channels, (LECUN_FOREGROUND - LECUN_BACKGROUND) / 255)
-        offset = np.full(channels, LECUN_BACKGROUND)
-    elif mode == "standardize":
-        pixels = train_x.reshape(-1, channels).astype(np.float64)
-        mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-        std = np.where(std > 0, std, 1.0)  # a constant channel stays constant rather than dividing by 0
-        scale, offset = 1 / std, -mean / std
-    else:
-        raise ValueError(f"normalize.mode: unknown mode {mode!r}; expected unit, lecun or standardize")
-    return scale.astype(np.float32), offset.astype(np.float32)
-
-
-def apply_affine(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) * scale + offset
-
-
-def normalize_splits(splits: dict[str, dict[str, np.ndarray]], settings: NormalizeParams) -> tuple[dict, dict]:
-    """Normalize every split with statistics from the training split; returns (splits, stats)."""
-    prepared = {name: pad_to(to_grayscale(s["x"]) if settings.grayscale else s["x"], settings.pad_to)
+    Returns (splits, stats, seconds spent equalizing and reshaping). The time stays out of
+    stats.json: a stage output must be the same bytes for the same inputs, or DVC would
+    retrain every design downstream of an unchanged dataset."""
+    started = time.perf_counter()
+    prepared = {name: shape_and_equalize(s["x"], settings.equalize, settings.grayscale, settings.pad_to)
                 for name, s in splits.items()}
+    equalize_seconds = time.perf_counter() - started
     scale, offset = fit_affine(prepared["train"], settings.mode)
     out = {name: {"x": apply_affine(x, scale, offset), "y": splits[name]["y"]} for name, x in prepared.items()}
     stats = {"mode": settings.mode, "scale": scale.tolist(), "offset": offset.tolist(),
-             "pad_to": settings.pad_to, "grayscale": settings.grayscale,
+             "pad_to": settings.pad_to, "grayscale": settings.grayscale, "equalize": settings.equalize,
              "input_shape": list(prepared["train"].shape[1:]), "fitted_on": "train"}
-    return out, stats
+    return out, stats, equalize_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,16 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     source = paths.SPLIT / args.dataset
     splits = {name: files.load_arrays(source / f"{name}.npz") for name in paths.SPLITS}
     meta = files.read_json(source / "meta.json")
-    normalized, stats = normalize_splits(splits, params.normalize)
+    normalized, stats, seconds = normalize_splits(splits, params.normalize_for(args.dataset))
     with files.atomic_directory(paths.NORMALIZED / args.dataset) as out:
         for name, split in normalized.items():
             files.save_arrays(out / f"{name}.npz", **split)
         files.write_json(out / "stats.json", stats)
         files.write_json(out / "meta.json", {**meta, "input_shape": stats["input_shape"]})
-    log.info("normalized %s: mode %s, input shape %s", args.dataset, stats["mode"], stats["input_shape"])
+    log.info("normalized %s: mode %s, equalize %s (%.1fs), input shape %s", args.dataset, stats["mode"],
+             stats["equalize"], seconds, stats["input_shape"])
     with tracking.stage_run(params, args.dataset, "normalize"):
         tracking.log_params({"mode": stats["mode"], "pad_to": stats["pad_to"], "grayscale": stats["grayscale"],
+                             "equalize": stats["equalize"],
                              "input_shape": stats["input_shape"], "scale": stats["scale"], "offset": stats["offset"]})
+        tracking.log_metrics({"preprocess_seconds": seconds})
     return 0
 
 

@@ -185,7 +185,8 @@ def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None,
         run_id = None  # the store was reset since train ran: log into a fresh run rather than fail
     kwargs = {"run_id": run_id} if run_id else {"experiment_id": experiment_id(dataset), "run_name": model or stage}
     with mlflow.start_run(**kwargs) as run:
-        mlflow.set_tags(run_tags(dataset, stage if run_id is None else "train+evaluate", model))
+        # evaluate continues train's run; a resumed train continues its own
+        mlflow.set_tags(run_tags(dataset, "train+evaluate" if run_id and stage == "evaluate" else stage, model))
         if run_id is None:
             mlflow.log_params({"seed": seed})
         yield run.info.run_id

@@ -45,7 +45,7 @@ def test_design_builds_and_takes_a_training_step(key, dataset):
     design = DESIGNS[key]
     input_shape, classes = SHAPES[dataset]
     settings = PARAMS.train_settings(design.name) if design.name in PARAMS.models else PARAMS.train
-    model = compile_model(build_model(design, input_shape, classes, seed=0), design, settings)
+    model = compile_model(build_model(design, input_shape, classes, seed=0), design, settings, steps_per_epoch=1)
     assert model.output_shape == (None, classes)  # `units: classes` became the class count
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, *input_shape)).astype("float32")

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.config import NormalizeParams
 from pipeline.datasets import RawData
-from pipeline.normalize import LECUN_BACKGROUND, LECUN_FOREGROUND, normalize_splits, pad_to, to_grayscale
+from pipeline.normalize import normalize_splits
+from pipeline.preprocess import LECUN_BACKGROUND, LECUN_FOREGROUND, pad_to, to_grayscale
 from pipeline.split import class_counts, split_dataset, split_indices
 
 
@@ -54,8 +55,8 @@ def images(values: list[int], shape: tuple[int, ...] = (2, 2, 1)) -> dict[str, n
 
 @pytest.mark.parametrize(("mode", "low", "high"), [("unit", 0.0, 1.0), ("lecun", LECUN_BACKGROUND, LECUN_FOREGROUND)])
 def test_fixed_scalings_map_background_and_foreground(mode: str, low: float, high: float) -> None:
-    out, stats = normalize_splits({"train": images([0, 255]), "val": images([0]), "test": images([255])},
-                                  NormalizeParams(mode, None, False))
+    out, stats, _ = normalize_splits({"train": images([0, 255]), "val": images([0]), "test": images([255])},
+                                  NormalizeParams(mode, None, False, "none"))
     assert out["train"]["x"].dtype == np.float32
     assert out["val"]["x"].max() == pytest.approx(low) and out["test"]["x"].min() == pytest.approx(high)
     assert stats["mode"] == mode and stats["fitted_on"] == "train"
@@ -63,7 +64,7 @@ def test_fixed_scalings_map_background_and_foreground(mode: str, low: float, hig
 
 def test_standardize_fits_on_train_only() -> None:
     splits = {"train": images([10, 30]), "val": images([250]), "test": images([250])}
-    out, stats = normalize_splits(splits, NormalizeParams("standardize", None, False))
+    out, stats, _ = normalize_splits(splits, NormalizeParams("standardize", None, False, "none"))
     assert out["train"]["x"].mean() == pytest.approx(0.0, abs=1e-6)
     assert out["train"]["x"].std() == pytest.approx(1.0, abs=1e-5)
     assert out["test"]["x"].max() == pytest.approx((250 - 20) / 10, rel=1e-5)  # train's mean 20, std 10
@@ -80,7 +81,7 @@ def test_padding_centres_28_in_32_with_background() -> None:
 
 def test_padding_and_lecun_background_agree() -> None:
     digits = {name: images([255], (28, 28, 1)) for name in ("train", "val", "test")}
-    out, _ = normalize_splits(digits, NormalizeParams("lecun", 32, False))
+    out, _, _ = normalize_splits(digits, NormalizeParams("lecun", 32, False, "none"))
     assert out["train"]["x"].shape == (1, 32, 32, 1)
     assert out["train"]["x"][0, 0, 0, 0] == pytest.approx(LECUN_BACKGROUND)
 

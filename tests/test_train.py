@@ -1,4 +1,4 @@
-"""The train stage's input pipeline: every image once per epoch, reshuffled, reproducibly."""
+"""The train stage's input pipeline: every image once per epoch, reshuffled and jittered by (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,107 @@ import sys
 
 import numpy as np
 
-from pipeline.train import batches
+from dataclasses import replace
+
+import pytest
+
+from pipeline.config import load_params
+from pipeline.designs import AugmentSettings
+from pipeline.train import batches, training_batches
 from tests.conftest import REPO
 
+SETTINGS = load_params(REPO / "params.yaml").train
 
-def epoch_labels(dataset) -> list[int]:
-    return [int(label) for _, y in dataset for label in y.numpy()]
+
+def recipe(**changes):
+    """The shipped train settings with `changes`; augment given as AugmentSettings keywords."""
+    augment = changes.pop("augment", None)
+    settings = replace(SETTINGS, **changes)
+    return replace(settings, augment=AugmentSettings(**augment)) if augment is not None else settings
+
+
+def epochs_of(dataset, steps: int) -> list[list[int]]:
+    """The labels of each epoch of a training dataset, in the order they were served."""
+    labels = [int(label) for _, y in dataset for label in y.numpy()]
+    per_epoch = len(labels) // steps if steps else 0
+    return [labels[i:i + per_epoch] for i in range(0, len(labels), per_epoch)]
 
 
 def test_every_image_once_per_epoch_with_its_own_label() -> None:
     x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
     y = np.arange(10)
-    for images, labels in batches(x, y, batch_size=4, seed=1):
+    dataset = training_batches(x, y, recipe(batch_size=4, epochs=2), seed=1, first_epoch=0, pixel_scale=np.ones(1))
+    served = list(dataset)
+    assert [len(labels) for _, labels in served] == [4, 4, 2, 4, 4, 2]
+    for images, labels in served:
         assert np.array_equal(images.numpy().reshape(-1), labels.numpy().astype(np.float32))
-    assert sorted(epoch_labels(batches(x, y, 4, seed=1))) == list(range(10))
-    assert [len(y) for _, y in batches(x, y, 4, seed=1)] == [4, 4, 2]
+    first, second = epochs_of(dataset, 2)
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
 
 
-def test_reshuffled_every_epoch_and_reproducible_from_the_seed() -> None:
+def test_epoch_order_depends_on_seed_and_epoch_only() -> None:
+    """A run resumed at epoch 2 is served exactly the batches an uninterrupted one is."""
     x, y = np.zeros((50, 1, 1, 1), np.float32), np.arange(50)
-    dataset = batches(x, y, 8, seed=7)
-    first, second = epoch_labels(dataset), epoch_labels(dataset)
-    assert first != second and sorted(first) == sorted(second)
-    assert epoch_labels(batches(x, y, 8, seed=7)) == first
-    assert epoch_labels(batches(x, y, 8, seed=None)) == list(range(50))  # validation: in order
+    whole = epochs_of(training_batches(x, y, recipe(batch_size=8, epochs=3), 7, 0, np.ones(1)), 3)
+    resumed = epochs_of(training_batches(x, y, recipe(batch_size=8, epochs=3), 7, 2, np.ones(1)), 1)
+    assert resumed[0] == whole[2]
+    assert epochs_of(training_batches(x, y, recipe(batch_size=8, epochs=3), 7, 0, np.ones(1)), 3) == whole
+    other_seed = epochs_of(training_batches(x, y, recipe(batch_size=8, epochs=3), 8, 0, np.ones(1)), 3)
+    assert other_seed != whole
+
+
+def test_validation_batches_are_in_order_and_untouched() -> None:
+    x = np.random.default_rng(0).random((20, 4, 4, 1), dtype=np.float32)
+    y = np.arange(20)
+    served = np.concatenate([images.numpy() for images, _ in batches(x, y, 8)])
+    assert np.array_equal(served, x)
+    assert [int(label) for _, labels in batches(x, y, 8) for label in labels.numpy()] == list(range(20))
+
+
+JITTER = {"rotation": 15.0, "translation": 0.1, "zoom": 0.1, "shear": 5.0, "brightness": 0.1, "contrast": 0.2}
+
+
+def served_images(seed: int, augment: dict, first_epoch: int = 0, epochs: int = 1) -> np.ndarray:
+    x = np.random.default_rng(0).random((16, 12, 12, 3), dtype=np.float32)
+    y = np.arange(16)
+    dataset = training_batches(x, y, recipe(batch_size=16, epochs=epochs, augment=augment), seed, first_epoch,
+                               np.full(3, 1 / 255, np.float32))
+    images, labels = list(dataset)[-1]
+    return images.numpy()[np.argsort(labels.numpy())]  # back in the order of x
+
+
+def test_augmentation_is_seeded_per_seed_and_epoch() -> None:
+    same, again = served_images(1, JITTER), served_images(1, JITTER)
+    assert np.array_equal(same, again)
+    assert not np.allclose(same, served_images(2, JITTER))  # another seed, another batch
+    second_epoch = served_images(1, JITTER, epochs=2)
+    assert not np.allclose(same, second_epoch)  # another epoch, another jitter
+    assert np.array_equal(second_epoch, served_images(1, JITTER, first_epoch=1, epochs=2))  # resumed: the same
+
+
+def test_augmentation_off_serves_the_images_as_they_are() -> None:
+    x = np.random.default_rng(0).random((16, 12, 12, 3), dtype=np.float32)
+    assert np.array_equal(served_images(1, {}), x)
+    jittered = served_images(1, JITTER)
+    assert jittered.shape == x.shape and not np.allclose(jittered, x)
+
+
+@pytest.mark.parametrize("key", sorted(JITTER))
+def test_each_jitter_changes_images_within_its_range(key: str) -> None:
+    x = np.random.default_rng(0).random((16, 12, 12, 3), dtype=np.float32)
+    out = served_images(3, {key: JITTER[key]})
+    assert not np.allclose(out, x)
+    if key == "brightness":  # a shift of at most 10% of the 0..255 range, the same over an image
+        shift = (out - x).reshape(16, -1)
+        assert np.allclose(shift, shift[:, :1], atol=1e-5) and np.abs(shift).max() <= 0.1 + 1e-6
+
+
+def test_flip_mirrors_left_right_when_asked_only() -> None:
+    x = np.random.default_rng(0).random((16, 12, 12, 3), dtype=np.float32)
+    flipped = served_images(5, {"flip": True})
+    mirrored = [np.allclose(out, image[:, ::-1], atol=1e-5) for out, image in zip(flipped, x)]
+    untouched = [np.allclose(out, image, atol=1e-5) for out, image in zip(flipped, x)]
+    assert all(m or u for m, u in zip(mirrored, untouched)) and any(mirrored) and any(untouched)
 
 
 def onednn_enabled_in_a_stage(**env: str) -> bool:
