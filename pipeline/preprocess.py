@@ -104,13 +104,18 @@ def equalized(x: np.ndarray, method: str) -> np.ndarray:
 
 
 def _on_luminance(x: np.ndarray, equalize_luma) -> np.ndarray:
-    """Equalize Y and move R, G and B by the same amount, which keeps Cb and Cr (BT.601)."""
+    """Equalize luma Y and move R, G and B by the same amount, which keeps Cb and Cr (BT.601).
+
+    Integer arithmetic throughout, in 16 bits (this runs on every pixel of 39,209 images):
+    Y = (77 R + 150 G + 29 B + 128) >> 8, BT.601's weights in 256ths, is the level the
+    histogram sees, and the shift is its equalized level minus that level.
+    """
     if x.shape[-1] == 1:
         return equalize_luma(x[..., 0])[..., np.newaxis]
-    luma = x.astype(np.float32) @ LUMA
-    levels = np.rint(luma).clip(0, 255).astype(np.uint8)
-    shift = equalize_luma(levels).astype(np.float32) - luma
-    return np.rint(x + shift[..., np.newaxis]).clip(0, 255).astype(np.uint8)
+    r, g, b = (x[..., channel].astype(np.uint16) for channel in range(3))
+    levels = ((r * 77 + g * 150 + b * 29 + 128) >> 8).astype(np.uint8)
+    shift = equalize_luma(levels).astype(np.int16) - levels
+    return np.clip(x + shift[..., np.newaxis], 0, 255).astype(np.uint8)
 
 
 def _histograms(values: np.ndarray) -> np.ndarray:
@@ -140,12 +145,11 @@ def _clahe_equalized(y: np.ndarray) -> np.ndarray:
     tile_h, tile_w = -(-height // grid_y), -(-width // grid_x)
     padded = np.pad(y, ((0, 0), (0, grid_y * tile_h - height), (0, grid_x * tile_w - width)), mode="reflect")
     tiles = padded.reshape(count, grid_y, tile_h, grid_x, tile_w).transpose(0, 1, 3, 2, 4)
-    hist = _histograms(tiles.reshape(-1, tile_h * tile_w)).astype(np.float32)
+    hist = _histograms(tiles.reshape(-1, tile_h * tile_w)).astype(np.float32)  # (image x tile, level)
     limit = max(1.0, CLAHE_CLIP * tile_h * tile_w / 256)
     excess = np.maximum(hist - limit, 0).sum(axis=1, keepdims=True)
     hist = np.minimum(hist, limit) + excess / 256  # clipped counts spread evenly over every level
     lut = (np.cumsum(hist, axis=1) * (255.0 / (tile_h * tile_w))).clip(0, 255)
-    lut = lut.reshape(count, grid_y, grid_x, 256)
 
     def neighbours(size: int, tile: int, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         centre = (np.arange(size) + 0.5) / tile - 0.5  # position in tile units, 0 = first tile's centre
@@ -155,10 +159,14 @@ def _clahe_equalized(y: np.ndarray) -> np.ndarray:
 
     y0, y1, wy = neighbours(height, tile_h, grid_y)
     x0, x1, wx = neighbours(width, tile_w, grid_x)
-    n = np.arange(count)[:, None, None]
-    levels = y.astype(np.int64)
-    ty0, ty1, wy = y0[None, :, None], y1[None, :, None], wy[None, :, None]
-    tx0, tx1, wx = x0[None, None, :], x1[None, None, :], wx[None, None, :]
-    top = lut[n, ty0, tx0, levels] * (1 - wx) + lut[n, ty0, tx1, levels] * wx
-    bottom = lut[n, ty1, tx0, levels] * (1 - wx) + lut[n, ty1, tx1, levels] * wx
+    # Four gathers from the flat (image, tile, level) table: index = image's base + tile + level.
+    table = lut.reshape(-1).astype(np.float32)
+    base = (np.arange(count, dtype=np.int32) * (grid_y * grid_x * 256))[:, None, None] + y.astype(np.int32)
+
+    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.take(table, base + ((rows[:, None] * grid_x + cols[None, :]) * 256).astype(np.int32)[None])
+
+    wy, wx = wy[None, :, None], wx[None, None, :]
+    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
     return np.rint(top * (1 - wy) + bottom * wy).clip(0, 255).astype(np.uint8)
