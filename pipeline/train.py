@@ -186,6 +186,7 @@ def train(params: Params, dataset: str, design_name: str, checkpoint: Checkpoint
     model.fit(training_batches(x_train, y_train, settings, params.seed, first_epoch, np.asarray(stats["scale"])),
               epochs=settings.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
               validation_data=batches(x_val, y_val, VALIDATION_BATCH_SIZE), callbacks=[epoch_log],
+              shuffle=False,  # training_batches() shuffles, seeded; Keras cannot shuffle a dataset
               verbose=1 if is_tty() else 0)
     train_seconds = epoch_log.train_seconds()
     rows = epoch_log.rows
