@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import numpy as np
 
-from pipeline import files, paths, tracking
-from pipeline.config import NormalizeParams, load_params
-from pipeline.progress import setup_logging
+from pipeline import files, paths, stage, tracking
+from pipeline.config import NormalizeParams, Params
 
 log = logging.getLogger("pipeline.normalize")
 LECUN_BACKGROUND, LECUN_FOREGROUND = -0.1, 1.175
@@ -77,14 +75,7 @@ def normalize_splits(splits: dict[str, dict[str, np.ndarray]], settings: Normali
     return out, stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
-    params.dataset(args.dataset)
+def main(args: argparse.Namespace, params: Params) -> None:
     source = paths.SPLIT / args.dataset
     splits = {name: files.load_arrays(source / f"{name}.npz") for name in paths.SPLITS}
     meta = files.read_json(source / "meta.json")
@@ -98,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.stage_run(params, args.dataset, "normalize"):
         tracking.log_params({"mode": stats["mode"], "pad_to": stats["pad_to"], "grayscale": stats["grayscale"],
                              "input_shape": stats["input_shape"], "scale": stats["scale"], "offset": stats["offset"]})
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stage.enter(__spec__.name, __doc__, "dataset")

@@ -15,19 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import exit_now, files, paths, tracking
+from pipeline import files, paths, stage, tracking
 
-if __name__ == "__main__":  # run as the stage: MLflow loads in its worker while TensorFlow loads here
-    tracking.warm_up()
+if __name__ == "__main__":  # params are checked and MLflow loads in its worker before TensorFlow loads
+    stage.enter(__spec__.name, __doc__, "dataset", "design")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline.architecture import architecture_report, format_report  # noqa: E402
-from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.config import Params  # noqa: E402
 from pipeline.models import build_model, compile_model  # noqa: E402
-from pipeline.progress import is_tty, setup_logging  # noqa: E402
+from pipeline.progress import is_tty  # noqa: E402
 
 log = logging.getLogger("pipeline.train")
 
@@ -128,14 +128,7 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
         writer.writerows(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    parser.add_argument("design")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    params.dataset(args.dataset)
+def main(args: argparse.Namespace, params: Params) -> None:
     design = params.design(args.design)
     out = paths.RunPaths(args.dataset, args.design)
 
@@ -161,8 +154,3 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_text(out.history.read_text(encoding="utf-8"), "reports/history.csv")
     log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])
-    return 0
-
-
-if __name__ == "__main__":
-    exit_now(main())
