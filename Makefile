@@ -1,6 +1,9 @@
 # Two commands do everything on a fresh machine: `make repro` and `make test`.
 # Both create .venv from the lock file first (only when the lock changed).
-PYTHON ?= python3
+# The lock pins wheels for Python 3.11 (pyproject.toml's requires-python): python3.11 where it is
+# installed, else python3, which must then be 3.11 (checked before .venv is made).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
+PYTHON_VERSION := 3.11
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
@@ -11,6 +14,11 @@ CHROMIUM ?= /usr/bin/chromium
 .PHONY: setup repro test test-fast ui exps bench lock browser-deps
 
 $(VENV)/.installed: requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(PYTHON_VERSION)".split("."))))' \
+	  2>/dev/null || { echo "make: the locked dependencies need Python $(PYTHON_VERSION); '$(PYTHON)' is" \
+	  "$$($(PYTHON) --version 2>/dev/null || echo 'not installed'). Install it (Debian/Ubuntu: sudo apt-get install -y" \
+	  "python$(PYTHON_VERSION) python$(PYTHON_VERSION)-venv) or point make at one: make PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; \
+	  exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock

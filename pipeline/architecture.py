@@ -41,15 +41,6 @@ import numpy as np
 
 from pipeline.models import LAYER_TYPES
 
-# Raw image shapes of the registered datasets, for when normalize has not run yet
-# (afterwards data/normalized/<dataset>/meta.json says what the model really gets).
-RAW_IMAGE_SHAPES = {
-    "mnist": lambda options: (28, 28, 1),
-    "fashion_mnist": lambda options: (28, 28, 1),
-    "gtsrb": lambda options: (options["image_size"], options["image_size"], 3),
-}
-
-
 def _pair(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if np.isscalar(value) else (int(value[0]), int(value[1]))
 
@@ -200,7 +191,7 @@ def dataset_shape(params: Any, dataset: str) -> tuple[tuple[int, ...], int]:
     """(input shape, class count) the models of `dataset` get.
 
     From data/normalized/<dataset>/meta.json when normalize has run (it is what train
-    reads); else from the raw image shape with params' grayscale and pad_to applied.
+    reads); else as params predict it (`Params.input_shape`).
     """
     from pipeline import datasets, files, paths
 
@@ -208,12 +199,7 @@ def dataset_shape(params: Any, dataset: str) -> tuple[tuple[int, ...], int]:
     if meta_path.exists():
         meta = files.read_json(meta_path)
         return tuple(meta["input_shape"]), len(meta["class_names"])
-    height, width, channels = RAW_IMAGE_SHAPES[dataset](params.dataset(dataset).options)
-    if params.normalize.grayscale:
-        channels = 1
-    if params.normalize.pad_to is not None:
-        height, width = max(height, params.normalize.pad_to), max(width, params.normalize.pad_to)
-    return (height, width, channels), datasets.get(dataset).num_classes
+    return params.input_shape(dataset), datasets.get(dataset).num_classes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from pipeline.errors import DataError, MissingInputError
 from pipeline.files import atomic_directory
 from pipeline.progress import bar
 
@@ -27,8 +28,8 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _COPY_CHUNK = 1 << 20
 
 
-class ArchiveError(ValueError):
-    """A zip archive that cannot be extracted as it is; the message says which and why."""
+class ArchiveError(DataError):
+    """A zip archive that cannot be extracted as it is; the message says which and why, `path` is the archive."""
 
 
 class UnsafeArchiveError(ArchiveError):
@@ -45,12 +46,12 @@ def safe_extract_zip(zip_path: str | os.PathLike[str], target_dir: str | os.Path
 
     Raises `UnsafeArchiveError` for entries with ``..`` components, absolute paths, drive
     letters, symlinks or special files, `CorruptArchiveError` for a damaged or truncated
-    archive, and FileNotFoundError if `zip_path` does not exist. On any error the target
+    archive, and MissingInputError (a FileNotFoundError) if `zip_path` does not exist. On any error the target
     is left as it was and no temporary folder remains.
     """
     zip_path, target_dir = Path(zip_path), Path(target_dir)
     if not zip_path.is_file():
-        raise FileNotFoundError(f"{zip_path}: no such archive")
+        raise MissingInputError(f"{zip_path}: no such archive")
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = archive.infolist()
@@ -65,8 +66,7 @@ def safe_extract_zip(zip_path: str | os.PathLike[str], target_dir: str | os.Path
                     _extract_member(archive, info, str(tmp), made_dirs, pbar)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise CorruptArchiveError(
-            f"{zip_path}: corrupt or truncated zip archive ({exc}). Delete this file and run the download "
-            f"stage again (e.g. `dvc repro download@<dataset>`) to fetch a good copy.") from exc
+            f"{zip_path}: corrupt or truncated zip archive ({exc})", zip_path) from exc
     return target_dir
 
 
@@ -77,24 +77,25 @@ def _check_member(zip_path: Path, info: zipfile.ZipInfo) -> None:
     # Windows-made zips may use backslashes; treat them as separators so that `..\\x` is caught.
     parts = name.replace("\\", "/").split("/")
     if "\0" in name:
-        raise UnsafeArchiveError(f"{where}: NUL byte in the name; refusing to extract")
+        raise UnsafeArchiveError(f"{where}: NUL byte in the name; refusing to extract", zip_path)
     if name.startswith(("/", "\\")):
-        raise UnsafeArchiveError(f"{where}: absolute path; expected paths relative to the archive root")
+        raise UnsafeArchiveError(f"{where}: absolute path; expected paths relative to the archive root", zip_path)
     if _DRIVE.match(name):
-        raise UnsafeArchiveError(f"{where}: drive letter; expected paths relative to the archive root")
+        raise UnsafeArchiveError(f"{where}: drive letter; expected paths relative to the archive root", zip_path)
     if ".." in parts:
-        raise UnsafeArchiveError(f"{where}: '..' would write outside the target folder; refusing to extract")
+        raise UnsafeArchiveError(f"{where}: '..' would write outside the target folder; refusing to extract", zip_path)
     if info.flag_bits & 0x1:
-        raise ArchiveError(f"{where}: encrypted; expected an unencrypted archive")
+        raise ArchiveError(f"{where}: encrypted; expected an unencrypted archive", zip_path)
     # A Unix st_mode (file type + permissions) may sit in the high 16 bits of external_attr;
     # many tools store permissions only (type 0), which means a plain file.
     mode = info.external_attr >> 16
     file_type = stat.S_IFMT(mode)
     if file_type == stat.S_IFLNK:
         raise UnsafeArchiveError(f"{where}: symbolic link; links could redirect later entries outside the "
-                                 f"target folder, refusing to extract")
+                                 f"target folder, refusing to extract", zip_path)
     if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise UnsafeArchiveError(f"{where}: special file (mode {oct(mode)}); expected plain files and folders")
+        raise UnsafeArchiveError(f"{where}: special file (mode {oct(mode)}); expected plain files and folders",
+                                 zip_path)
 
 
 def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, root: str, made_dirs: set[str],

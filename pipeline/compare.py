@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import files, paths, tracking
-from pipeline.config import load_params
-from pipeline.progress import setup_logging
+from pipeline import files, paths, stage, tracking
+from pipeline.config import Params
+from pipeline.errors import MissingInputError
 
 log = logging.getLogger("pipeline.compare")
 
@@ -48,7 +47,7 @@ def collect(datasets: tuple[str, ...], designs: tuple[str, ...]) -> dict[str, li
             missing = [p for p in (run.metrics_dir / "train.json", run.metrics_dir / "evaluate.json", run.history)
                        if not p.is_file()]
             if missing:
-                raise FileNotFoundError(f"{missing[0]}: missing; run `dvc repro` so that train and evaluate of "
+                raise MissingInputError(f"{missing[0]}: missing; run `dvc repro` so that train and evaluate of "
                                         f"{design} on {dataset} have run")
             rows.append({"design": design, **files.read_json(run.metrics_dir / "train.json"),
                          **files.read_json(run.metrics_dir / "evaluate.json"),
@@ -101,12 +100,7 @@ def val_accuracy_curves(dataset: str, rows: list[dict[str, Any]]):
     return figure
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
+def main(args: argparse.Namespace, params: Params) -> None:
     from pipeline import figures
 
     table = collect(params.experiment_datasets, params.experiment_models)
@@ -123,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("compare.md", "compare.json", f"{dataset}_accuracy_vs_params.png",
                          f"{dataset}_val_accuracy.png"):
                 tracking.log_artifact(paths.REPORTS / name, "reports")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stage.enter(__spec__.name, __doc__)

@@ -1,8 +1,10 @@
 """params.yaml -> validated, typed configuration.
 
-Every stage starts with `load_params()`, so a wrong key, type or value fails before any
-work starts, with an error that names the exact key, the value and what was expected.
-Unknown keys are errors: a typo must not be silently ignored.
+Every stage starts with `load_params()` (through `pipeline.stage`), so a wrong key, type or
+value fails before any work starts, with an error that names the exact key, the value and
+what was expected. Unknown keys are errors: a typo must not be silently ignored. Designs are
+checked too: every student design against the course rule, and every design in
+`experiments.models` against the input shape of every dataset in `experiments.datasets`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Any
 
 import yaml
 
-from pipeline import datasets, designs, preprocess
+from pipeline import datasets, designs
 from pipeline import validate as v
 from pipeline.validate import ConfigError
 
 PARAMS_FILE = "params.yaml"
 NORMALIZE_MODES = ("unit", "lecun", "standardize")
+EQUALIZERS = ("none", "histogram", "clahe")  # pipeline/preprocess.py
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Params:
     raw: dict[str, Any]  # the file as parsed, for logging
 
     def dataset(self, key: str) -> DatasetParams:
+        if key not in datasets.REGISTRY:
+            raise ConfigError(f"{key}: unknown dataset; known datasets: {', '.join(datasets.REGISTRY)}")
         if key not in self.datasets:
             raise ConfigError(f"datasets.{key}: missing; add a block for it to {PARAMS_FILE}")
         return self.datasets[key]
@@ -83,6 +88,21 @@ class Params:
         """The shared `train:` block with the design's own overrides applied."""
         return self.train.merged(self.design(name).train_overrides)
 
+    def input_shape(self, key: str) -> tuple[int, int, int]:
+        """(height, width, channels) of the images the models of dataset `key` get: the dataset's
+        images as split writes them, then normalize's grayscale and pad_to (see pipeline/normalize.py)."""
+        height, width, channels = datasets.REGISTRY[key].image_shape(self.dataset(key).options)
+        if self.normalize.grayscale:
+            channels = 1
+        if self.normalize.pad_to is not None:
+            height, width = max(height, self.normalize.pad_to), max(width, self.normalize.pad_to)
+        return height, width, channels
+
+    def check_design(self, name: str, dataset: str) -> None:
+        """Refuse design `name` if the images of `dataset` cannot go through it (see designs.check_shapes)."""
+        designs.check_shapes(self.design(name), self.input_shape(dataset), datasets.REGISTRY[dataset].num_classes,
+                             dataset)
+
 
 def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
     path = Path(path)
@@ -91,11 +111,19 @@ def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root, where params.yaml lives") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(_yaml_problem(path, error)) from None
     try:
         return parse_params(raw)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: where it is (PyYAML's own message takes five), and what is wrong."""
+    mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
+    where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+    problem = ", ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+    return f"{where}: not valid YAML ({problem or error}); fix the syntax there"
 
 
 def parse_params(raw: Any) -> Params:
@@ -141,8 +169,15 @@ def parse_params(raw: Any) -> Params:
     experiment_datasets = v.string_list(block["datasets"], "experiments.datasets", list(parsed_datasets))
     experiment_models = v.string_list(block["models"], "experiments.models", list(models))
 
-    return Params(seed, download, parsed_datasets, normalize, overrides, train, models, evaluate, experiment_datasets,
-                  experiment_models, raw)
+    params = Params(seed, download, parsed_datasets, normalize, overrides, train, models, evaluate, experiment_datasets,
+                    experiment_models, raw)
+    for name, design in models.items():
+        if design.student:
+            designs.check_course_rule(designs.declared_layers(design), name)
+    for dataset in experiment_datasets:
+        for name in experiment_models:
+            params.check_design(name, dataset)
+    return params
 
 
 NORMALIZE_KEYS = ("mode", "pad_to", "grayscale", "equalize")
@@ -150,7 +185,7 @@ _NORMALIZE_CHECKS = {
     "mode": lambda x, w: v.choice(x, w, NORMALIZE_MODES),
     "pad_to": lambda x, w: None if x is None else v.integer(x, w, 1, 1024),
     "grayscale": v.boolean,
-    "equalize": lambda x, w: v.choice(x, w, preprocess.EQUALIZERS),
+    "equalize": lambda x, w: v.choice(x, w, EQUALIZERS),
 }
 
 

@@ -2,12 +2,14 @@
 
 A design in params.yaml is either `{builtin: NAME}` or `{layers: [...]}`; each layer is a
 mapping with a `type` and that type's options. This module only parses and validates
-(no TensorFlow import, so a bad params.yaml fails in milliseconds); `pipeline.models`
-turns a validated design into a Keras model.
+(no TensorFlow import, so a bad params.yaml fails in milliseconds): the options, the course
+rule, and the shapes a dataset's images take through the layers (`check_shapes`, Keras'
+arithmetic without Keras); `pipeline.models` turns a validated design into a Keras model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -259,6 +261,30 @@ def check_recipe(design: Design, settings: TrainSettings) -> None:
                             f"output is rbf; set its train: {{label_smoothing: 0}} or output: softmax")
 
 
+def layer_name(index: int, layer: Layer) -> str:
+    """The built layer's name: its index in params (layers.0 -> 00_conv), so reports and errors line up."""
+    return f"{index:02d}_{layer.type}"
+
+
+def layer_key(design: Design, index: int) -> str:
+    """Where layer `index` of `design` is written, for error messages."""
+    if design.builtin is None:
+        return f"models.{design.name}.layers.{index}"
+    return f"models.{design.name} (builtin {design.builtin}), layer {index}"
+
+
+# lenet5_classic's layers as pipeline/lenet5_classic.py builds them, typed as the course rule counts them
+CLASSIC_LAYERS = (("c1", "conv"), ("s2", "avgpool"), ("c3", "conv"), ("s4", "avgpool"), ("c5", "conv"),
+                  ("flatten", "flatten"), ("f6", "dense"), ("output", "dense"))
+
+
+def declared_layers(design: Design) -> list[tuple[str, str]]:
+    """(name, type) of the layers `pipeline.models` builds for `design`, input excluded."""
+    if design.layers is None:
+        return list(CLASSIC_LAYERS)
+    return [(layer_name(index, layer), layer.type) for index, layer in enumerate(design.layers)]
+
+
 def check_course_rule(layers: list[tuple[str, str]], design: str) -> None:
     """The course's rule for a student design: < 15 layers, >= 1 conv, >= 1 pooling, >= 1 dense.
 
@@ -278,6 +304,98 @@ def check_course_rule(layers: list[tuple[str, str]], design: str) -> None:
             f"models.{design}: breaks the course rule for student designs (fewer than 15 layers, at least one "
             f"convolution, one pooling and one dense layer): it {'; '.join(problems)}. "
             f"Layers counted ({len(types)}): {counted}")
+
+
+def check_shapes(design: Design, input_shape: tuple[int, ...], num_classes: int, dataset: str | None = None) -> None:
+    """Follow images of `input_shape` through the design as Keras would, without building it.
+
+    Refuses, naming the layer, a window (kernel or pool) larger than what is left of the image,
+    an image layer after the image was flattened, and a design whose output is not one value
+    per class. `dataset` only names the images in the messages.
+    """
+    images = f"{dataset}'s {_size(input_shape)} images" if dataset else f"{_size(input_shape)} images"
+    if design.layers is None:
+        _check_classic_input(design, input_shape, images)
+        return
+    shape = tuple(input_shape)
+    for index, layer in enumerate(design.layers):
+        shape = _output_shape(layer, shape, num_classes, f"{layer_key(design, index)} ({layer.type})", images)
+    if len(shape) != 1:
+        raise v.ConfigError(f"models.{design.name}: gives {_size(shape)} values per image on {images}, not one "
+                            f"per class; add a flatten or global pooling layer before its dense layers")
+    if shape[0] != num_classes:
+        denses = [index for index, layer in enumerate(design.layers) if layer.type in DENSES]
+        where = f"{layer_key(design, denses[-1])} (dense)" if denses else f"models.{design.name}"
+        raise v.ConfigError(f"{where}: the design gives {shape[0]} values per image, but {dataset or 'the dataset'} "
+                            f"has {num_classes} classes; end it with a dense layer of units: classes")
+
+
+def _output_shape(layer: Layer, shape: tuple[int, ...], num_classes: int, where: str, images: str) -> tuple[int, ...]:
+    """The shape of one layer's output (batch axis left out), as Keras computes it."""
+    o = layer.options
+    if layer.type in CONVOLUTIONS + POOLINGS and len(shape) != 3:
+        raise v.ConfigError(f"{where}: input is flat ({_size(shape)} values) on {images}, and a {layer.type} "
+                            f"layer needs an image; move it before the flatten or global pooling layer")
+    if layer.type in ("conv", "maxpool", "avgpool"):
+        window = o["kernel"] if layer.type == "conv" else o["pool"]
+        strides = o["strides"] or window  # a pool's strides default to its size
+        height, width, channels = shape
+        if o["padding"] == "valid" and (height < window[0] or width < window[1]):
+            what = "kernel" if layer.type == "conv" else "pool"
+            raise v.ConfigError(f"{where}: input is {height}x{width}, smaller than the {_size(window)} {what}, on "
+                                f"{images}; use padding: same, a smaller {what} or fewer layers that shrink the image")
+        if o["padding"] == "valid":
+            out = [(size - k) // s + 1 for size, k, s in zip((height, width), window, strides)]
+        else:
+            out = [(size - 1) // s + 1 for size, s in zip((height, width), strides)]
+        return (*out, o["filters"] if layer.type == "conv" else channels)
+    if layer.type in ("globalavgpool", "globalmaxpool"):
+        return (shape[-1],)
+    if layer.type == "flatten":
+        return (math.prod(shape),)
+    if layer.type == "dense":  # on an image, Keras' Dense maps each pixel's channels
+        return (*shape[:-1], num_classes if o["units"] == "classes" else o["units"])
+    return shape  # dropout, batchnorm, activation
+
+
+def classic_c5_size(size: int, axis: str) -> int:
+    """Follow one spatial dimension through lenet5_classic's c1, s2, c3, s4, c5; return c5's size.
+
+    Raises ValueError when the size does not fit its layer arithmetic (valid 5x5 convolutions
+    and 2x2 subsampling without remainder).
+    """
+    c1 = size - 4
+    if c1 < 2 or c1 % 2:
+        raise _classic_size_error(axis, size, "c1 output (size-4) must be even and >= 2")
+    c3 = c1 // 2 - 4
+    if c3 < 2 or c3 % 2:
+        raise _classic_size_error(axis, size, "c3 output (size/2-6) must be even and >= 2")
+    c5 = c3 // 2 - 4
+    if c5 < 1:
+        raise _classic_size_error(axis, size, "c5 needs s4 maps of at least 5x5")
+    return c5
+
+
+def _classic_size_error(axis: str, size: int, why: str) -> ValueError:
+    return ValueError(
+        f"LeNet-5 cannot take {axis}={size}: {why}. The paper's input is "
+        "32x32 (28x28 MNIST digits padded by 2 pixels); valid sizes are 32, 36, 40, ..."
+    )
+
+
+def _check_classic_input(design: Design, input_shape: tuple[int, ...], images: str) -> None:
+    try:
+        if len(input_shape) != 3:
+            raise ValueError(f"expected height x width x channels, got {_size(input_shape)}")
+        classic_c5_size(input_shape[0], "height")
+        classic_c5_size(input_shape[1], "width")
+    except ValueError as error:
+        raise v.ConfigError(f"models.{design.name} (builtin lenet5_classic): cannot take {images}: {error}; "
+                            f"set normalize.pad_to (or the dataset's image_size) to one of those sizes") from None
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 def _conv(filters: int, kernel: int, **options: Any) -> dict[str, Any]:

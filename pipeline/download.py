@@ -40,7 +40,6 @@ import http.client
 import logging
 import os
 import shutil
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,10 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline import files, paths, tracking
-from pipeline.config import load_params
+from pipeline import files, paths, stage, tracking
+from pipeline.config import Params
 from pipeline.datasets import DatasetSpec, RemoteFile, get
-from pipeline.progress import bar, setup_logging
+from pipeline.errors import DataError, UserError
+from pipeline.progress import bar
 
 log = logging.getLogger("pipeline.download")
 MIRROR_ENV = "PIPELINE_DATA_MIRROR"
@@ -62,7 +62,7 @@ CHUNK = 1 << 20
 REPACKED = "repacked (listed in the source's MD5SUMS)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """No source gave a verified copy of a file."""
 
 
@@ -358,6 +358,21 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) else {}
 
 
+def damaged_file_advice(raw_dir: Path, path: str | None) -> str:
+    """What to do about a file of `raw_dir` that verified but does not decode, by where it came from:
+    fetching it again helps only if its source is good, and a repacked copy's source is the same damaged file."""
+    manifest = _read_manifest(raw_dir / MANIFEST)
+    if EXTRACTED in manifest:
+        return (f"the files are a copy of the extracted layout at {manifest[EXTRACTED].get('source')}: fix the file "
+                f"there, then delete {raw_dir} and run `dvc repro`")
+    entry = manifest.get(Path(path).name) if path and Path(path).parent == raw_dir else None
+    if isinstance(entry, dict) and entry.get("verified_by") == REPACKED:
+        return (f"it is the repacked copy {entry.get('source')}, accepted because an {MD5SUMS} vouches for it: "
+                f"replace that copy with a good one (and its {MD5SUMS} line), or remove its line to use the official "
+                f"file; then delete {path} and run `dvc repro`")
+    return f"delete {path or raw_dir} and run `dvc repro` to fetch it again"
+
+
 def _present_and_valid(remote: RemoteFile, path: Path, recorded: dict[str, Any] | None,
                        accept_repacks: bool) -> dict[str, Any] | None:
     """The manifest entry of a file already in place that still verifies; else None (and no file).
@@ -382,28 +397,17 @@ def _present_and_valid(remote: RemoteFile, path: Path, recorded: dict[str, Any] 
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
+def main(args: argparse.Namespace, params: Params) -> None:
     spec = get(args.dataset)
     settings = params.dataset(spec.key)
     sources = sources_for(spec, settings.source, params.download.mirror)
-    try:
-        manifest = download(spec, sources, paths.RAW / spec.key, params.download.accept_local_repacks,
-                            params.download.timeout_seconds)
-    except DownloadError as error:
-        log.error("%s", error)
-        return 1
+    manifest = download(spec, sources, paths.RAW / spec.key, params.download.accept_local_repacks,
+                        params.download.timeout_seconds)
     with tracking.stage_run(params, spec.key, "download"):
         tracking.log_params({f"file.{name}.{field}": value for name, entry in manifest.items()
                              for field, value in entry.items()})
         tracking.log_metrics({"bytes_total": sum(int(e["bytes"]) for e in manifest.values())})
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stage.enter(__spec__.name, __doc__, "dataset")

@@ -4,7 +4,9 @@ Writes (pipeline/paths.py) metrics/<dataset>/<design>/evaluate.json (test loss a
 macro scores) and per_class.json, plots/confusion/<dataset>/<design>.csv (DVC's confusion
 template) and, in plots/figures/<dataset>/<design>/, PNG figures: learning curves, confusion matrices (counts and row-normalized), sample
 predictions, the most confident mistakes, first-layer filters and feature maps. All of it
-goes into the MLflow run that train opened, so one run holds the whole story.
+goes into the MLflow run that train opened, so one run holds the whole story; an evaluation
+that re-runs alone (only evaluate's params or code changed) gets a run of its own instead,
+linked to that train run by its `train_run_id` tag, so the train run keeps its first evaluation.
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ import csv
 import logging
 from typing import Any
 
-from pipeline import exit_now, files, paths, tracking
+from pipeline import files, paths, stage, tracking
 
-if __name__ == "__main__":  # run as the stage: MLflow and Keras load in its worker while Keras loads here
-    tracking.warm_up(with_keras=True)
+if __name__ == "__main__":  # params are checked, then MLflow and Keras load in its worker while Keras loads here
+    stage.enter(__spec__.name, __doc__, "dataset", "design", with_keras=True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix, f1_score  # noqa: E402
 
 from pipeline import figures  # noqa: E402
-from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.config import Params  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
-from pipeline.progress import setup_logging  # noqa: E402
 from pipeline.train import load_split  # noqa: E402
 
 log = logging.getLogger("pipeline.evaluate")
@@ -77,16 +78,7 @@ def first_conv(model: keras.Model) -> keras.layers.Layer | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    parser.add_argument("design")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    params.dataset(args.dataset)
-    params.design(args.design)
-
+def main(args: argparse.Namespace, params: Params) -> None:
     out = paths.RunPaths(args.dataset, args.design)
     run = files.read_json(out.model_dir / "run.json")
     model = load_model(out.model_dir / "model.keras")
@@ -100,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # One run with train's: the worker logs the model while this process draws the figures.
     with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"]):
+        tracking.log_params({"evaluate": params.raw["evaluate"]})
         tracking.log_model(out.model_dir / "model.keras", result["metrics"])
         tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
                               for i, s in enumerate(result["per_class"].values())})
@@ -117,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             tracking.log_artifact(out.figures / name, "figures")
         tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
         tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
-    return 0
 
 
 def draw_figures(model: keras.Model, x: np.ndarray, y: np.ndarray, result: dict, stats: dict[str, Any],
@@ -148,7 +140,3 @@ def draw_figures(model: keras.Model, x: np.ndarray, y: np.ndarray, result: dict,
         maps = keras.ops.convert_to_numpy(probe(x[:1]))[0]
         pngs["feature_maps.png"] = figures.feature_maps(pixels[0], maps, f"{title}: {conv.name} on test image 0")
     return pngs
-
-
-if __name__ == "__main__":
-    exit_now(main())

@@ -1,8 +1,13 @@
 """Where the project lives, and writing files so that a crash never leaves half of one.
 
 Every stage output goes through `atomic_file` or `atomic_directory`: the data is written
-to a temporary sibling and renamed into place only when complete, so a failed stage leaves
-the previous good output as it was.
+to a temporary sibling and renamed into place only when complete, so an output is either
+whole or absent, never half-written. Absent, not the previous version: `dvc repro` deletes a
+stage's outputs before it runs the stage (all but `persist: true` ones, such as data/raw), so
+after a failed stage they are missing. DVC's cache keeps the last version of every cached
+output, and `dvc checkout <stage>` puts it back; outputs declared `cache: false` are not in the
+cache and come back when the stage next succeeds. Run outside DVC (`python -m pipeline.<stage>`),
+a stage replaces each output only once its new version is complete.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from pipeline.errors import MissingInputError
 
 # Queued `dvc exp run` executes in <repo>/.dvc/tmp/exps/<tmpdir>/ (and sets DVC_ROOT to it):
 # the tracking store and relative data paths must still resolve to the real repository.
@@ -109,7 +116,7 @@ def _json_default(value: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as handle:
+    with _input(path, encoding="utf-8") as handle:
         return json.load(handle)
 
 
@@ -123,8 +130,17 @@ def save_arrays(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
 
 
 def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
+    with _input(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
+
+
+def _input(path: str | os.PathLike[str], mode: str = "r", encoding: str | None = None) -> Any:
+    """`open` for a file a stage reads, failing with what to do when an earlier stage has not written it."""
+    try:
+        return open(path, mode, encoding=encoding)
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: missing; run the stages that write it first (`dvc repro` runs every "
+                                f"stage in order)") from None
 
 
 def md5_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -104,6 +104,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from pipeline.designs import classic_c5_size
+
 __all__ = [
     "A",
     "S",
@@ -685,27 +687,6 @@ def loss_for(output: str = "rbf") -> keras.losses.Loss:
     raise ValueError(f"output must be one of {OUTPUT_KINDS}, got {output!r}")
 
 
-def _check_spatial(size: int, axis: str) -> int:
-    """Follow one spatial dimension through c1, s2, c3, s4, c5; return c5's size."""
-    c1 = size - 4
-    if c1 < 2 or c1 % 2:
-        raise _shape_error(axis, size, "c1 output (size-4) must be even and >= 2")
-    c3 = c1 // 2 - 4
-    if c3 < 2 or c3 % 2:
-        raise _shape_error(axis, size, "c3 output (size/2-6) must be even and >= 2")
-    c5 = c3 // 2 - 4
-    if c5 < 1:
-        raise _shape_error(axis, size, "c5 needs s4 maps of at least 5x5")
-    return c5
-
-
-def _shape_error(axis: str, size: int, why: str) -> ValueError:
-    return ValueError(
-        f"LeNet-5 cannot take {axis}={size}: {why}. The paper's input is "
-        "32x32 (28x28 MNIST digits padded by 2 pixels); valid sizes are 32, 36, 40, ..."
-    )
-
-
 def _sub_seed(seed: int | None, offset: int) -> int | None:
     return None if seed is None else int(seed) * 1009 + offset
 
@@ -742,8 +723,8 @@ def build_lenet5_classic(
     height, width, channels = (int(v) for v in input_shape)
     if channels < 1:
         raise ValueError("need at least one input channel")
-    c5_h = _check_spatial(height, "height")
-    c5_w = _check_spatial(width, "width")
+    c5_h = classic_c5_size(height, "height")
+    c5_w = classic_c5_size(width, "width")
     if num_classes < 2:
         raise ValueError("num_classes must be >= 2")
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import keras
 
-from pipeline.designs import Design, Layer, TrainSettings, check_course_rule
+from pipeline.designs import (Design, Layer, TrainSettings, check_course_rule, check_shapes, declared_layers, layer_key,
+                              layer_name)
 from pipeline.validate import ConfigError
 
 # Keras layer class -> layer-language type, to check the course rule on the built model.
@@ -59,8 +60,12 @@ def keras_layer(layer: Layer, num_classes: int, name: str) -> keras.layers.Layer
 def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
     """The design as an (uncompiled) Keras model; weights initialised from `seed`.
 
-    Student designs are checked against the course rule on the built model.
+    Checked first as when params load (a student design against the course rule, then the
+    shapes), and a student design against the course rule again on the built model.
     """
+    if design.student:
+        check_course_rule(declared_layers(design), design.name)
+    check_shapes(design, input_shape, num_classes)
     # Initializers without their own seed draw from Keras' global generator: seeding it
     # makes the same params + seed give the same initial weights.
     keras.utils.set_random_seed(seed)
@@ -77,13 +82,9 @@ def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, 
         x = inputs
         for index, layer in enumerate(design.layers):
             try:
-                # named by its index in params (layers.0 -> 00_conv), so reports and errors line up
-                x = keras_layer(layer, num_classes, f"{index:02d}_{layer.type}")(x)
-            except ValueError as error:
-                # e.g. a kernel or pool larger than what is left of the image: name the layer, not Keras' internals
-                where = (f"models.{design.name}.layers.{index}" if design.builtin is None
-                         else f"models.{design.name} (builtin {design.builtin}), layer {index}")
-                raise ConfigError(f"{where}: a {layer.type} layer cannot take an input of shape "
+                x = keras_layer(layer, num_classes, layer_name(index, layer))(x)
+            except ValueError as error:  # what check_shapes does not foresee: name the layer, not Keras' internals
+                raise ConfigError(f"{layer_key(design, index)}: a {layer.type} layer cannot take an input of shape "
                                   f"{tuple(x.shape[1:])}: {error}") from None
         model = keras.Model(inputs, x, name=design.name)
     if design.student:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
 import numpy as np
 
-from pipeline import files, paths, tracking
-from pipeline.config import NormalizeParams, load_params
+from pipeline import files, paths, stage, tracking
+from pipeline.config import NormalizeParams, Params
 from pipeline.preprocess import apply_affine, fit_affine, shape_and_equalize
-from pipeline.progress import setup_logging
 
 log = logging.getLogger("pipeline.normalize")
 
@@ -48,14 +46,7 @@ def normalize_splits(splits: dict[str, dict[str, np.ndarray]], settings: Normali
     return out, stats, equalize_seconds
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
-    params.dataset(args.dataset)
+def main(args: argparse.Namespace, params: Params) -> None:
     source = paths.SPLIT / args.dataset
     splits = {name: files.load_arrays(source / f"{name}.npz") for name in paths.SPLITS}
     meta = files.read_json(source / "meta.json")
@@ -72,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                              "equalize": stats["equalize"],
                              "input_shape": stats["input_shape"], "scale": stats["scale"], "offset": stats["offset"]})
         tracking.log_metrics({"preprocess_seconds": seconds})
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stage.enter(__spec__.name, __doc__, "dataset")

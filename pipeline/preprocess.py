@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-EQUALIZERS = ("none", "histogram", "clahe")
+from pipeline.config import EQUALIZERS
+
 LECUN_BACKGROUND, LECUN_FOREGROUND = -0.1, 1.175
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" mode
 CLAHE_TILE = 8  # pixels per tile side (OpenCV's default 8x8 grid is for large images)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline import files, paths, tracking
-from pipeline.config import load_params
+from pipeline import files, paths, stage, tracking
+from pipeline.config import Params
 from pipeline.datasets import RawData, get
-from pipeline.progress import setup_logging
+from pipeline.download import damaged_file_advice
+from pipeline.errors import DataError
 
 log = logging.getLogger("pipeline.split")
 
@@ -50,18 +50,15 @@ def split_dataset(raw: RawData, val_fraction: float, seed: int) -> dict[str, dic
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    tracking.warm_up()  # MLflow loads in the tracking worker while this stage works
+def main(args: argparse.Namespace, params: Params) -> None:
     spec = get(args.dataset)
     settings = params.dataset(spec.key)
 
     log.info("decoding %s from data/raw/%s", spec.title, spec.key)
-    raw = spec.read(paths.RAW / spec.key, settings.options)
+    try:
+        raw = spec.read(paths.RAW / spec.key, settings.options)
+    except DataError as error:  # the reader says what is wrong; what to do depends on where the file came from
+        raise DataError(f"{error}; {damaged_file_advice(paths.RAW / spec.key, error.path)}", error.path) from None
     splits = split_dataset(raw, settings.val_fraction, params.seed)
     counts = {name: class_counts(split["y"], spec.class_names) for name, split in splits.items()}
     meta = {
@@ -87,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_metrics({f"class_min_{name}": min(c.values()) for name, c in counts.items()})
         tracking.log_metrics({f"class_max_{name}": max(c.values()) for name, c in counts.items()})
         tracking.log_artifact(paths.SPLIT / spec.key / "counts.json")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stage.enter(__spec__.name, __doc__, "dataset")

@@ -4,7 +4,8 @@ The store is `sqlite:///<root>/mlflow.db` with artifacts under `<root>/mlruns/`,
 <root> is the user's repository even when a queued `dvc exp run` executes in a temporary
 copy (see `files.project_root`), so every run lands in the store `make ui` serves.
 `MLFLOW_TRACKING_URI` overrides it (e.g. a shared server). One MLflow experiment per
-dataset; train and evaluate of one (dataset, design) share one run.
+dataset; train and evaluate of one (dataset, design) share one run, unless evaluate re-runs
+alone: then its evaluation gets its own run, tagged with the train run's id (`_mlflow_run`).
 `PIPELINE_TRACKING=off` turns tracking off (used to measure its overhead).
 
 Stages log through a worker process (`python -m pipeline.tracking`, started by `warm_up`):
@@ -84,8 +85,12 @@ def git_commit() -> str:
         return "unknown"
 
 
+def dvc_experiment() -> str:
+    return os.environ.get("DVC_EXP_NAME", "workspace")
+
+
 def run_tags(dataset: str, stage: str, model: str | None) -> dict[str, str]:
-    tags = {"stage": stage, "dataset": dataset, "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
+    tags = {"stage": stage, "dataset": dataset, "dvc_experiment": dvc_experiment(),
             "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
     if model:
         tags["model"] = model
@@ -180,24 +185,42 @@ def stage_run(params: Params, dataset: str, stage: str, model: str | None = None
 
 @contextlib.contextmanager
 def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None, seed: int) -> Iterator[str]:
+    """The MLflow run of a stage. With `run_id` (the train run evaluate evaluates), that run is continued
+    only if it has not been evaluated yet and belongs to this DVC experiment: when evaluate alone re-runs
+    (`dvc exp run -S evaluate.…`), the baseline's run stays as it was, and the new evaluation gets a run
+    of its own, tagged `train_run_id` and holding the train run's params."""
     mlflow = _mlflow()
-    if run_id is not None and not _run_exists(run_id):
-        run_id = None  # the store was reset since train ran: log into a fresh run rather than fail
-    kwargs = {"run_id": run_id} if run_id else {"experiment_id": experiment_id(dataset), "run_name": model or stage}
-    with mlflow.start_run(**kwargs) as run:
-        # evaluate continues train's run; a resumed train continues its own
-        mlflow.set_tags(run_tags(dataset, "train+evaluate" if run_id and stage == "evaluate" else stage, model))
-        if run_id is None:
+    trained = _get_run(run_id) if run_id is not None else None  # None too if the store was reset since train ran
+    if trained is not None and stage == "train":  # a resumed training continues its own run
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run.info.run_id
+        return
+    if trained is not None and _continues(trained):
+        with mlflow.start_run(run_id=run_id) as run:
+            mlflow.set_tag("stage", f"{trained.data.tags['stage']}+{stage}")
+            yield run.info.run_id
+        return
+    with mlflow.start_run(experiment_id=experiment_id(dataset), run_name=model or stage) as run:
+        mlflow.set_tags(run_tags(dataset, stage, model))
+        if trained is None:
             mlflow.log_params({"seed": seed})
+        else:
+            mlflow.set_tag("train_run_id", trained.info.run_id)
+            _mlflow_params(dict(trained.data.params))  # what was trained, so this run compares on its own
         yield run.info.run_id
 
 
-def _run_exists(run_id: str) -> bool:
+def _continues(trained: Any) -> bool:
+    """Whether an evaluation logs into the train run `trained`: its first one, in the same DVC experiment."""
+    tags = trained.data.tags
+    return tags.get("stage") == "train" and tags.get("dvc_experiment") == dvc_experiment()
+
+
+def _get_run(run_id: str) -> Any:
     try:
-        _mlflow().get_run(run_id)
-        return True
+        return _mlflow().get_run(run_id)
     except Exception:
-        return False
+        return None
 
 
 def _mlflow_params(values: dict[str, str]) -> None:

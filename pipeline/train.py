@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import exit_now, files, paths, tracking
+from pipeline import files, paths, stage, tracking
 
-if __name__ == "__main__":  # run as the stage: MLflow loads in its worker while TensorFlow loads here
-    tracking.warm_up()
+if __name__ == "__main__":  # params are checked and MLflow loads in its worker before TensorFlow loads
+    stage.enter(__spec__.name, __doc__, "dataset", "design")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,11 +29,11 @@ import tensorflow as tf  # noqa: E402
 from pipeline.architecture import architecture_report, format_report  # noqa: E402
 from pipeline.augment import augment_batch  # noqa: E402
 from pipeline.checkpoints import Checkpoint, fingerprint  # noqa: E402
-from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.config import Params  # noqa: E402
 from pipeline.designs import TrainSettings  # noqa: E402
 from pipeline.models import build_model, compile_model, load_model  # noqa: E402
 from pipeline.schedules import rate_at  # noqa: E402
-from pipeline.progress import is_tty, setup_logging  # noqa: E402
+from pipeline.progress import is_tty  # noqa: E402
 
 log = logging.getLogger("pipeline.train")
 
@@ -148,7 +148,8 @@ class EpochLog(keras.callbacks.Callback):
 def run_fingerprint(params: Params, dataset: str, design_name: str) -> str:
     """What determines a training run, for its checkpoint: a checkpoint of other params is never resumed."""
     data = paths.NORMALIZED / dataset
-    return fingerprint({"dataset": dataset, "design": params.raw["models"][design_name], "seed": params.seed,
+    meta = files.read_json(data / "meta.json")  # first: a missing input is the user's error, said so
+    return fingerprint({"dataset": dataset, "meta": meta, "design": params.raw["models"][design_name], "seed": params.seed,
                         "train": params.train_settings(design_name).as_params(), "tensorflow": tf.__version__,
                         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
                        [data / "train.npz", data / "val.npz", data / "stats.json"])
@@ -217,14 +218,7 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
         writer.writerows(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    parser.add_argument("design")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params()
-    params.dataset(args.dataset)
+def main(args: argparse.Namespace, params: Params) -> None:
     design = params.design(args.design)
     out = paths.RunPaths(args.dataset, args.design)
     # SIGTERM (a stopped job, a shut-down machine) ends the stage as Ctrl-C does: its MLflow
@@ -261,8 +255,3 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint.discard()  # the outputs are written: nothing left to resume
     log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])
-    return 0
-
-
-if __name__ == "__main__":
-    exit_now(main())

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from pipeline.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 

@@ -95,14 +95,7 @@ def copy_project(target: Path, params_changes: dict[str, object]) -> Path:
         else:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    params = yaml.safe_load((target / "params.yaml").read_text())
-    for dotted, value in params_changes.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params(target / "params.yaml", params_changes)
     run(["git", "init", "-q", "-b", "main"], target)
     run(["git", "config", "user.email", "tests@example.invalid"], target)
     run(["git", "config", "user.name", "tests"], target)
@@ -111,6 +104,18 @@ def copy_project(target: Path, params_changes: dict[str, object]) -> Path:
     run(["git", "add", "-A"], target)
     run(["git", "commit", "-qm", "fixture project"], target)
     return target
+
+
+def edit_params(path: Path, changes: dict[str, object]) -> None:
+    """Set dotted keys (`train.epochs`) of the params file at `path`."""
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def tool_env(**extra: str) -> dict[str, str]:

@@ -107,7 +107,7 @@ def test_truncated_archive_is_a_clear_error(tmp_path):
         safe_extract_zip(zip_path, tmp_path / "out")
     message = str(raised.value)
     assert str(zip_path) in message and "corrupt or truncated" in message
-    assert "Delete this file" in message and "download" in message
+    assert message.startswith(f"{zip_path}: corrupt or truncated zip archive")
     assert leftovers(tmp_path, "good.zip", zip_path.name) == []
 
 

@@ -76,9 +76,11 @@ def test_design_mistakes_name_the_layer_key() -> None:
 
 def test_load_params_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text("seed: [unclosed\n")
-    with pytest.raises(ConfigError, match="params.yaml: not valid YAML"):
+    path.write_text("seed: 1\ntrain: [unclosed\n")
+    with pytest.raises(ConfigError) as error:
         load_params(path)
+    assert str(error.value) == (f"{path} line 2: not valid YAML (while parsing a flow sequence, expected ',' or ']', "
+                                f"but got '<stream end>'); fix the syntax there")  # one line, not PyYAML's five
     with pytest.raises(ConfigError, match="not found; run from the project root"):
         load_params(tmp_path / "missing.yaml")
     path.write_text(yaml.safe_dump(edited(train__batch_size=0)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ from pipeline import designs
 from pipeline.config import load_params, parse_params
 from pipeline.validate import ConfigError
 
-RAW = load_params(Path(__file__).resolve().parents[1] / "params.yaml").raw
+REPO = Path(__file__).resolve().parents[1]
+RAW = load_params(REPO / "params.yaml").raw
 
 
 def with_change(path: str, value: Any) -> dict:
@@ -147,3 +150,104 @@ def test_course_rule_on_layer_names_and_types():
     with pytest.raises(ConfigError, match=r"models\.x: .*has no pooling layer\. "
                                           r"Layers counted \(2\): c1 \(conv\), f6 \(dense\)$"):
         designs.check_course_rule([("c1", "conv"), ("f6", "dense")], "x")
+
+
+# ---------------------------------------------------------------------------
+# checked when params load: the course rule and the shapes, for what `dvc repro` builds
+# ---------------------------------------------------------------------------
+def params_with(layers: list[dict] | None = None, **changes: Any) -> dict:
+    """params.yaml with student_a's layers replaced and student_a in the experiments."""
+    raw = copy.deepcopy(RAW)
+    raw["experiments"]["models"] = ["lenet5_modern", "student_a"]
+    if layers is not None:
+        raw["models"]["student_a"]["layers"] = layers
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("layers, changes, message", [
+    # the issue's example: pools shrink 32x32 to 1x1, then one more
+    ([CONV, POOL, POOL, POOL, POOL, POOL, POOL, FLAT, DENSE], {},
+     "models.student_a.layers.6 (maxpool): input is 1x1, smaller than the 2x2 pool, on mnist's 32x32x1 images; "
+     "use padding: same, a smaller pool or fewer layers that shrink the image"),
+    ([{"type": "conv", "filters": 4, "kernel": 5}, POOL, {"type": "conv", "filters": 4, "kernel": [3, 15]}, POOL,
+      FLAT, DENSE], {},
+     "models.student_a.layers.2 (conv): input is 14x14, smaller than the 3x15 kernel, on mnist's 32x32x1 images"),
+    # valid strided windows: 32 -> (32-4)//4+1 = 8 -> (8-3)//2+1 = 3, smaller than the 4x4 pool
+    ([{"type": "conv", "filters": 4, "kernel": 4, "strides": 4}, {"type": "maxpool", "pool": 3, "strides": 2},
+      {"type": "avgpool", "pool": 4}, FLAT, DENSE], {},
+     "models.student_a.layers.2 (avgpool): input is 3x3, smaller than the 4x4 pool"),
+    ([CONV, POOL, FLAT, {"type": "dense", "units": 128, "activation": "relu"}], {},
+     "models.student_a.layers.3 (dense): the design gives 128 values per image, but mnist has 10 classes; "
+     "end it with a dense layer of units: classes"),
+    ([CONV, POOL, {"type": "globalavgpool"}, {"type": "dense", "units": 10}], {"experiments.datasets": ["gtsrb"]},
+     "models.student_a.layers.3 (dense): the design gives 10 values per image, but gtsrb has 43 classes"),
+    ([CONV, POOL, DENSE], {},
+     "models.student_a: gives 16x16x10 values per image on mnist's 32x32x1 images, not one per class; "
+     "add a flatten or global pooling layer before its dense layers"),
+    ([CONV, POOL, FLAT, CONV, DENSE], {},
+     "models.student_a.layers.3 (conv): input is flat (1024 values) on mnist's 32x32x1 images, and a conv layer "
+     "needs an image; move it before the flatten or global pooling layer"),
+    # GTSRB's images are image_size x image_size x 3 (unpadded: pad_to only pads smaller images)
+    (None, {"datasets.gtsrb.image_size": 8, "normalize.pad_to": None, "experiments.datasets": ["gtsrb"]},
+     "models.lenet5_modern (builtin lenet5_modern), layer 2 (conv): input is 4x4, smaller than the 5x5 kernel, "
+     "on gtsrb's 8x8x3 images"),
+    # pad_to: null leaves MNIST at 28x28, which lenet5_classic's layer arithmetic does not fit
+    (None, {"normalize.pad_to": None, "experiments.models": ["lenet5_classic"]},
+     "models.lenet5_classic (builtin lenet5_classic): cannot take mnist's 28x28x1 images: LeNet-5 cannot take "
+     "height=28: c5 needs s4 maps of at least 5x5."),
+    (None, {"datasets.gtsrb.image_size": 8, "normalize.pad_to": None, "normalize.grayscale": True,
+            "experiments.datasets": ["gtsrb"], "experiments.models": ["cnn_primer", "lenet5_classic"]},
+     "models.lenet5_classic (builtin lenet5_classic): cannot take gtsrb's 8x8x1 images"),
+    ([CONV, FLAT, DENSE], {},
+     "models.student_a: breaks the course rule for student designs (fewer than 15 layers, at least one convolution, "
+     "one pooling and one dense layer): it has no pooling layer"),
+])
+def test_a_design_that_cannot_work_is_refused_when_params_load(layers, changes, message):
+    with pytest.raises(ConfigError) as error:
+        parse_params(params_with(layers, **changes))
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_the_course_rule_is_checked_for_every_student_design_declared():
+    raw = params_with()
+    raw["experiments"]["models"] = ["lenet5_modern"]
+    raw["models"]["draft"] = {"layers": [CONV] * 14 + [FLAT, DENSE]}  # not built, but declared: still checked
+    with pytest.raises(ConfigError, match=r"^models\.draft: breaks the course rule .* has 16 layers"):
+        parse_params(raw)
+
+
+def test_shapes_are_checked_for_the_configured_datasets_only():
+    """A design that fits MNIST's 32x32 but not GTSRB resized to 16x16 is fine while GTSRB is not configured."""
+    tight = [{"type": "conv", "filters": 4, "kernel": 9}, POOL, {"type": "conv", "filters": 4, "kernel": 5}, FLAT,
+             DENSE]
+    unpadded = {"normalize.pad_to": None, "datasets.gtsrb.image_size": 16}
+    params = parse_params(params_with(tight, **unpadded, **{"experiments.datasets": ["mnist"]}))
+    with pytest.raises(ConfigError, match=r"layers\.2 \(conv\): input is 4x4, smaller than the 5x5 kernel, on gtsrb"):
+        parse_params(params_with(tight, **unpadded, **{"experiments.datasets": ["mnist", "gtsrb"]}))
+    with pytest.raises(ConfigError, match="on gtsrb's 16x16x3 images"):  # what a stage asks for the pair it runs
+        params.check_design("student_a", "gtsrb")
+
+
+def test_input_shapes_follow_the_dataset_and_normalize():
+    params = parse_params(params_with())
+    assert params.input_shape("mnist") == (32, 32, 1) and params.input_shape("gtsrb") == (32, 32, 3)
+    params = parse_params(params_with(**{"normalize.pad_to": None, "normalize.grayscale": True,
+                                         "datasets.gtsrb.image_size": 48, "experiments.models": ["student_a"]}))
+    assert params.input_shape("fashion_mnist") == (28, 28, 1) and params.input_shape("gtsrb") == (48, 48, 1)
+
+
+def test_checking_designs_needs_no_tensorflow():
+    """params.yaml is checked in milliseconds: neither TensorFlow nor Keras is imported to check a design."""
+    probe = ("import sys, time; t = time.perf_counter(); from pipeline.config import load_params; "
+             "load_params(); print(time.perf_counter() - t, sorted({m.split('.')[0] for m in sys.modules} & "
+             "{'tensorflow', 'keras'}))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    seconds, imported = result.stdout.split(maxsplit=1)
+    assert imported.strip() == "[]"
+    assert float(seconds) < 2.0, seconds  # about 0.1 s here, most of it NumPy's import

@@ -147,3 +147,29 @@ def test_exp_run_and_queue_log_into_the_workspace_store(project: Path) -> None:
     (queued,) = model_runs(project, dvc_experiment="queued-bs16")
     assert queued.data.params["train.batch_size"] == "16"
     assert not list((project / ".dvc" / "tmp" / "exps").rglob("mlflow.db")), "a queued run wrote its own store"
+
+
+def test_an_experiment_that_reruns_only_evaluate_leaves_the_baseline_run_as_it_was(project: Path) -> None:
+    """`dvc exp run -S evaluate.sample_images=12`: the models are the baseline's, their runs must not change;
+    each new evaluation is a run of its own, linked to the train run whose model it evaluated."""
+    train_ids = {design: json.loads((project / f"models/mnist/{design}/run.json").read_text())["run_id"]
+                 for design in TINY_PROJECT_MODELS}
+    store = client(project)
+
+    def snapshot(run_id: str) -> tuple:
+        found = store.get_run(run_id)
+        models = [m.model_id for m in store.search_logged_models([found.info.experiment_id])
+                  if m.source_run_id == run_id]
+        return found.data.tags, found.data.params, found.data.metrics, found.info.status, sorted(models)
+
+    before = {design: snapshot(run_id) for design, run_id in train_ids.items()}
+    output = run(["dvc", "exp", "run", "-n", "more-samples", "-S", "evaluate.sample_images=12"], project).stdout
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {f"evaluate@mnist-{design}" for design in TINY_PROJECT_MODELS} | {"compare"}, output
+    for design, run_id in train_ids.items():
+        assert snapshot(run_id) == before[design], f"the baseline run of {design} changed"
+        (evaluation,) = model_runs(project, design, dvc_experiment="more-samples")
+        assert evaluation.info.run_id != run_id and evaluation.data.tags["train_run_id"] == run_id
+        assert evaluation.data.params["evaluate.sample_images"] == "12"
+        assert evaluation.data.params["design"] == design  # the train run's params, for comparing it on its own
+        assert "test_accuracy" in evaluation.data.metrics

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import designs
 from pipeline.config import load_params
-from pipeline.models import build_model, compile_model, layer_types
+from pipeline.models import build_model, compile_model, counted_layers, keras_layer, layer_types
 
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 
@@ -47,12 +47,86 @@ def test_design_builds_and_takes_a_training_step(key, dataset):
     settings = PARAMS.train_settings(design.name) if design.name in PARAMS.models else PARAMS.train
     model = compile_model(build_model(design, input_shape, classes, seed=0), design, settings, steps_per_epoch=1)
     assert model.output_shape == (None, classes)  # `units: classes` became the class count
+    assert designs.declared_layers(design) == counted_layers(model)  # what the course rule counts at params load
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, *input_shape)).astype("float32")
     y = rng.integers(0, classes, 8)
     loss, accuracy = model.train_on_batch(x, y)
     assert np.isfinite(loss) and 0.0 <= accuracy <= 1.0
     assert np.all(np.isfinite(model.predict(x, verbose=0)))
+
+
+def random_design(rng: np.random.Generator, index: int) -> designs.Design:
+    """A design of 1 to 7 random layers of every type, options drawn to hit the edges of Keras' arithmetic."""
+    def pair(low: int, high: int) -> list[int]:
+        return [int(v) for v in rng.integers(low, high + 1, 2)]
+
+    kinds = ["conv", "maxpool", "avgpool", "globalavgpool", "flatten", "dense", "dropout", "batchnorm"]
+    layers = []
+    for kind in rng.choice(kinds, int(rng.integers(1, 8)), p=[0.3, 0.2, 0.15, 0.03, 0.08, 0.12, 0.06, 0.06]):
+        padding = str(rng.choice(["valid", "same"]))
+        if kind == "conv":
+            layers.append({"type": "conv", "filters": int(rng.integers(1, 5)), "kernel": pair(1, 9),
+                           "strides": pair(1, 3), "padding": padding})
+        elif kind in ("maxpool", "avgpool"):
+            layer = {"type": kind, "pool": pair(1, 5), "padding": padding}
+            if rng.random() < 0.5:
+                layer["strides"] = pair(1, 3)
+            layers.append(layer)
+        elif kind == "dense":
+            layers.append({"type": "dense", "units": "classes" if rng.random() < 0.5 else int(rng.integers(1, 12))})
+        elif kind == "dropout":
+            layers.append({"type": "dropout", "rate": 0.1})
+        else:
+            layers.append({"type": str(kind)})
+    if rng.random() < 0.6:  # most designs end as classifiers do
+        layers += [{"type": str(rng.choice(["flatten", "globalavgpool"]))}, {"type": "dense", "units": "classes"}]
+    return designs.parse_design(f"random{index}", {"layers": layers, "student": False}, f"models.random{index}")
+
+
+def keras_shapes(design: designs.Design, input_shape: tuple[int, ...], classes: int) -> list[tuple[int, ...]] | None:
+    """Each layer's output shape as Keras builds it; None when Keras refuses a layer."""
+    x = keras.Input(shape=input_shape)
+    shapes = []
+    for index, layer in enumerate(design.layers):
+        try:
+            x = keras_layer(layer, classes, f"l{index}")(x)
+        except ValueError:
+            return None
+        shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+def test_shape_inference_agrees_with_keras_on_random_designs():
+    """What params-time checking refuses is exactly what Keras refuses to build or cannot train as a classifier,
+    and each layer's inferred shape is the one Keras builds."""
+    rng = np.random.default_rng(18)
+    outcomes = {"built": 0, "keras refused": 0, "not a classifier": 0}
+    for index in range(150):
+        design = random_design(rng, index)
+        input_shape = (int(rng.integers(3, 33)), int(rng.integers(3, 33)), int(rng.choice([1, 3])))
+        classes = int(rng.choice([2, 10]))
+        built = keras_shapes(design, input_shape, classes)
+        try:
+            designs.check_shapes(design, input_shape, classes)
+            refused = None
+        except designs.v.ConfigError as error:
+            refused = str(error)
+        if built is None:
+            assert refused is not None and ("smaller than" in refused or "needs an image" in refused), (design, refused)
+            outcomes["keras refused"] += 1
+        elif built[-1] != (classes,):
+            assert refused is not None and "per image" in refused, (design, built, refused)
+            outcomes["not a classifier"] += 1
+        else:
+            assert refused is None, (design, built, refused)
+            outcomes["built"] += 1
+        if built is not None:  # the inference follows Keras layer by layer
+            shape = input_shape
+            for layer, keras_shape in zip(design.layers, built):
+                shape = designs._output_shape(layer, shape, classes, "", "")
+                assert shape == keras_shape, (design, layer)
+    assert min(outcomes.values()) >= 10, outcomes  # every outcome was tried
 
 
 def test_registry_covers_every_builtin_and_params_design():
@@ -107,9 +181,9 @@ def test_a_layer_that_does_not_fit_the_image_names_its_key():
         {"type": "conv", "filters": 4, "kernel": 3}, {"type": "maxpool", "pool": 2},
         {"type": "conv", "filters": 4, "kernel": 9}, {"type": "flatten"}, {"type": "dense", "units": "classes"},
     ]}, "models.tiny")
-    with pytest.raises(designs.v.ConfigError, match=r"^models\.tiny\.layers\.2: a conv layer cannot take an input "
-                                                    r"of shape \(7, 7, 4\)"):
-        build_model(design, (16, 16, 1), 10, seed=0)
+    with pytest.raises(designs.v.ConfigError, match=r"^models\.tiny\.layers\.2 \(conv\): input is 7x7, smaller than "
+                                                    r"the 9x9 kernel, on 16x16x1 images; use padding: same"):
+        build_model(design, (16, 16, 1), 10, seed=0)  # checked before Keras builds anything
 
 
 def test_keras_layer_names_are_the_params_indices():

@@ -130,3 +130,66 @@ def test_tracking_off_starts_no_worker_and_has_no_run(monkeypatch: pytest.Monkey
     with tracking.stage_run(PARAMS, "mnist", "train") as run:
         tracking.log_metrics({"loss": 1.0})
     assert run.id is None and tracking._worker is None
+
+
+def in_experiment(monkeypatch: pytest.MonkeyPatch, name: str | None) -> None:
+    """Log as a stage of DVC experiment `name` does (None: the workspace): the worker reads DVC_EXP_NAME from the
+    environment it starts in, as a stage's own worker does, so the next run gets a worker started in it."""
+    if name is None:
+        monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    else:
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+    if tracking._worker is not None:
+        tracking._worker.process.stdin.close()  # it exits when its input closes
+        tracking._worker = None
+
+
+def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_run_as_it_was(
+        store: mlflow.MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `dvc exp run -S evaluate.sample_images=12` does: train's run.json, then a second evaluate of it."""
+    import keras
+
+    in_experiment(monkeypatch, None)
+    keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(
+        tmp_path / "model.keras")
+    with tracking.stage_run(PARAMS, "mnist", "train", model="tiny") as run:
+        tracking.log_params({"train": {"epochs": 2}})
+        train_id = run.id
+    with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:  # the first one
+        tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.5})
+        assert run.id == train_id
+    baseline = store.get_run(train_id)
+    assert baseline.data.tags["stage"] == "train+evaluate"
+
+    in_experiment(monkeypatch, "more-samples")
+    with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:
+        tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.6})
+        evaluation_id = run.id
+    assert evaluation_id != train_id
+    after = store.get_run(train_id)
+    assert (after.data.tags, after.data.params, after.data.metrics) == (
+        baseline.data.tags, baseline.data.params, baseline.data.metrics)
+    experiment = baseline.info.experiment_id
+    assert [m.source_run_id for m in store.search_logged_models([experiment])].count(train_id) == 1
+    evaluation = store.get_run(evaluation_id)
+    assert evaluation.data.tags["train_run_id"] == train_id and evaluation.data.tags["stage"] == "evaluate"
+    assert evaluation.data.tags["dvc_experiment"] == "more-samples"
+    assert evaluation.data.params["train.epochs"] == "2" and evaluation.data.metrics["test_accuracy"] == 0.6
+
+    # Evaluated again in the workspace too (evaluate's code changed): the train run was evaluated already.
+    in_experiment(monkeypatch, None)
+    with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:
+        assert run.id not in (train_id, evaluation_id)
+    assert store.get_run(train_id).data.tags == baseline.data.tags
+
+
+def test_a_train_run_of_another_experiment_is_not_continued(store: mlflow.MlflowClient,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    in_experiment(monkeypatch, None)
+    with tracking.stage_run(PARAMS, "mnist", "train", model="tiny") as run:
+        train_id = run.id
+    in_experiment(monkeypatch, "other")
+    with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:
+        assert run.id != train_id
+    assert store.get_run(train_id).data.tags["dvc_experiment"] == "workspace"
+    assert store.get_run(train_id).data.tags["stage"] == "train"

@@ -55,6 +55,9 @@ class DatasetSpec:
     class_names: tuple[str, ...]
     # Decodes the verified files in `raw_dir` with the dataset's own options from params.
     read: Callable[[Path, dict[str, Any]], RawData]
+    # The (height, width, channels) of the images `read` gives, for those options: what the
+    # designs are checked against when params load, before any data exists.
+    image_shape: Callable[[dict[str, Any]], tuple[int, int, int]]
     # Options this dataset accepts in params.yaml beyond the common ones: name -> (checker, default).
     options: dict[str, tuple[Callable[[Any, str], Any], Any]] = field(default_factory=dict)
     # For datasets users often keep unpacked: finds the official layout already extracted in a

@@ -37,4 +37,5 @@ SPEC = DatasetSpec(
     class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"),
     read=_read,
+    image_shape=lambda options: (28, 28, 1),
 )

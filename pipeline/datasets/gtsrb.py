@@ -21,7 +21,9 @@ from typing import Any
 from pipeline import validate as v
 from pipeline.archive import safe_extract_zip
 from pipeline.datasets import DatasetSpec, RawData, RemoteFile
-from pipeline.datasets.gtsrb_reader import CLASS_NAMES, NUM_CLASSES, read_test_set, read_training_set
+from pipeline.errors import MissingInputError
+from pipeline.datasets.gtsrb_reader import (CLASS_NAMES, NUM_CLASSES, GtsrbFormatError, read_test_set,
+                                            read_training_set)
 
 log = logging.getLogger("pipeline.datasets.gtsrb")
 
@@ -108,16 +110,31 @@ def _read(raw_dir: Path, options: dict[str, Any]) -> RawData:
         gt = _part(raw_dir, TEST_GT_ZIP, Path(work), _find_test_gt(raw_dir), f"test ground truth {TEST_GT_CSV}")
         gt_csv = gt if gt.is_file() else _find_test_gt(gt)
         if gt_csv is None:
-            raise FileNotFoundError(f"{raw_dir / TEST_GT_ZIP}: has no {TEST_GT_CSV}; expected the official "
+            raise MissingInputError(f"{raw_dir / TEST_GT_ZIP}: has no {TEST_GT_CSV}; expected the official "
                                     f"test ground-truth archive")
-        train = read_training_set(train_root, size=size, crop_roi=crop)
-        test = read_test_set(test_root, gt_csv, size=size, crop_roi=crop)
+        try:
+            train = read_training_set(train_root, size=size, crop_roi=crop)
+            test = read_test_set(test_root, gt_csv, size=size, crop_roi=crop)
+        except GtsrbFormatError as error:
+            raise _in_archives(error, Path(work), raw_dir) from None
     missing = sorted(set(range(NUM_CLASSES)).difference(train.labels.tolist()))
     if missing:
         # Not an error: small copies for experiments may hold a few classes only.
         log.warning("GTSRB training set has no images of class(es) %s: the model still has %d outputs",
                     ", ".join(map(str, missing)), NUM_CLASSES)
     return RawData(train.images, train.labels, test.images, test.labels, train_groups=train.groups)
+
+
+def _in_archives(error: GtsrbFormatError, work: Path, raw_dir: Path) -> GtsrbFormatError:
+    """`error` with the paths of the temporary extraction (gone once it is raised) written as paths
+    inside the archives they came from (`data/raw/gtsrb/GTSRB_Final_Test_GT.zip/GT-final_test.csv`)."""
+    message, path = str(error), error.path
+    for archive in (TRAIN_ZIP, TEST_ZIP, TEST_GT_ZIP):
+        extracted, inside = os.path.join(work, archive.removesuffix(".zip")), str(raw_dir / archive)
+        message = message.replace(extracted, inside)
+        if path is not None and path.startswith(extracted):
+            path = inside  # the file to replace is the archive
+    return GtsrbFormatError(message, path, error.line)
 
 
 def _part(raw_dir: Path, archive: str, work: Path, extracted: Path | None, what: str) -> Path:
@@ -127,7 +144,7 @@ def _part(raw_dir: Path, archive: str, work: Path, extracted: Path | None, what:
     if extracted is not None:
         log.info("%s: no %s, reading the extracted %s at %s", raw_dir, archive, what, extracted)
         return extracted
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{raw_dir}: neither {archive} nor the extracted {what} was found; expected the official archives "
         f"{TRAIN_ZIP}, {TEST_ZIP} and {TEST_GT_ZIP} (run the download stage), or their contents extracted "
         f"there in the official layout (GTSRB/Final_Training/Images/000NN/, GTSRB/Final_Test/Images/, "
@@ -146,6 +163,7 @@ SPEC = DatasetSpec(
     urls=("https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/",),
     class_names=CLASS_NAMES,
     read=_read,
+    image_shape=lambda options: (options["image_size"], options["image_size"], 3),  # resized, in colour
     extracted_parts=extracted_parts,
     options={
         "image_size": (lambda x, w: v.integer(x, w, 8, 256), 32),

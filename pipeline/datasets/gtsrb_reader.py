@@ -42,6 +42,7 @@ from typing import NamedTuple, NoReturn, Sequence
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import DataError, MissingInputError
 from pipeline.progress import bar
 
 NUM_CLASSES = 43
@@ -112,7 +113,7 @@ _SEP = rb"(?:\s|#[^\r\n]*[\r\n])+"
 _PPM_HEADER = re.compile(rb"P([56])" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)\s")
 
 
-class GtsrbFormatError(ValueError):
+class GtsrbFormatError(DataError):
     """The files do not follow the official GTSRB format.
 
     The message names the offending file, the CSV line (1-based, the header is line 1)
@@ -120,8 +121,7 @@ class GtsrbFormatError(ValueError):
     """
 
     def __init__(self, message: str, path: str | os.PathLike[str] | None = None, line: int | None = None):
-        super().__init__(message)
-        self.path = None if path is None else str(path)
+        super().__init__(message, path)
         self.line = line
 
     def __reduce__(self):  # keep path/line when raised in a worker process
@@ -253,7 +253,7 @@ def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] |
                                    f"from GTSRB_Final_Test_GT.zip, or pass its path as gt_csv", root)
     gt_csv = Path(gt_csv)
     if not gt_csv.is_file():
-        raise FileNotFoundError(f"{gt_csv}: no such ground-truth CSV")
+        raise MissingInputError(f"{gt_csv}: no such ground-truth CSV")
     rows = _read_csv(gt_csv)
     if not rows:
         raise GtsrbFormatError(f"{gt_csv}: no data rows; expected one row per test image", gt_csv, 1)
@@ -310,7 +310,7 @@ def track_split(labels: np.ndarray | Sequence[int], groups: np.ndarray | Sequenc
 def _existing_dir(root: str | os.PathLike[str]) -> Path:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise MissingInputError(f"{root}: no such directory")
     return root
 
 

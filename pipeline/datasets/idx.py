@@ -3,7 +3,8 @@
 An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of
 dimensions), one big-endian uint32 per dimension, then the data. Every field is checked,
 so a corrupt or truncated file fails with a message naming it instead of producing
-garbage arrays.
+garbage arrays. What to do about it depends on where the file came from, which the split
+stage knows (`pipeline.download.damaged_file_advice`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import DataError, MissingInputError
+
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxFormatError(ValueError):
-    """An IDX file is corrupt, truncated or not what the caller expected."""
+class IdxFormatError(DataError):
+    """An IDX file is corrupt, truncated or not what the caller expected; `path` is that file."""
 
 
 def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
@@ -29,30 +32,33 @@ def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
     The array is read-only: it is a view of the file's bytes, not a copy.
     """
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: missing; run the download stage (`dvc repro` runs it)") from None
     # Decided by content, not by name: a copy may have been decompressed and kept its name.
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as error:
-            raise IdxFormatError(f"{path}: cannot decompress ({error}); the file is corrupt or truncated, "
-                                 "delete it and run the download stage again") from error
+            raise IdxFormatError(f"{path}: cannot decompress ({error}), the file is corrupt or truncated",
+                                 path) from error
     if len(raw) < 4:
-        raise IdxFormatError(f"{path}: {len(raw)} bytes is too short for an IDX header")
+        raise IdxFormatError(f"{path}: {len(raw)} bytes is too short for an IDX header", path)
     zero, dtype, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != _UBYTE:
         raise IdxFormatError(f"{path}: bad magic number 0x{raw[:4].hex()}, "
-                             f"expected 0x0000{_UBYTE:02x}{expected_dims:02x} (an IDX file of unsigned bytes)")
+                             f"expected 0x0000{_UBYTE:02x}{expected_dims:02x} (an IDX file of unsigned bytes)", path)
     if dims != expected_dims:
-        raise IdxFormatError(f"{path}: has {dims} dimensions, expected {expected_dims}")
+        raise IdxFormatError(f"{path}: has {dims} dimensions, expected {expected_dims}", path)
     header = 4 + 4 * dims
     if len(raw) < header:
-        raise IdxFormatError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
+        raise IdxFormatError(f"{path}: truncated header ({len(raw)} bytes, need {header})", path)
     shape = struct.unpack(f">{dims}I", raw[4:header])
     expected = int(np.prod(shape, dtype=np.int64))
     if len(raw) - header != expected:
         raise IdxFormatError(f"{path}: header promises shape {shape} = {expected} bytes of data, "
-                             f"found {len(raw) - header}; the file is truncated or corrupt")
+                             f"found {len(raw) - header}; the file is truncated or corrupt", path)
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -62,8 +68,9 @@ def read_images_and_labels(images: Path, labels: Path, num_classes: int) -> tupl
     y = read_idx(labels, 1)
     if len(x) != len(y):
         raise IdxFormatError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels; "
-                             "they must be the matching pair of one dataset")
+                             "they must be the matching pair of one dataset", labels)
     if y.size and int(y.max()) >= num_classes:
         bad = int(np.argmax(y >= num_classes))
-        raise IdxFormatError(f"{labels}: label {int(y[bad])} at index {bad} is out of range 0..{num_classes - 1}")
+        raise IdxFormatError(f"{labels}: label {int(y[bad])} at index {bad} is out of range 0..{num_classes - 1}",
+                             labels)
     return x[..., np.newaxis], y.astype(np.int64)

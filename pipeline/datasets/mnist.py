@@ -42,4 +42,5 @@ SPEC = DatasetSpec(
     ),
     class_names=tuple(str(digit) for digit in range(10)),
     read=_read,
+    image_shape=lambda options: (28, 28, 1),
 )

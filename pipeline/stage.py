@@ -1,0 +1,75 @@
+"""The one way every stage starts: arguments, validated params, tracking, then the stage's work.
+
+`python -m pipeline.<stage> ARGS` runs, at the top of the stage's module, before its own imports::
+
+    if __name__ == "__main__":
+        stage.enter(__spec__.name, __doc__, "dataset", "design")
+
+`enter` parses the arguments (each positional named for what it is), loads params.yaml
+(validated whole, designs included: see `pipeline.config`), checks the arguments against it
+(a `design` against the stage's `dataset` too), starts the tracking worker so that MLflow
+loads in parallel with what the stage imports next (TensorFlow, for train and evaluate), and
+only then imports the stage's module and calls its `main(args, params)`.
+
+An error the user can fix (`pipeline.errors.UserError`, or a tracking failure) is printed as
+`error: <file or key>: <what is wrong>; <what to do>` on stderr, without a traceback, and the
+stage exits with status 2; anything else is a crash and keeps its traceback and status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from pipeline import exit_now, tracking
+from pipeline.config import Params, load_params
+from pipeline.errors import UserError
+from pipeline.progress import setup_logging
+
+USER_ERROR_STATUS = 2
+# Errors a user can fix. The tracking worker's failure is one: the message says which store to
+# check, or how to run without tracking.
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, tracking.TrackingError)
+
+# Positional arguments checked against params: each must name something params.yaml declares.
+_CHECKS: dict[str, Callable[[Params, str], object]] = {
+    "dataset": Params.dataset,
+    "design": Params.design,
+}
+
+
+def enter(module: str, description: str, *arguments: str, with_keras: bool = False) -> NoReturn:
+    """Run stage `module` with the command line's arguments, then end the process with its status."""
+    exit_now(run(module, sys.argv[1:], description, arguments, with_keras))
+
+
+def run(module: str, argv: Sequence[str], description: str, arguments: Sequence[str] = (),
+        with_keras: bool = False) -> int:
+    """Run stage `module`'s `main(args, params)`; returns 0, or 2 after printing a user error.
+
+    `with_keras`: the stage logs a model, so the tracking worker loads Keras too (see tracking.warm_up).
+    """
+    try:
+        args = _parser(description, arguments).parse_args(argv)
+        setup_logging()
+        params = load_params()
+        for name in arguments:
+            if name in _CHECKS:
+                _CHECKS[name](params, getattr(args, name))
+        if "dataset" in arguments and "design" in arguments:
+            params.check_design(args.design, args.dataset)  # also when the pair is not in `experiments`
+        tracking.warm_up(with_keras)
+        importlib.import_module(module).main(args, params)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_STATUS
+    return 0
+
+
+def _parser(description: str, arguments: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    for name in arguments:
+        parser.add_argument(name)
+    return parser
