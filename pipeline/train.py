@@ -1,8 +1,9 @@
-"""Stage `train@<dataset>-<design>`: build a design from params, fit it, save it and its history.
+"""Stage `train@<dataset>-<design>-<seed>`: build a design from params, fit it, save it and its history.
 
-Outputs (pipeline/paths.py): models/<dataset>/<design>/ (model.keras, summary.txt, run.json
-with the MLflow run id that evaluate continues), plots/history/<dataset>/<design>.csv
-(per-epoch loss and accuracy, train and validation) and metrics/<dataset>/<design>/train.json.
+Outputs (pipeline/paths.py): models/<dataset>/<design>/seed_<seed>/ (model.keras, summary.txt,
+run.json with the MLflow run id that evaluate continues), plots/history/<dataset>/<design>/seed_<seed>.csv
+(per-epoch loss and accuracy, train and validation) and metrics/<dataset>/<design>/seed_<seed>/train.json.
+The training seed sets the initial weights and the batch order; the data split has its own (`seed`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class EpochLog(keras.callbacks.Callback):
         tracking.log_metrics({**logs, "epoch_seconds": self.seconds[-1]}, step=epoch + 1)
 
 
-def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
+def train(params: Params, dataset: str, design_name: str, seed: int) -> dict[str, Any]:
     design = params.design(design_name)
     settings = params.train_settings(design_name)
     meta = files.read_json(paths.NORMALIZED / dataset / "meta.json")
@@ -87,7 +88,7 @@ def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
     x_val, y_val = load_split(dataset, "val")
 
     tf.config.experimental.enable_op_determinism()  # same params + seed -> same weights and metrics
-    model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), params.seed),
+    model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), seed),
                           design, settings)
     summary = io.StringIO()
     model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
@@ -101,7 +102,7 @@ def train(params: Params, dataset: str, design_name: str) -> dict[str, Any]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=settings.early_stopping_patience,
                                                        restore_best_weights=True))
     started = time.perf_counter()
-    history = model.fit(batches(x_train, y_train, settings.batch_size, params.seed), epochs=settings.epochs,
+    history = model.fit(batches(x_train, y_train, settings.batch_size, seed), epochs=settings.epochs,
                         validation_data=batches(x_val, y_val, VALIDATION_BATCH_SIZE), callbacks=callbacks,
                         shuffle=False,  # batches() reshuffles, seeded; Keras cannot shuffle a dataset
                         verbose=1 if is_tty() else 0)
@@ -132,26 +133,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset")
     parser.add_argument("design")
+    parser.add_argument("--seed", type=int, help="training seed (default: the first of experiments.seeds)")
     args = parser.parse_args(argv)
     setup_logging()
     params = load_params()
     params.dataset(args.dataset)
     design = params.design(args.design)
-    out = paths.RunPaths(args.dataset, args.design)
+    seed = params.run_seed(args.seed)
+    out = paths.RunPaths(args.dataset, args.design, seed)
 
-    with tracking.stage_run(params, args.dataset, "train", model=args.design) as run:
-        tracking.log_params({"dataset": args.dataset, "design": args.design,
+    with tracking.stage_run(params, args.dataset, "train", model=args.design, seed=seed) as run:
+        tracking.log_params({"dataset": args.dataset, "design": args.design, "split_seed": params.seed,
                              "train": params.train_settings(args.design).__dict__,
                              "design_spec": params.raw["models"][args.design],
                              "normalize": params.raw["normalize"], "builtin": design.builtin or "none"})
-        result = train(params, args.dataset, args.design)
+        result = train(params, args.dataset, args.design, seed)
         model = result["model"]
         with files.atomic_directory(out.model_dir) as tmp:
             model.save(tmp / "model.keras")
             (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
             (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
             files.write_json(tmp / "run.json", {"run_id": run.id, "dataset": args.dataset, "design": args.design,
-                                                "input_shape": result["meta"]["input_shape"]})
+                                                "seed": seed, "input_shape": result["meta"]["input_shape"]})
         write_history(out.history, result["history"])
         files.write_json(out.metrics_dir / "train.json", result["metrics"])
         tracking.log_metrics({k: v for k, v in result["metrics"].items()})
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_artifact(out.model_dir / "summary.txt", "reports")
         tracking.log_artifact(out.model_dir / "architecture.md", "reports")
         tracking.log_text(out.history.read_text(encoding="utf-8"), "reports/history.csv")
-    log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
+    log.info("trained %s on %s (seed %d) in %.1fs: best val accuracy %.4f", args.design, args.dataset, seed,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])
     return 0
 
