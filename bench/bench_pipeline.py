@@ -99,7 +99,7 @@ class StageSampler(threading.Thread):
                 module = cmd[2] if len(cmd) >= 3 and cmd[1] == "-m" else ""
                 # A stage's tracking worker (pipeline.tracking) is its child: counted in the stage's RSS.
                 if module.startswith("pipeline.") and module != "pipeline.tracking":
-                    name = module.removeprefix("pipeline.") + "@" + "-".join(cmd[3:])
+                    name = module.removeprefix("pipeline.") + "@" + "-".join(a for a in cmd[3:] if a != "--seed")
                     stage = self.stages.setdefault(name, {"first_seen": now, "peak_rss_mib": 0.0})
                     stage["last_seen"] = now
                     stage["peak_rss_mib"] = max(stage["peak_rss_mib"], rss / 2**20)
@@ -133,8 +133,8 @@ def default_repro() -> dict:
         stages = {name: {"seconds": s["last_seen"] - s["first_seen"], "peak_rss_mib": s["peak_rss_mib"]}
                   for name, s in sampler.stages.items()}
         # what the run trained to: a speed-up must not cost accuracy
-        accuracy = {f"{path.parts[-3]}/{path.parts[-2]}": json.loads(path.read_text())["test_accuracy"]
-                    for path in sorted(work.glob("metrics/*/*/evaluate.json"))}
+        accuracy = {"/".join(path.parts[-4:-1]): json.loads(path.read_text())["test_accuracy"]
+                    for path in sorted(work.glob("metrics/*/*/seed_*/evaluate.json"))}
         return {"wall_seconds": wall, "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
                 "stages": stages, "test_accuracy": accuracy, "no_op": no_op(work)}
     finally:

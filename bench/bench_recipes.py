@@ -57,7 +57,7 @@ def child(augment: bool, epochs: int) -> None:
         def save(self, *args: object) -> None:  # measure training, not checkpoint writes
             pass
 
-    result = train(params, "gtsrb", "lenet5_modern", NoCheckpoint())  # type: ignore[arg-type]
+    result = train(params, "gtsrb", "lenet5_modern", params.run_seed(None), NoCheckpoint())  # type: ignore[arg-type]
     print(json.dumps({"epoch_seconds": [row["seconds"] for row in result["history"]]}))
 
 

@@ -21,7 +21,7 @@ train, val = np.load(data / "train.npz"), np.load(data / "val.npz")
 x, y, x_val, y_val = train["x"], train["y"], val["x"], val["y"]
 params = load_params(Path(project) / "params.yaml")
 # The same architecture and optimizer as the stage, so only the training loop differs.
-model = compile_model(build_model(params.design(design), x.shape[1:], int(y.max()) + 1, params.seed),
+model = compile_model(build_model(params.design(design), x.shape[1:], int(y.max()) + 1, params.run_seed(None)),
                       params.design(design), params.train_settings(design),
                       steps_per_epoch=-(-len(y) // int(batch_size)))
 started = time.perf_counter()

@@ -23,6 +23,7 @@ from pipeline.validate import ConfigError
 PARAMS_FILE = "params.yaml"
 NORMALIZE_MODES = ("unit", "lecun", "standardize")
 EQUALIZERS = ("none", "histogram", "clahe")  # pipeline/preprocess.py
+SEED_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Params:
     evaluate: EvaluateParams
     experiment_datasets: tuple[str, ...]
     experiment_models: tuple[str, ...]
+    experiment_seeds: tuple[int, ...]  # training seeds; `seed` above is the data split's
     raw: dict[str, Any]  # the file as parsed, for logging
 
     def dataset(self, key: str) -> DatasetParams:
@@ -103,6 +105,10 @@ class Params:
         designs.check_shapes(self.design(name), self.input_shape(dataset), datasets.REGISTRY[dataset].num_classes,
                              dataset)
 
+    def run_seed(self, seed: int | None) -> int:
+        """The training seed a command means: the one given, else the first of experiments.seeds."""
+        return self.experiment_seeds[0] if seed is None else v.integer(seed, "--seed", 0, SEED_MAX)
+
 
 def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
     path = Path(path)
@@ -129,7 +135,7 @@ def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
 def parse_params(raw: Any) -> Params:
     top = v.keys(raw, "", required=("seed", "download", "datasets", "normalize", "train", "models", "evaluate",
                                      "experiments"))
-    seed = v.integer(top["seed"], "seed", 0, 2**31 - 1)
+    seed = v.integer(top["seed"], "seed", 0, SEED_MAX)
 
     block = v.keys(top["download"], "download", required=("mirror", "accept_local_repacks", "timeout_seconds"))
     download = DownloadParams(
@@ -165,12 +171,13 @@ def parse_params(raw: Any) -> Params:
         sample_images=v.integer(block["sample_images"], "evaluate.sample_images", 1, 100),
     )
 
-    block = v.keys(top["experiments"], "experiments", required=("datasets", "models"))
+    block = v.keys(top["experiments"], "experiments", required=("datasets", "models", "seeds"))
     experiment_datasets = v.string_list(block["datasets"], "experiments.datasets", list(parsed_datasets))
     experiment_models = v.string_list(block["models"], "experiments.models", list(models))
+    experiment_seeds = v.integer_list(block["seeds"], "experiments.seeds", 0, SEED_MAX)
 
     params = Params(seed, download, parsed_datasets, normalize, overrides, train, models, evaluate, experiment_datasets,
-                    experiment_models, raw)
+                    experiment_models, experiment_seeds, raw)
     for name, design in models.items():
         if design.student:
             designs.check_course_rule(designs.declared_layers(design), name)

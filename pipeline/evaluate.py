@@ -1,10 +1,13 @@
-"""Stage `evaluate@<dataset>-<design>`: measure the trained model on the official test set.
+"""Stage `evaluate@<dataset>-<design>-<seed>`: measure the trained model on the official test set.
 
-Writes (pipeline/paths.py) metrics/<dataset>/<design>/evaluate.json (test loss and accuracy,
-macro scores) and per_class.json, plots/confusion/<dataset>/<design>.csv (DVC's confusion
-template) and, in plots/figures/<dataset>/<design>/, PNG figures: learning curves, confusion matrices (counts and row-normalized), sample
-predictions, the most confident mistakes, first-layer filters and feature maps. All of it
-goes into the MLflow run that train opened, so one run holds the whole story; an evaluation
+Writes (pipeline/paths.py), in metrics/<dataset>/<design>/seed_<seed>/: evaluate.json (test loss
+and accuracy, macro scores, and what a prediction costs: latency, throughput, model bytes),
+per_class.json and predictions.csv (one row per test image, from which compare computes its
+statistics); plots/confusion/<dataset>/<design>/seed_<seed>.csv (DVC's confusion template) and,
+in plots/figures/<dataset>/<design>/seed_<seed>/, PNG figures: learning curves, confusion
+matrices (counts and row-normalized), sample predictions, the most confident mistakes,
+first-layer filters and feature maps. All of it goes into the MLflow run that train opened,
+so one run holds the whole story; an evaluation
 that re-runs alone (only evaluate's params or code changed) gets a run of its own instead,
 linked to that train run by its `train_run_id` tag, so the train run keeps its first evaluation.
 """
@@ -14,15 +17,18 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from pipeline import files, paths, stage, tracking
 
 if __name__ == "__main__":  # params are checked, then MLflow and Keras load in its worker while Keras loads here
-    stage.enter(__spec__.name, __doc__, "dataset", "design", with_keras=True)
+    stage.enter(__spec__.name, __doc__, "dataset", "design", "--seed", with_keras=True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix, f1_score  # noqa: E402
 
 from pipeline import figures  # noqa: E402
@@ -71,6 +77,51 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list
     }
 
 
+# What a prediction costs. A measurement: it varies from run to run and with what else runs.
+LATENCY_CALLS = 100  # timed one-image calls after WARM_UP_CALLS; their median is reported
+WARM_UP_CALLS = 10
+THROUGHPUT_BATCH = 512
+THROUGHPUT_SECONDS = 1.0  # time batches for at least this long, and at least 3 of them
+
+
+def prediction_cost(model: keras.Model, x: np.ndarray, model_file: Path) -> dict[str, float]:
+    """Latency at batch 1 (median ms), throughput at batch THROUGHPUT_BATCH (images/s, from the
+    median batch time) and the saved model's size in bytes.
+
+    Calls the model as a compiled graph function, as a deployed model runs: `model.predict`
+    builds a dataset per call, whose overhead is most of a one-image call's time.
+    """
+    predict = tf.function(lambda images: model(images, training=False))
+
+    def seconds(images: tf.Tensor) -> float:
+        started = time.perf_counter()
+        np.asarray(predict(images))
+        return time.perf_counter() - started
+
+    one = tf.constant(x[:1])
+    for _ in range(WARM_UP_CALLS):
+        seconds(one)
+    latency = float(np.median([seconds(one) for _ in range(LATENCY_CALLS)]))
+
+    batch = tf.constant(x[np.arange(THROUGHPUT_BATCH) % len(x)])  # tiny test sets repeat images
+    seconds(batch)
+    timed: list[float] = []
+    while len(timed) < 3 or sum(timed) < THROUGHPUT_SECONDS:
+        timed.append(seconds(batch))
+    return {"predict_latency_ms": 1000 * latency,
+            "predict_images_per_second": THROUGHPUT_BATCH / float(np.median(timed)),
+            "model_bytes": model_file.stat().st_size}
+
+
+def write_predictions(path: Path, y: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray) -> None:
+    """One row per test image, in the test set's order: every statistic of compare comes from these."""
+    with files.atomic_file(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(paths.PREDICTION_COLUMNS)
+        writer.writerows((index, int(label), int(predicted), f"{score:.6g}")
+                         for index, (label, predicted, score) in enumerate(zip(y, y_pred, confidence)))
+
+
 def first_conv(model: keras.Model) -> keras.layers.Layer | None:
     for layer in model.layers:
         if layer.weights and len(layer.weights[0].shape) == 4:
@@ -79,7 +130,8 @@ def first_conv(model: keras.Model) -> keras.layers.Layer | None:
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    out = paths.RunPaths(args.dataset, args.design)
+    seed = params.run_seed(args.seed)
+    out = paths.RunPaths(args.dataset, args.design, seed)
     run = files.read_json(out.model_dir / "run.json")
     model = load_model(out.model_dir / "model.keras")
     meta = files.read_json(paths.NORMALIZED / args.dataset / "meta.json")
@@ -87,11 +139,17 @@ def main(args: argparse.Namespace, params: Params) -> None:
     class_names = meta["class_names"]
     x, y = load_split(args.dataset, "test")
     result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
-    log.info("%s on %s: test accuracy %.4f, loss %.4f", args.design, args.dataset,
+    log.info("%s on %s (seed %d): test accuracy %.4f, loss %.4f", args.design, args.dataset, seed,
              result["metrics"]["test_accuracy"], result["metrics"]["test_loss"])
 
     # One run with train's: the worker logs the model while this process draws the figures.
-    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"]):
+    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"],
+                            seed=seed) as tracked:
+        tracked.id  # wait until the worker has loaded and opened the run: then it is idle while timing runs
+        result["metrics"].update(prediction_cost(model, x, out.model_dir / "model.keras"))
+        log.info("cost per prediction: %.2f ms at batch 1, %.0f images/s at batch %d, %d model bytes",
+                 result["metrics"]["predict_latency_ms"], result["metrics"]["predict_images_per_second"],
+                 THROUGHPUT_BATCH, result["metrics"]["model_bytes"])
         tracking.log_params({"evaluate": params.raw["evaluate"]})
         tracking.log_model(out.model_dir / "model.keras", result["metrics"])
         tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
@@ -104,11 +162,13 @@ def main(args: argparse.Namespace, params: Params) -> None:
             writer = csv.writer(handle)
             writer.writerow(["actual", "predicted"])
             writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
+        write_predictions(out.predictions, y, result["y_pred"], result["confidence"])
         files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
         files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
         for name in pngs:
             tracking.log_artifact(out.figures / name, "figures")
         tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
+        tracking.log_artifact(out.predictions, "reports")
         tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
 
 
@@ -120,7 +180,7 @@ def draw_figures(model: keras.Model, x: np.ndarray, y: np.ndarray, result: dict,
     history = [{k: float(v) for k, v in row.items()} for row in history]
     pixels = to_pixels(x, stats)
     sample, mistakes = pick_samples(y, result["y_pred"], result["confidence"], params.evaluate.sample_images,
-                                    params.seed)
+                                    params.seed)  # the split's seed: every training seed shows the same images
     pngs = {
         "learning_curves.png": figures.learning_curves(history, title),
         "confusion.png": figures.confusion_matrix(result["confusion"], class_names, f"{title}: counts", False),

@@ -14,31 +14,47 @@ SPLIT = Path("data/split")
 NORMALIZED = Path("data/normalized")
 REPORTS = Path("reports")
 SPLITS = ("train", "val", "test")  # <split>.npz in SPLIT/<dataset> and NORMALIZED/<dataset>
+# RunPaths.predictions: index = position in the official test set; label and predicted = class
+# indices; confidence = the predicted class's probability.
+PREDICTION_COLUMNS = ("index", "label", "predicted", "confidence")
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The outputs of train and evaluate for one (dataset, design)."""
+    """The outputs of train and evaluate for one (dataset, design, training seed).
+
+    Every seed has its own folder or file, so that the seeds of a design can train and
+    evaluate at the same time without writing to one path.
+    """
 
     dataset: str
     design: str
+    seed: int
+
+    @property
+    def seed_name(self) -> str:
+        return f"seed_{self.seed}"
 
     @property
     def model_dir(self) -> Path:  # model.keras, summary.txt, architecture.md, run.json
-        return Path("models") / self.dataset / self.design
+        return Path("models") / self.dataset / self.design / self.seed_name
 
     @property
-    def metrics_dir(self) -> Path:  # train.json and evaluate.json (DVC metrics), per_class.json
-        return Path("metrics") / self.dataset / self.design
+    def metrics_dir(self) -> Path:  # train.json and evaluate.json (DVC metrics), per_class.json, predictions.csv
+        return Path("metrics") / self.dataset / self.design / self.seed_name
+
+    @property
+    def predictions(self) -> Path:  # one row per test image: PREDICTION_COLUMNS
+        return self.metrics_dir / "predictions.csv"
 
     @property
     def history(self) -> Path:  # per-epoch loss and accuracy; a DVC plot
-        return Path("plots/history") / self.dataset / f"{self.design}.csv"
+        return Path("plots/history") / self.dataset / self.design / f"{self.seed_name}.csv"
 
     @property
     def confusion(self) -> Path:  # one (actual, predicted) row per test image; a DVC confusion plot
-        return Path("plots/confusion") / self.dataset / f"{self.design}.csv"
+        return Path("plots/confusion") / self.dataset / self.design / f"{self.seed_name}.csv"
 
     @property
     def figures(self) -> Path:  # the PNGs evaluate draws
-        return Path("plots/figures") / self.dataset / self.design
+        return Path("plots/figures") / self.dataset / self.design / self.seed_name

@@ -71,5 +71,8 @@ def run(module: str, argv: Sequence[str], description: str, arguments: Sequence[
 def _parser(description: str, arguments: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     for name in arguments:
-        parser.add_argument(name)
+        if name == "--seed":
+            parser.add_argument(name, type=int, help="training seed (default: the first of experiments.seeds)")
+        else:
+            parser.add_argument(name)
     return parser

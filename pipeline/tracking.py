@@ -4,8 +4,10 @@ The store is `sqlite:///<root>/mlflow.db` with artifacts under `<root>/mlruns/`,
 <root> is the user's repository even when a queued `dvc exp run` executes in a temporary
 copy (see `files.project_root`), so every run lands in the store `make ui` serves.
 `MLFLOW_TRACKING_URI` overrides it (e.g. a shared server). One MLflow experiment per
-dataset; train and evaluate of one (dataset, design) share one run, unless evaluate re-runs
-alone: then its evaluation gets its own run, tagged with the train run's id (`_mlflow_run`).
+dataset; train and evaluate of one (dataset, design, seed) share one run, tagged `model` and
+`seed` (the runs table's "Group by" on the `model` tag gathers a design's seeds in one row),
+unless evaluate re-runs alone: then its evaluation gets its own run, tagged with the train
+run's id (`_mlflow_run`).
 `PIPELINE_TRACKING=off` turns tracking off (used to measure its overhead).
 
 Stages log through a worker process (`python -m pipeline.tracking`, started by `warm_up`):
@@ -89,11 +91,11 @@ def dvc_experiment() -> str:
     return os.environ.get("DVC_EXP_NAME", "workspace")
 
 
-def run_tags(dataset: str, stage: str, model: str | None) -> dict[str, str]:
+def run_tags(dataset: str, stage: str, model: str | None, seed: int) -> dict[str, str]:
     tags = {"stage": stage, "dataset": dataset, "dvc_experiment": dvc_experiment(),
             "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
-    if model:
-        tags["model"] = model
+    if model:  # a design's run: one per training seed
+        tags.update(model=model, seed=str(seed))
     return tags
 
 
@@ -155,8 +157,11 @@ def _log(kind: str, *args: Any) -> None:
 
 @contextlib.contextmanager
 def stage_run(params: Params, dataset: str, stage: str, model: str | None = None,
-              run_id: str | None = None) -> Iterator[_Untracked | _WorkerRun]:
+              run_id: str | None = None, seed: int | None = None) -> Iterator[_Untracked | _WorkerRun]:
     """Open (or, with `run_id`, reopen) the MLflow run of a stage; yields it (`.id` is None when off).
+
+    `seed` is a design run's training seed (the run's `seed` param and tag); other stages log
+    the data split's seed (params `seed`).
 
     The run ends FINISHED when the block completes and FAILED when it raises.
     """
@@ -164,7 +169,8 @@ def stage_run(params: Params, dataset: str, stage: str, model: str | None = None
     if not enabled():
         yield _Untracked()
         return
-    start = {"dataset": dataset, "stage": stage, "model": model, "run_id": run_id, "seed": params.seed}
+    start = {"dataset": dataset, "stage": stage, "model": model, "run_id": run_id,
+             "seed": params.seed if seed is None else seed}
     worker = _running_worker()
     worker.send("start", start)
     _active = run = _WorkerRun(worker)
@@ -201,7 +207,7 @@ def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None,
             yield run.info.run_id
         return
     with mlflow.start_run(experiment_id=experiment_id(dataset), run_name=model or stage) as run:
-        mlflow.set_tags(run_tags(dataset, stage, model))
+        mlflow.set_tags(run_tags(dataset, stage, model, seed))
         if trained is None:
             mlflow.log_params({"seed": seed})
         else:

@@ -1,8 +1,9 @@
-"""Stage `train@<dataset>-<design>`: build a design from params, fit it, save it and its history.
+"""Stage `train@<dataset>-<design>-<seed>`: build a design from params, fit it, save it and its history.
 
-Outputs (pipeline/paths.py): models/<dataset>/<design>/ (model.keras, summary.txt, run.json
-with the MLflow run id that evaluate continues), plots/history/<dataset>/<design>.csv
-(per-epoch loss and accuracy, train and validation) and metrics/<dataset>/<design>/train.json.
+Outputs (pipeline/paths.py): models/<dataset>/<design>/seed_<seed>/ (model.keras, summary.txt,
+run.json with the MLflow run id that evaluate continues), plots/history/<dataset>/<design>/seed_<seed>.csv
+(per-epoch loss and accuracy, train and validation) and metrics/<dataset>/<design>/seed_<seed>/train.json.
+The training seed sets the initial weights and the batch order; the data split has its own (`seed`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from pipeline import files, paths, stage, tracking
 
 if __name__ == "__main__":  # params are checked and MLflow loads in its worker before TensorFlow loads
-    stage.enter(__spec__.name, __doc__, "dataset", "design")
+    stage.enter(__spec__.name, __doc__, "dataset", "design", "--seed")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -145,17 +146,17 @@ class EpochLog(keras.callbacks.Callback):
         return self.earlier_seconds + time.perf_counter() - self.fit_started
 
 
-def run_fingerprint(params: Params, dataset: str, design_name: str) -> str:
+def run_fingerprint(params: Params, dataset: str, design_name: str, seed: int) -> str:
     """What determines a training run, for its checkpoint: a checkpoint of other params is never resumed."""
     data = paths.NORMALIZED / dataset
     meta = files.read_json(data / "meta.json")  # first: a missing input is the user's error, said so
-    return fingerprint({"dataset": dataset, "meta": meta, "design": params.raw["models"][design_name], "seed": params.seed,
+    return fingerprint({"dataset": dataset, "meta": meta, "design": params.raw["models"][design_name], "seed": seed,
                         "train": params.train_settings(design_name).as_params(), "tensorflow": tf.__version__,
                         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
                        [data / "train.npz", data / "val.npz", data / "stats.json"])
 
 
-def train(params: Params, dataset: str, design_name: str, checkpoint: Checkpoint,
+def train(params: Params, dataset: str, design_name: str, seed: int, checkpoint: Checkpoint,
           state: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Fit a design on a dataset, from scratch or, given a checkpoint's `state`, from where it stopped."""
     design = params.design(design_name)
@@ -174,7 +175,7 @@ def train(params: Params, dataset: str, design_name: str, checkpoint: Checkpoint
         log.info("resuming %s on %s after epoch %d of %d (checkpoint %s)", design_name, dataset,
                  state["epochs_done"], settings.epochs, checkpoint.folder)
     else:
-        model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), params.seed),
+        model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), seed),
                               design, settings, steps)
     summary = io.StringIO()
     model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
@@ -184,7 +185,7 @@ def train(params: Params, dataset: str, design_name: str, checkpoint: Checkpoint
 
     epoch_log = EpochLog(settings, steps, checkpoint, {**state, "run_id": run_id})
     first_epoch = state.get("epochs_done", 0)
-    model.fit(training_batches(x_train, y_train, settings, params.seed, first_epoch, np.asarray(stats["scale"])),
+    model.fit(training_batches(x_train, y_train, settings, seed, first_epoch, np.asarray(stats["scale"])),
               epochs=settings.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
               validation_data=batches(x_val, y_val, VALIDATION_BATCH_SIZE), callbacks=[epoch_log],
               shuffle=False,  # training_batches() shuffles, seeded; Keras cannot shuffle a dataset
@@ -220,31 +221,32 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     design = params.design(args.design)
-    out = paths.RunPaths(args.dataset, args.design)
+    seed = params.run_seed(args.seed)
+    out = paths.RunPaths(args.dataset, args.design, seed)
     # SIGTERM (a stopped job, a shut-down machine) ends the stage as Ctrl-C does: its MLflow
     # run is closed and the last epoch's checkpoint stays for the next `dvc repro` to resume.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    checkpoint = Checkpoint.of_run(args.dataset, args.design, params.seed,
-                                   run_fingerprint(params, args.dataset, args.design))
+    checkpoint = Checkpoint.of_run(args.dataset, args.design, seed,
+                                   run_fingerprint(params, args.dataset, args.design, seed))
     state = checkpoint.load()
 
     with tracking.stage_run(params, args.dataset, "train", model=args.design,
-                            run_id=state["run_id"] if state else None) as run:
+                            run_id=state["run_id"] if state else None, seed=seed) as run:
         if state:
             tracking.log_metrics({"resumed_after_epoch": state["epochs_done"]})
-        tracking.log_params({"dataset": args.dataset, "design": args.design,
+        tracking.log_params({"dataset": args.dataset, "design": args.design, "split_seed": params.seed,
                              "train": params.train_settings(args.design).as_params(),
                              "design_spec": params.raw["models"][args.design],
                              "normalize": params.normalize_for(args.dataset).__dict__,
                              "builtin": design.builtin or "none"})
-        result = train(params, args.dataset, args.design, checkpoint, state, run.id)
+        result = train(params, args.dataset, args.design, seed, checkpoint, state, run.id)
         model = result["model"]
         with files.atomic_directory(out.model_dir) as tmp:
             model.save(tmp / "model.keras")
             (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
             (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
             files.write_json(tmp / "run.json", {"run_id": run.id, "dataset": args.dataset, "design": args.design,
-                                                "input_shape": result["meta"]["input_shape"]})
+                                                "seed": seed, "input_shape": result["meta"]["input_shape"]})
         write_history(out.history, result["history"])
         files.write_json(out.metrics_dir / "train.json", result["metrics"])
         tracking.log_metrics({k: v for k, v in result["metrics"].items()})
@@ -253,5 +255,5 @@ def main(args: argparse.Namespace, params: Params) -> None:
         tracking.log_artifact(out.model_dir / "architecture.md", "reports")
         tracking.log_text(out.history.read_text(encoding="utf-8"), "reports/history.csv")
     checkpoint.discard()  # the outputs are written: nothing left to resume
-    log.info("trained %s on %s in %.1fs: best val accuracy %.4f", args.design, args.dataset,
+    log.info("trained %s on %s (seed %d) in %.1fs: best val accuracy %.4f", args.design, args.dataset, seed,
              result["metrics"]["train_seconds"], result["metrics"]["best_val_accuracy"])

@@ -105,10 +105,22 @@ def string_list(value: Any, where: str, choices: Iterable[str] | None = None) ->
     for index, item in enumerate(value):
         item_where = join(where, index)
         items.append(choice(item, item_where, choices) if choices is not None else text(item, item_where))
+    _no_repeats(items, where)
+    return tuple(items)
+
+
+def integer_list(value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise fail(where, "must be a non-empty list of ints", value)
+    items = [integer(item, join(where, index), minimum, maximum) for index, item in enumerate(value)]
+    _no_repeats(items, where)
+    return tuple(items)
+
+
+def _no_repeats(items: list[Any], where: str) -> None:
     duplicates = sorted({item for item in items if items.count(item) > 1})
     if duplicates:
         raise fail(where, "must not repeat an entry", duplicates)
-    return tuple(items)
 
 
 def pair(value: Any, where: str, minimum: int = 1) -> tuple[int, int]:

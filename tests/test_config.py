@@ -40,6 +40,15 @@ def test_shipped_params_are_valid_and_typed() -> None:
     assert params.normalize.mode in ("unit", "lecun", "standardize")
     assert set(params.experiment_models) <= set(params.models)
     assert params.design("student_a").student and not params.design("lenet5_modern").student
+    assert params.experiment_seeds == (42,)
+
+
+def test_a_command_trains_the_seed_given_else_the_first_configured_one() -> None:
+    params = parse_params(edited(experiments__seeds=[7, 1]))
+    assert params.run_seed(None) == 7 and params.run_seed(3) == 3
+    assert params.seed == SHIPPED["seed"]  # the split's seed is another key
+    with pytest.raises(ConfigError, match=r"--seed: must be an int from 0 to 2147483647, got -1"):
+        params.run_seed(-1)
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -58,6 +67,11 @@ def test_shipped_params_are_valid_and_typed() -> None:
     ({"download__mirror": ...}, "download.mirror: missing; this key is required"),
     ({"experiments__models": ["lenet5_modern", "lenet6"]}, "experiments.models.1: must be one of"),
     ({"experiments__datasets": []}, "experiments.datasets: must be a non-empty list, got []"),
+    ({"experiments__seeds": []}, "experiments.seeds: must be a non-empty list of ints, got []"),
+    ({"experiments__seeds": 42}, "experiments.seeds: must be a non-empty list of ints, got 42"),
+    ({"experiments__seeds": [1, "2"]}, "experiments.seeds.1: must be an int from 0 to 2147483647, got '2'"),
+    ({"experiments__seeds": [3, 1, 3]}, "experiments.seeds: must not repeat an entry, got [3]"),
+    ({"experiments__seeds": ...}, "experiments.seeds: missing; this key is required"),
     ({"evaluate__sample_images": 0}, "evaluate.sample_images: must be an int from 1 to 100, got 0"),
     ({"colour": "red"}, "colour: unknown key"),
 ])

@@ -10,11 +10,14 @@ import mlflow
 import numpy as np
 import pytest
 
+from pipeline import stats
+from pipeline.paths import RunPaths
 from tests.conftest import TINY_PROJECT_MODELS, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 MODEL = TINY_PROJECT_MODELS[0]
+SEED = 42  # the default experiments.seeds: [42]
 
 
 @pytest.fixture
@@ -36,11 +39,11 @@ def model_runs(repo: Path, model: str = MODEL, **tags: str) -> list:
 def test_repro_writes_every_stage_output(project: Path) -> None:
     for path in ("data/raw/mnist/MANIFEST.json", "data/split/mnist/train.npz", "data/split/mnist/counts.json",
                  "data/normalized/mnist/test.npz", "data/normalized/mnist/stats.json",
-                 f"models/mnist/{MODEL}/model.keras", f"models/mnist/{MODEL}/architecture.md",
-                 f"plots/history/mnist/{MODEL}.csv", f"plots/confusion/mnist/{MODEL}.csv",
-                 f"plots/figures/mnist/{MODEL}/learning_curves.png", f"plots/figures/mnist/{MODEL}/confusion.png",
-                 f"plots/figures/mnist/{MODEL}/samples.png", f"plots/figures/mnist/{MODEL}/mistakes.png",
-                 f"plots/figures/mnist/{MODEL}/filters.png", f"plots/figures/mnist/{MODEL}/feature_maps.png"):
+                 f"models/mnist/{MODEL}/seed_42/model.keras", f"models/mnist/{MODEL}/seed_42/architecture.md",
+                 f"plots/history/mnist/{MODEL}/seed_42.csv", f"plots/confusion/mnist/{MODEL}/seed_42.csv",
+                 f"metrics/mnist/{MODEL}/seed_42/predictions.csv",
+                 *(f"plots/figures/mnist/{MODEL}/seed_42/{name}.png" for name in (
+                     "learning_curves", "confusion", "samples", "mistakes", "filters", "feature_maps"))):
         assert (project / path).is_file(), path
     split = np.load(project / "data/split/mnist/train.npz", allow_pickle=False)
     assert split["x"].dtype == np.uint8 and split["x"].shape[1:] == (28, 28, 1)
@@ -52,8 +55,12 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
 
 
 def test_metrics_are_readable_by_dvc(project: Path) -> None:
-    evaluated = json.loads((project / f"metrics/mnist/{MODEL}/evaluate.json").read_text())
+    evaluated = json.loads((project / RunPaths("mnist", MODEL, SEED).metrics_dir / "evaluate.json").read_text())
     assert 0.0 <= evaluated["test_accuracy"] <= 1.0 and evaluated["test_images"] == 100
+    # the cost of a prediction, measured
+    assert evaluated["predict_latency_ms"] > 0 and evaluated["predict_images_per_second"] > 0
+    model_file = project / RunPaths("mnist", MODEL, SEED).model_dir / "model.keras"
+    assert evaluated["model_bytes"] == model_file.stat().st_size
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     flat = json.dumps(shown)
     assert "test_accuracy" in flat and "best_val_accuracy" in flat
@@ -62,11 +69,12 @@ def test_metrics_are_readable_by_dvc(project: Path) -> None:
 def test_plots_render_learning_curves_and_confusion(project: Path) -> None:
     shown = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
     assert not shown.get("errors"), shown["errors"]
-    curves = shown["data"][f"plots/history/mnist/{MODEL}.csv"][0]["content"]["data"]["values"]
+    out = RunPaths("mnist", MODEL, SEED)
+    curves = shown["data"][str(out.history)][0]["content"]["data"]["values"]
     assert {row["field"] for row in curves} >= {"accuracy", "val_accuracy", "loss", "val_loss"}
-    confusion = shown["data"][f"plots/confusion/mnist/{MODEL}.csv"][0]["content"]["data"]["values"]
+    confusion = shown["data"][str(out.confusion)][0]["content"]["data"]["values"]
     assert len(confusion) == 100 and {"actual", "predicted"} <= set(confusion[0])
-    assert f"plots/figures/mnist/{MODEL}/samples.png" in shown["data"]
+    assert str(out.figures / "samples.png") in shown["data"]
     run(["dvc", "plots", "show", "-o", "dvc_plots"], project)
     html = (project / "dvc_plots/index.html").read_text()
     assert "Learning curves (train and validation)" in html and "Confusion matrix (test set)" in html
@@ -80,6 +88,7 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     assert found.data.tags["dataset"] == "mnist" and found.data.tags["dvc_experiment"] == "workspace"
     assert found.data.tags["git_commit"] != "unknown"
     assert found.data.params["train.epochs"] == "1" and found.data.params["seed"] == "42"
+    assert found.data.tags["seed"] == "42" and found.data.params["split_seed"] == "42"
     assert {"test_accuracy", "test_loss", "val_accuracy", "best_val_accuracy"} <= set(found.data.metrics)
     history = client(project).get_metric_history(found.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
@@ -87,7 +96,7 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     assert {"figures/learning_curves.png", "figures/confusion.png", "figures/samples.png"} <= artifacts
     reports = {a.path for a in client(project).list_artifacts(found.info.run_id, "reports")}
     assert {"reports/history.csv", "reports/confusion.csv", "reports/architecture.md", "reports/summary.txt",
-            "reports/per_class.json"} <= reports
+            "reports/per_class.json", "reports/predictions.csv"} <= reports
     assert (project / "mlruns" / "mnist").is_dir(), "artifacts must live under <repo>/mlruns/<dataset>"
     logged = client(project).search_logged_models([found.info.experiment_id])
     mine = [m for m in logged if m.source_run_id == found.info.run_id]
@@ -103,18 +112,37 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     assert data_runs and data_runs[0].data.metrics["size_train"] + data_runs[0].data.metrics["size_val"] == 400
 
 
-def test_compare_ranks_every_design_by_test_accuracy(project: Path) -> None:
-    table = json.loads((project / "reports/compare.json").read_text())["mnist"]
-    assert sorted(row["design"] for row in table) == sorted(TINY_PROJECT_MODELS)
-    accuracies = [row["test_accuracy"] for row in table]
-    assert accuracies == sorted(accuracies, reverse=True)
-    for row in table:  # the table repeats each design's own metrics files
-        evaluated = json.loads((project / f"metrics/mnist/{row['design']}/evaluate.json").read_text())
-        assert row["test_accuracy"] == evaluated["test_accuracy"] and row["params"] > 0
+def accuracy_from_predictions(project: Path, design: str, seed: int) -> float:
+    rows = (project / RunPaths("mnist", design, seed).predictions).read_text().splitlines()
+    assert rows[0] == "index,label,predicted,confidence" and len(rows) == 101
+    cells = [row.split(",") for row in rows[1:]]
+    assert [int(index) for index, *_ in cells] == list(range(100))
+    return sum(label == predicted for _, label, predicted, _ in cells) / 100
+
+
+def test_compare_ranks_every_design_with_its_interval_and_test(project: Path) -> None:
+    entry = json.loads((project / "reports/compare.json").read_text())["mnist"]
+    rows = entry["designs"]
+    assert sorted(row["design"] for row in rows) == sorted(TINY_PROJECT_MODELS)
+    assert set(entry["pairwise_p"]) == set(TINY_PROJECT_MODELS)
+    for row in rows:  # the table is recomputable from each design's own files
+        evaluated = json.loads((project / RunPaths("mnist", row["design"], SEED).metrics_dir / "evaluate.json")
+                               .read_text())
+        assert row["seeds"] == [SEED] and row["test_accuracy_std"] is None
+        assert row["test_accuracy"] == accuracy_from_predictions(project, row["design"], SEED)
+        assert row["test_accuracy"] == pytest.approx(evaluated["test_accuracy"], abs=1e-6)
+        assert row["test_accuracy_ci"][0] <= row["test_accuracy"] <= row["test_accuracy_ci"][1]
+        assert row["latency_ms"] == evaluated["predict_latency_ms"] and row["params"] > 0
+    best = rows[0]
+    assert best["ties_best"] and best["p_value_vs_best"] == 1.0 and best["rank"] == 1
+    other = rows[1]
+    assert other["p_value_vs_best"] == entry["pairwise_p"][other["design"]][best["design"]]
+    assert other["ties_best"] == (other["p_value_vs_best_holm"] >= stats.ALPHA)
     report = (project / "reports/compare.md").read_text()
-    assert "| rank | design | parameters |" in report
-    assert report.index(table[0]["design"]) < report.index(table[1]["design"])
-    for name in ("mnist_accuracy_vs_params.png", "mnist_val_accuracy.png"):
+    assert "| rank | design | seeds | test accuracy | 95% CI |" in report
+    assert report.index(f"| {best['design']} |") < report.index(f"| {other['design']} |")
+    for name in ("mnist_accuracy_vs_params.png", "mnist_accuracy_vs_latency.png", "mnist_seed_spread.png",
+                 "mnist_val_accuracy.png"):
         assert (project / "reports" / name).stat().st_size > 1000
 
 
@@ -129,7 +157,7 @@ def test_editing_one_design_from_the_command_line_reruns_only_its_stages(project
     assert edited in TINY_PROJECT_MODELS and edited != MODEL
     output = run(["dvc", "exp", "run", "-n", "narrow-b", "-S", f"models.{edited}.layers.0.filters=8"], project).stdout
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {f"train@mnist-{edited}", f"evaluate@mnist-{edited}", "compare"}, output
+    assert ran == {f"train@mnist-{edited}-{SEED}", f"evaluate@mnist-{edited}-{SEED}", "compare"}, output
     (narrowed,) = model_runs(project, edited, dvc_experiment="narrow-b")
     assert narrowed.data.params["design_spec.layers.0.filters"] == "8"
 
@@ -152,7 +180,7 @@ def test_exp_run_and_queue_log_into_the_workspace_store(project: Path) -> None:
 def test_an_experiment_that_reruns_only_evaluate_leaves_the_baseline_run_as_it_was(project: Path) -> None:
     """`dvc exp run -S evaluate.sample_images=12`: the models are the baseline's, their runs must not change;
     each new evaluation is a run of its own, linked to the train run whose model it evaluated."""
-    train_ids = {design: json.loads((project / f"models/mnist/{design}/run.json").read_text())["run_id"]
+    train_ids = {design: json.loads((project / RunPaths("mnist", design, SEED).model_dir / "run.json").read_text())["run_id"]
                  for design in TINY_PROJECT_MODELS}
     store = client(project)
 
@@ -165,7 +193,7 @@ def test_an_experiment_that_reruns_only_evaluate_leaves_the_baseline_run_as_it_w
     before = {design: snapshot(run_id) for design, run_id in train_ids.items()}
     output = run(["dvc", "exp", "run", "-n", "more-samples", "-S", "evaluate.sample_images=12"], project).stdout
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {f"evaluate@mnist-{design}" for design in TINY_PROJECT_MODELS} | {"compare"}, output
+    assert ran == {f"evaluate@mnist-{design}-{SEED}" for design in TINY_PROJECT_MODELS} | {"compare"}, output
     for design, run_id in train_ids.items():
         assert snapshot(run_id) == before[design], f"the baseline run of {design} changed"
         (evaluation,) = model_runs(project, design, dvc_experiment="more-samples")
@@ -173,3 +201,46 @@ def test_an_experiment_that_reruns_only_evaluate_leaves_the_baseline_run_as_it_w
         assert evaluation.data.params["evaluate.sample_images"] == "12"
         assert evaluation.data.params["design"] == design  # the train run's params, for comparing it on its own
         assert "test_accuracy" in evaluation.data.metrics
+
+
+def model_weights(model_file: Path) -> dict[str, np.ndarray]:
+    """The weights inside a saved .keras file (a zip holding model.weights.h5), read without Keras."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(model_file) as archive:
+        data = archive.read("model.weights.h5")
+    weights: dict[str, np.ndarray] = {}
+    with h5py.File(io.BytesIO(data), "r") as h5:
+        h5.visititems(lambda name, node: weights.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset)
+                      else None)
+    return weights
+
+
+def test_a_second_seed_trains_only_that_seed_and_compare_reports_the_spread(project: Path) -> None:
+    """Last in this file: it leaves the workspace at two seeds."""
+    output = run(["dvc", "exp", "run", "-n", "two-seeds", "-S", "experiments.seeds=[42,7]"], project).stdout
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {f"{stage}@mnist-{design}-7" for stage in ("train", "evaluate") for design in TINY_PROJECT_MODELS} \
+        | {"compare"}, output
+
+    first, second = (project / RunPaths("mnist", MODEL, seed).model_dir / "model.keras" for seed in (SEED, 7))
+    a, b = model_weights(first), model_weights(second)
+    assert a.keys() == b.keys() and any(not np.array_equal(a[key], b[key]) for key in a), "same weights for two seeds"
+    (seven,) = model_runs(project, dvc_experiment="two-seeds")
+    assert seven.data.tags["seed"] == "7" and seven.data.params["seed"] == "7"
+    assert json.loads((project / RunPaths("mnist", MODEL, 7).model_dir / "run.json").read_text())["run_id"] \
+        == seven.info.run_id
+    assert json.loads((project / RunPaths("mnist", MODEL, SEED).model_dir / "run.json").read_text())["run_id"] \
+        != seven.info.run_id
+
+    report = (project / "reports/compare.md").read_text()
+    for row in json.loads((project / "reports/compare.json").read_text())["mnist"]["designs"]:
+        assert f"| {row['design']} | 2 | " in report  # its seeds column
+        per_seed = [accuracy_from_predictions(project, row["design"], seed) for seed in (SEED, 7)]
+        assert row["seeds"] == [SEED, 7] and row["test_accuracy_per_seed"] == per_seed
+        assert row["test_accuracy"] == pytest.approx(np.mean(per_seed))
+        assert row["test_accuracy_std"] == pytest.approx(np.std(per_seed, ddof=1))
+        assert (row["test_accuracy_min"], row["test_accuracy_max"]) == (min(per_seed), max(per_seed))

@@ -23,6 +23,6 @@ def test_lenet5_modern_reaches_98_percent_on_real_mnist(tmp_path: Path) -> None:
     assert {entry["verified_by"] for entry in manifest.values()} == {"official md5"} and len(manifest) == 4
     counts = json.loads((repo / "data/split/mnist/counts.json").read_text())
     assert {name: sum(split.values()) for name, split in counts.items()} == {"train": 54000, "val": 6000, "test": 10000}
-    evaluated = json.loads((repo / "metrics/mnist/lenet5_modern/evaluate.json").read_text())
+    evaluated = json.loads((repo / "metrics/mnist/lenet5_modern/seed_42/evaluate.json").read_text())
     assert evaluated["test_images"] == 10000
     assert evaluated["test_accuracy"] >= 0.98, evaluated

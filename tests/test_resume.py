@@ -64,7 +64,7 @@ def weights_digest(model_file: Path) -> str:
 
 
 def history_without_timings(repo: Path) -> list[dict[str, str]]:
-    with open(repo / f"plots/history/mnist/{DESIGN}.csv", encoding="utf-8") as handle:
+    with open(repo / f"plots/history/mnist/{DESIGN}/seed_42.csv", encoding="utf-8") as handle:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
@@ -78,14 +78,14 @@ def test_interrupted_training_resumes_and_matches_an_uninterrupted_run(project: 
     done = state["epochs_done"]
     assert done >= 2 and epoch_lines(log)[:done] == [f"{e}/{EPOCHS}" for e in range(1, done + 1)]
 
-    resumed = run(["dvc", "repro", f"train@mnist-{DESIGN}"], project)
+    resumed = run(["dvc", "repro", f"train@mnist-{DESIGN}-42"], project)
     resumed_log = resumed.stdout + resumed.stderr
     assert f"resuming {DESIGN} on mnist after epoch {done} of {EPOCHS}" in resumed_log
     assert epoch_lines(resumed_log)[0] == f"{done + 1}/{EPOCHS}", "the first epoch after the interruption"
     assert not (project / CHECKPOINT).exists(), "a finished run leaves no checkpoint"
-    run_json = json.loads((project / f"models/mnist/{DESIGN}/run.json").read_text())
+    run_json = json.loads((project / f"models/mnist/{DESIGN}/seed_42/run.json").read_text())
     assert run_json["run_id"] == state["run_id"], "the MLflow run continues under the same id"
-    resumed_weights = weights_digest(project / f"models/mnist/{DESIGN}/model.keras")
+    resumed_weights = weights_digest(project / f"models/mnist/{DESIGN}/seed_42/model.keras")
     resumed_history = history_without_timings(project)
     assert [row["epoch"] for row in resumed_history] == [str(e) for e in range(1, EPOCHS + 1)]
 
@@ -93,7 +93,7 @@ def test_interrupted_training_resumes_and_matches_an_uninterrupted_run(project: 
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     assert "resuming" not in uninterrupted.stderr
     assert history_without_timings(project) == resumed_history
-    assert weights_digest(project / f"models/mnist/{DESIGN}/model.keras") == resumed_weights
+    assert weights_digest(project / f"models/mnist/{DESIGN}/seed_42/model.keras") == resumed_weights
 
 
 def test_a_checkpoint_of_other_params_is_never_resumed(project: Path) -> None:

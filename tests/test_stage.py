@@ -91,8 +91,8 @@ def one_error(capsys: pytest.CaptureFixture) -> str:
     ({}, ("evaluate", "mnist", "lenet6"), "error: models.lenet6: missing; known designs: lenet5_modern,"),
     ({}, ("normalize", "mnist"), "error: data/split/mnist/train.npz: missing; run the stages that write it first "
                                  "(`dvc repro` runs every stage in order)"),
-    ({}, ("compare",), "error: metrics/mnist/lenet5_modern/train.json: missing; run `dvc repro` so that train and "
-                       "evaluate of lenet5_modern on mnist have run"),
+    ({}, ("compare",), "error: metrics/mnist/lenet5_modern/seed_42/train.json: missing; run `dvc repro` so that train and "
+                       "evaluate of lenet5_modern (seed 42) on mnist have run"),
 ])
 def test_a_mistake_is_one_line_and_status_2(project: Path, capsys: pytest.CaptureFixture, changes: dict,
                                             stage_args: tuple, expected: str) -> None:

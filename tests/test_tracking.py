@@ -32,7 +32,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClien
 def test_what_a_stage_logs_lands_in_its_finished_run(store: mlflow.MlflowClient, tmp_path: Path) -> None:
     report = tmp_path / "summary.txt"
     report.write_text("layers\n")
-    with tracking.stage_run(PARAMS, "mnist", "train", model="lenet5_modern") as run:
+    with tracking.stage_run(PARAMS, "mnist", "train", model="lenet5_modern", seed=7) as run:
         tracking.log_params({"train": {"epochs": 2, "optimizer": "adam"}})
         for epoch in (1, 2):
             tracking.log_metrics({"val_accuracy": 0.5 * epoch}, step=epoch)
@@ -41,8 +41,9 @@ def test_what_a_stage_logs_lands_in_its_finished_run(store: mlflow.MlflowClient,
         run_id = run.id
     found = store.get_run(run_id)
     assert found.info.status == "FINISHED"
-    assert found.data.params["train.epochs"] == "2" and found.data.params["seed"] == str(PARAMS.seed)
+    assert found.data.params["train.epochs"] == "2" and found.data.params["seed"] == "7"  # the training seed
     assert found.data.tags["model"] == "lenet5_modern" and found.data.tags["stage"] == "train"
+    assert found.data.tags["seed"] == "7"  # a design's seeds are runs side by side, grouped by `model`
     assert [(m.step, m.value) for m in store.get_metric_history(run_id, "val_accuracy")] == [(1, 0.5), (2, 1.0)]
     assert {a.path for a in store.list_artifacts(run_id, "reports")} == {"reports/summary.txt",
                                                                          "reports/history.csv"}
