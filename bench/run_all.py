@@ -18,7 +18,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-SCRIPTS = ("bench_reference_ops.py", "bench_gtsrb_decode.py", "bench_train.py", "bench_pipeline.py")
+SCRIPTS = ("bench_reference_ops.py", "bench_gtsrb_decode.py", "bench_recipes.py", "bench_train.py", "bench_pipeline.py")
 
 
 def machine() -> str:
@@ -108,6 +108,16 @@ def summary() -> str:
         lines += [f"| {name} | {r['naive_s']:.4f} | {r['vectorized_s']:.4f} | ×{r['speedup']} |"
                   for name, r in ops.items() if name != "config"]
         lines.append("")
+    recipes = _load("recipes.json")
+    if recipes:
+        epoch, eq = recipes["epoch_seconds_median"], recipes["equalization"]
+        lines += ["## Recipe costs (bench/bench_recipes.py)", "",
+                  f"- Augmentation ({', '.join(f'{k} {v}' for k, v in recipes['augment'].items())}) on LeNet-5 "
+                  f"modern, GTSRB: {epoch['augmented']:.2f} s per epoch against {epoch['plain']:.2f} s without, "
+                  f"**+{recipes['augmentation_overhead']:.1%}** (median epoch, runs alternated).",
+                  f"- Equalizing GTSRB's {eq['images']:,} training images (train + val splits): histogram "
+                  f"**{eq['median']['histogram']:.2f} s**, CLAHE **{eq['median']['clahe']:.2f} s** (median of "
+                  f"{len(eq['clahe'])}).", ""]
     return "\n".join(lines)
 
 
