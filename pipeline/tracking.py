@@ -212,7 +212,9 @@ def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None,
             mlflow.log_params({"seed": seed})
         else:
             mlflow.set_tag("train_run_id", trained.info.run_id)
-            _mlflow_params(dict(trained.data.params))  # what was trained, so this run compares on its own
+            # what was trained, so this run compares on its own; not the first evaluation's own params
+            _mlflow_params({key: value for key, value in trained.data.params.items()
+                            if not key.startswith(f"{stage}.")})
         yield run.info.run_id
 
 

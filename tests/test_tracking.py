@@ -157,6 +157,7 @@ def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_r
         tracking.log_params({"train": {"epochs": 2}})
         train_id = run.id
     with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:  # the first one
+        tracking.log_params({"evaluate": {"sample_images": 8}})
         tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.5})
         assert run.id == train_id
     baseline = store.get_run(train_id)
@@ -164,6 +165,7 @@ def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_r
 
     in_experiment(monkeypatch, "more-samples")
     with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:
+        tracking.log_params({"evaluate": {"sample_images": 12}})  # what changed, beside the train run's params
         tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.6})
         evaluation_id = run.id
     assert evaluation_id != train_id
@@ -175,7 +177,8 @@ def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_r
     evaluation = store.get_run(evaluation_id)
     assert evaluation.data.tags["train_run_id"] == train_id and evaluation.data.tags["stage"] == "evaluate"
     assert evaluation.data.tags["dvc_experiment"] == "more-samples"
-    assert evaluation.data.params["train.epochs"] == "2" and evaluation.data.metrics["test_accuracy"] == 0.6
+    assert evaluation.data.params["train.epochs"] == "2" and evaluation.data.params["evaluate.sample_images"] == "12"
+    assert evaluation.data.metrics["test_accuracy"] == 0.6
 
     # Evaluated again in the workspace too (evaluate's code changed): the train run was evaluated already.
     in_experiment(monkeypatch, None)
