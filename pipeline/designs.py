@@ -252,10 +252,10 @@ def parse_design(name: str, value: Any, where: str) -> Design:
 
 def check_recipe(design: Design, settings: TrainSettings) -> None:
     """What no single key can check: a design's merged recipe must make sense as a whole."""
-    where = f"models.{design.name}" if design.train_overrides else "train"
+    where = f"models.{design.name}.train" if design.train_overrides else "train"
     if settings.schedule == "cosine" and settings.warmup_epochs >= settings.epochs:
         raise v.ConfigError(f"{where}: warmup_epochs ({settings.warmup_epochs}) must be fewer than epochs "
-                            f"({settings.epochs}) for the cosine schedule; lower train.warmup_epochs")
+                            f"({settings.epochs}) for the cosine schedule; lower {where}.warmup_epochs")
     if settings.label_smoothing and design.builtin == "lenet5_classic" and design.classic_output == "rbf":
         raise v.ConfigError(f"models.{design.name}: label_smoothing applies to softmax outputs, and this design's "
                             f"output is rbf; set its train: {{label_smoothing: 0}} or output: softmax")
