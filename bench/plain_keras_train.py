@@ -22,7 +22,7 @@ x, y, x_val, y_val = train["x"], train["y"], val["x"], val["y"]
 params = load_params(Path(project) / "params.yaml")
 # The same architecture and optimizer as the stage, so only the training loop differs.
 model = compile_model(build_model(params.design(design), x.shape[1:], int(y.max()) + 1, params.run_seed(None)),
-                      params.design(design), params.train_settings(design),
+                      params.design(design), params.train_settings(design, dataset),
                       steps_per_epoch=-(-len(y) // int(batch_size)))
 started = time.perf_counter()
 model.fit(x, y, batch_size=int(batch_size), epochs=int(epochs), validation_data=(x_val, y_val), verbose=0)

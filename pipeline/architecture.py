@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     design = params.design(args.design)
     input_shape, num_classes = dataset_shape(params, args.dataset)
     model = build_model(design, input_shape, num_classes, params.seed)
-    batch_size = args.batch_size or params.train_settings(args.design).batch_size
+    batch_size = args.batch_size or params.train_settings(args.design, args.dataset).batch_size
     print(format_report(architecture_report(model, batch_size)), end="")
     return 0
 

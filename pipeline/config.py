@@ -62,7 +62,8 @@ class Params:
     datasets: dict[str, DatasetParams]
     normalize: NormalizeParams  # the defaults; normalize_for() applies a dataset's own overrides
     normalize_overrides: dict[str, dict[str, Any]]
-    train: designs.TrainSettings
+    train: designs.TrainSettings  # the shared block; train_settings() gives a design's recipe on a dataset
+    train_per_dataset: dict[str, dict[str, Any]]  # train.per_dataset.<dataset>: partial train blocks
     models: dict[str, designs.Design]
     evaluate: EvaluateParams
     experiment_datasets: tuple[str, ...]
@@ -86,9 +87,11 @@ class Params:
             raise ConfigError(f"models.{name}: missing; known designs: {', '.join(self.models)}")
         return self.models[name]
 
-    def train_settings(self, name: str) -> designs.TrainSettings:
-        """The shared `train:` block with the design's own overrides applied."""
-        return self.train.merged(self.design(name).train_overrides)
+    def train_settings(self, name: str, dataset: str) -> designs.TrainSettings:
+        """Design `name`'s recipe on `dataset`: the shared `train:` block, then its
+        `per_dataset.<dataset>` values, then the design's own `train:` block, then that block's
+        `per_dataset.<dataset>` values (the more specific wins)."""
+        return designs.merged_recipe(self.train, self.train_per_dataset, self.design(name), dataset)
 
     def input_shape(self, key: str) -> tuple[int, int, int]:
         """(height, width, channels) of the images the models of dataset `key` get: the dataset's
@@ -150,20 +153,24 @@ def parse_params(raw: Any) -> Params:
     block = v.keys(top["normalize"], "normalize", required=NORMALIZE_KEYS, optional=("per_dataset",))
     normalize = NormalizeParams(**_parse_normalize(block, "normalize"))
     overrides = {}
-    for key, value in v.mapping(block.get("per_dataset") or {}, "normalize.per_dataset").items():
+    per_dataset = v.mapping(block.get("per_dataset") or {}, "normalize.per_dataset")
+    _check_datasets_named(per_dataset, "normalize.per_dataset", parsed_datasets)
+    for key, value in per_dataset.items():
         where = f"normalize.per_dataset.{key}"
-        if key not in parsed_datasets:
-            raise ConfigError(f"{where}: not a dataset of this file; declared datasets: {', '.join(parsed_datasets)}")
         overrides[key] = _parse_normalize(v.keys(value, where, optional=NORMALIZE_KEYS), where)
 
-    train = designs.TrainSettings(**designs.parse_train(top["train"], "train"))
+    shared, train_per_dataset = designs.parse_train(top["train"], "train")
+    train = designs.TrainSettings(**shared)
+    _check_datasets_named(train_per_dataset, "train.per_dataset", parsed_datasets)
 
     model_blocks = v.mapping(top["models"], "models")
     if not model_blocks:
         raise v.fail("models", "must declare at least one design", {})
     models = {name: designs.parse_design(name, value, f"models.{name}") for name, value in model_blocks.items()}
     for design in models.values():
-        designs.check_recipe(design, train.merged(design.train_overrides))
+        _check_datasets_named(design.train_per_dataset, f"models.{design.name}.train.per_dataset", parsed_datasets)
+        for dataset in parsed_datasets:
+            designs.check_recipe(design, designs.merged_recipe(train, train_per_dataset, design, dataset), dataset)
 
     block = v.keys(top["evaluate"], "evaluate", required=("batch_size", "sample_images"))
     evaluate = EvaluateParams(
@@ -176,7 +183,7 @@ def parse_params(raw: Any) -> Params:
     experiment_models = v.string_list(block["models"], "experiments.models", list(models))
     experiment_seeds = v.integer_list(block["seeds"], "experiments.seeds", 0, SEED_MAX)
 
-    params = Params(seed, download, parsed_datasets, normalize, overrides, train, models, evaluate, experiment_datasets,
+    params = Params(seed, download, parsed_datasets, normalize, overrides, train, train_per_dataset, models, evaluate, experiment_datasets,
                     experiment_models, experiment_seeds, raw)
     for name, design in models.items():
         if design.student:
@@ -185,6 +192,13 @@ def parse_params(raw: Any) -> Params:
         for name in experiment_models:
             params.check_design(name, dataset)
     return params
+
+
+def _check_datasets_named(per_dataset: Any, where: str, declared: dict[str, DatasetParams]) -> None:
+    """Each key of a `per_dataset` block must be a dataset this file declares."""
+    for key in per_dataset:
+        if key not in declared:
+            raise ConfigError(f"{where}.{key}: not a dataset of this file; declared datasets: {', '.join(declared)}")
 
 
 NORMALIZE_KEYS = ("mode", "pad_to", "grayscale", "equalize")

@@ -157,7 +157,7 @@ class TrainSettings:
     augment: AugmentSettings
 
     def merged(self, overrides: dict[str, Any]) -> "TrainSettings":
-        """These settings with a design's overrides; `augment` merges key by key."""
+        """These settings with some keys overridden (a partial train block); `augment` merges key by key."""
         values = {**self.__dict__, **overrides}
         if "augment" in overrides:
             values["augment"] = AugmentSettings(**{**self.augment.__dict__, **overrides["augment"]})
@@ -186,8 +186,24 @@ TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
-def parse_train(value: Any, where: str, partial: bool = False) -> dict[str, Any]:
-    """Parse a `train:` block; `partial` allows a subset (a design's overrides)."""
+def parse_train(value: Any, where: str, partial: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Parse a `train:` block; `partial` allows a subset (a design's overrides).
+
+    Returns (settings, per_dataset): `per_dataset.<dataset>` holds that dataset's own values of any
+    train key (a partial block each); config checks that the datasets exist.
+    """
+    optional = (*TRAIN_KEYS, PER_DATASET) if partial else (PER_DATASET,)
+    block = v.keys(value, where, required=() if partial else TRAIN_KEYS, optional=optional)
+    per_dataset = {dataset: _parse_train_keys(overrides, v.join(v.join(where, PER_DATASET), dataset), partial=True)
+                   for dataset, overrides in v.mapping(block.get(PER_DATASET) or {},
+                                                       v.join(where, PER_DATASET)).items()}
+    return _parse_train_keys({k: x for k, x in block.items() if k != PER_DATASET}, where, partial), per_dataset
+
+
+PER_DATASET = "per_dataset"
+
+
+def _parse_train_keys(value: Any, where: str, partial: bool) -> dict[str, Any]:
     block = v.keys(value, where, required=() if partial else TRAIN_KEYS, optional=TRAIN_KEYS if partial else ())
     parsed = {key: TRAIN_KEYS[key](block[key], v.join(where, key)) for key in block}
     if "augment" in block:
@@ -209,6 +225,7 @@ class Design:
     student: bool = False
     classic_output: str = "rbf"
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    train_per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)  # train.per_dataset.<dataset>
 
 
 def parse_layer(value: Any, where: str) -> Layer:
@@ -233,7 +250,8 @@ def parse_design(name: str, value: Any, where: str) -> Design:
     block = v.keys(value, where, optional=("builtin", "layers", "student", "output", "train"))
     if ("builtin" in block) == ("layers" in block):
         raise v.fail(where, "must have exactly one of builtin (a built-in design's name) or layers (a list)", dict(block))
-    overrides = parse_train(block["train"], v.join(where, "train"), partial=True) if "train" in block else {}
+    overrides, per_dataset = parse_train(block["train"], v.join(where, "train"), partial=True) if "train" in block \
+        else ({}, {})
     if "builtin" in block:
         builtin = v.choice(block["builtin"], v.join(where, "builtin"), BUILTINS)
         output = "rbf"
@@ -243,16 +261,29 @@ def parse_design(name: str, value: Any, where: str) -> Design:
             output = v.choice(block["output"], v.join(where, "output"), CLASSIC_OUTPUTS)
         student = v.boolean(block.get("student", False), v.join(where, "student"))
         layers = None if builtin == "lenet5_classic" else parse_layers(BUILTINS[builtin], f"builtin {builtin}")
-        return Design(name, layers, builtin, student, output, overrides)
+        return Design(name, layers, builtin, student, output, overrides, per_dataset)
     if "output" in block:
         raise v.ConfigError(f"{v.join(where, 'output')}: only lenet5_classic has an output option")
     student = v.boolean(block.get("student", True), v.join(where, "student"))
-    return Design(name, parse_layers(block["layers"], v.join(where, "layers")), None, student, "rbf", overrides)
+    return Design(name, parse_layers(block["layers"], v.join(where, "layers")), None, student, "rbf", overrides,
+                  per_dataset)
 
 
-def check_recipe(design: Design, settings: TrainSettings) -> None:
-    """What no single key can check: a design's merged recipe must make sense as a whole."""
-    where = f"models.{design.name}.train" if design.train_overrides else "train"
+def merged_recipe(shared: TrainSettings, shared_per_dataset: dict[str, dict[str, Any]], design: Design,
+                  dataset: str) -> TrainSettings:
+    """A design's recipe on a dataset: the shared block, its per_dataset values, the design's own
+    block, then the design's per_dataset values; the more specific wins."""
+    return (shared.merged(shared_per_dataset.get(dataset, {})).merged(design.train_overrides)
+            .merged(design.train_per_dataset.get(dataset, {})))
+
+
+def check_recipe(design: Design, settings: TrainSettings, dataset: str) -> None:
+    """What no single key can check: a design's merged recipe (on `dataset`) must make sense as a whole."""
+    where = "train"
+    if design.train_overrides:
+        where = f"models.{design.name}.train"
+    if dataset in design.train_per_dataset:
+        where = f"models.{design.name}.train.{PER_DATASET}.{dataset}"
     if settings.schedule == "cosine" and settings.warmup_epochs >= settings.epochs:
         raise v.ConfigError(f"{where}: warmup_epochs ({settings.warmup_epochs}) must be fewer than epochs "
                             f"({settings.epochs}) for the cosine schedule; lower {where}.warmup_epochs")

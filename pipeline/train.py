@@ -151,8 +151,8 @@ def run_fingerprint(params: Params, dataset: str, design_name: str, seed: int) -
     data = paths.NORMALIZED / dataset
     meta = files.read_json(data / "meta.json")  # first: a missing input is the user's error, said so
     return fingerprint({"dataset": dataset, "meta": meta, "design": params.raw["models"][design_name], "seed": seed,
-                        "train": params.train_settings(design_name).as_params(), "tensorflow": tf.__version__,
-                        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
+                        "train": params.train_settings(design_name, dataset).as_params(),
+                        "tensorflow": tf.__version__, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
                        [data / "train.npz", data / "val.npz", data / "stats.json"])
 
 
@@ -160,7 +160,7 @@ def train(params: Params, dataset: str, design_name: str, seed: int, checkpoint:
           state: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Fit a design on a dataset, from scratch or, given a checkpoint's `state`, from where it stopped."""
     design = params.design(design_name)
-    settings = params.train_settings(design_name)
+    settings = params.train_settings(design_name, dataset)
     meta = files.read_json(paths.NORMALIZED / dataset / "meta.json")
     stats = files.read_json(paths.NORMALIZED / dataset / "stats.json")
     x_train, y_train = load_split(dataset, "train")
@@ -235,7 +235,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
         if state:
             tracking.log_metrics({"resumed_after_epoch": state["epochs_done"]})
         tracking.log_params({"dataset": args.dataset, "design": args.design, "split_seed": params.seed,
-                             "train": params.train_settings(args.design).as_params(),
+                             "train": params.train_settings(args.design, args.dataset).as_params(),
                              "design_spec": params.raw["models"][args.design],
                              "normalize": params.normalize_for(args.dataset).__dict__,
                              "builtin": design.builtin or "none"})

@@ -104,9 +104,38 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
 
 def test_design_train_overrides_merge_over_the_shared_block() -> None:
     params = parse_params(edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {"learning_rate": 0.003}}))
-    assert params.train_settings("lenet5_d2l").learning_rate == pytest.approx(0.003)
-    assert params.train_settings("lenet5_d2l").epochs == params.train.epochs
-    assert params.train_settings("lenet5_modern").learning_rate == params.train.learning_rate
+    assert params.train_settings("lenet5_d2l", "mnist").learning_rate == pytest.approx(0.003)
+    assert params.train_settings("lenet5_d2l", "mnist").epochs == params.train.epochs
+    assert params.train_settings("lenet5_modern", "mnist").learning_rate == params.train.learning_rate
+
+
+def test_a_recipe_per_dataset_wins_over_the_general_one_and_the_design_over_the_shared_block() -> None:
+    params = parse_params(edited(
+        train__per_dataset={"gtsrb": {"epochs": 30, "augment": {"rotation": 10}}, "mnist": {"batch_size": 64}},
+        models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {
+            "epochs": 5, "learning_rate": 0.003, "per_dataset": {"gtsrb": {"learning_rate": 0.01}}}}))
+    gtsrb, mnist = params.train_settings("lenet5_d2l", "gtsrb"), params.train_settings("lenet5_d2l", "mnist")
+    assert (gtsrb.epochs, gtsrb.learning_rate, gtsrb.augment.rotation, gtsrb.batch_size) == (5, 0.01, 10, 128)
+    assert (mnist.epochs, mnist.learning_rate, mnist.augment.rotation, mnist.batch_size) == (5, 0.003, 0, 64)
+    modern = params.train_settings("lenet5_modern", "gtsrb")  # no block of its own: the shared one, per dataset
+    assert (modern.epochs, modern.learning_rate, modern.augment.rotation) == (30, 0.001, 10)
+    assert params.train_settings("lenet5_modern", "fashion_mnist") == params.train
+
+
+def test_per_dataset_recipes_are_checked_like_the_rest() -> None:
+    with pytest.raises(ConfigError, match=r"^train.per_dataset.cifar10: not a dataset of this file; declared "
+                                          r"datasets: mnist, fashion_mnist, gtsrb$"):
+        parse_params(edited(train__per_dataset={"cifar10": {"epochs": 3}}))
+    with pytest.raises(ConfigError, match=r"^models.lenet5_d2l.train.per_dataset.gtsrb.epochs: must be a positive "
+                                          r"int, got 0$"):
+        parse_params(edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {"per_dataset": {
+            "gtsrb": {"epochs": 0}}}}))
+    with pytest.raises(ConfigError, match=r"^train.per_dataset.mnist.per_dataset: unknown key"):
+        parse_params(edited(train__per_dataset={"mnist": {"per_dataset": {}}}))
+    with pytest.raises(ConfigError, match=r"^models.lenet5_d2l.train.per_dataset.mnist: warmup_epochs \(4\) must "
+                                          r"be fewer than epochs \(3\)"):
+        parse_params(edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {
+            "schedule": "cosine", "warmup_epochs": 4, "per_dataset": {"mnist": {"epochs": 3}}}}))
 
 
 def test_flatten_gives_the_dotted_keys_dvc_and_mlflow_show() -> None:

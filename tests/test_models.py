@@ -44,7 +44,7 @@ DESIGNS = registered_designs()
 def test_design_builds_and_takes_a_training_step(key, dataset):
     design = DESIGNS[key]
     input_shape, classes = SHAPES[dataset]
-    settings = PARAMS.train_settings(design.name) if design.name in PARAMS.models else PARAMS.train
+    settings = PARAMS.train_settings(design.name, dataset) if design.name in PARAMS.models else PARAMS.train
     model = compile_model(build_model(design, input_shape, classes, seed=0), design, settings, steps_per_epoch=1)
     assert model.output_shape == (None, classes)  # `units: classes` became the class count
     assert designs.declared_layers(design) == counted_layers(model)  # what the course rule counts at params load

@@ -125,5 +125,5 @@ def test_recipes_that_cannot_work_are_refused_when_params_load() -> None:
 def test_a_design_overrides_single_augment_keys() -> None:
     raw = raw_params(augment={**PARAMS.raw["train"]["augment"], "rotation": 10})
     raw["models"]["lenet5_modern"] = {"builtin": "lenet5_modern", "train": {"augment": {"zoom": 0.2}}}
-    merged = parse_params(raw).train_settings("lenet5_modern").augment
+    merged = parse_params(raw).train_settings("lenet5_modern", "mnist").augment
     assert merged.rotation == 10 and merged.zoom == 0.2 and merged.flip is False
