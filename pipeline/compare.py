@@ -31,9 +31,9 @@ from pipeline.errors import DataError, MissingInputError
 log = logging.getLogger("pipeline.compare")
 
 # Every row of compare.json has these keys (documented in the README).
-ROW_KEYS = ("design", "rank", "seeds", "test_accuracy", "test_accuracy_std", "test_accuracy_min",
+ROW_KEYS = ("design", "rank", "seeds", "recipe", "test_accuracy", "test_accuracy_std", "test_accuracy_min",
             "test_accuracy_max", "test_accuracy_per_seed", "test_accuracy_ci", "p_value_vs_best",
-            "p_value_vs_best_holm", "ties_best", "params", "macs_per_image", "latency_ms", "images_per_second",
+            "p_value_vs_best_holm", "ties_best", "p_value_seeds_vs_best", "params", "macs_per_image", "latency_ms", "images_per_second",
             "model_bytes", "epochs_run", "train_seconds", "best_val_accuracy", "test_loss", "test_macro_f1",
             "val_accuracy_per_epoch")
 # Means over seeds of these train.json / evaluate.json numbers.
@@ -90,14 +90,14 @@ def correctness(dataset: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str
 
 
 def design_row(design: str, seeds: tuple[int, ...], seed_runs: list[dict[str, Any]],
-               correct: np.ndarray) -> dict[str, Any]:
+               correct: np.ndarray, recipe: str) -> dict[str, Any]:
     """A design's numbers over its seeds (before the paired tests, which need every design)."""
     per_seed = correct.mean(axis=1).tolist()  # each seed's test accuracy, from its predictions
     summary = stats.seed_summary(per_seed)
     first = seed_runs[0]["train"]
     cost = {key: float(np.median([run["evaluate"][source] for run in seed_runs])) for key, source in COST.items()}
     return {
-        "design": design, "seeds": list(seeds),
+        "design": design, "seeds": list(seeds), "recipe": recipe,
         "test_accuracy": summary["mean"], "test_accuracy_std": summary["std"],
         "test_accuracy_min": summary["min"], "test_accuracy_max": summary["max"],
         "test_accuracy_per_seed": per_seed,
@@ -109,24 +109,33 @@ def design_row(design: str, seeds: tuple[int, ...], seed_runs: list[dict[str, An
     }
 
 
-def compare_dataset(dataset: str, designs: tuple[str, ...], seeds: tuple[int, ...]) -> dict[str, Any]:
-    """The dataset's entry of compare.json: rows ranked (the best and its ties first), pairwise p-values."""
+def compare_dataset(dataset: str, designs: tuple[str, ...], seeds: tuple[int, ...],
+                    recipes: dict[str, str]) -> dict[str, Any]:
+    """The dataset's entry of compare.json: rows ranked (the best and its ties first), pairwise p-values.
+    `recipes`: design -> how it was trained on this dataset, in one line."""
     runs = {design: [read_run(paths.RunPaths(dataset, design, seed)) for seed in seeds] for design in designs}
     correct = correctness(dataset, runs)
-    rows = {design: design_row(design, seeds, runs[design], correct[design]) for design in designs}
+    rows = {design: design_row(design, seeds, runs[design], correct[design], recipes.get(design, ""))
+            for design in designs}
     by_accuracy = sorted(rows.values(), key=lambda row: (-row["test_accuracy"], row["test_loss"], row["design"]))
+    best = by_accuracy[0]
     tests = stats.paired_comparison({design: stats.image_scores(correct[design]) for design in designs},
-                                    best=by_accuracy[0]["design"])
+                                    best=best["design"])
     for design, row in rows.items():
         row.update(tests["vs_best"][design])
+        row["p_value_seeds_vs_best"] = 1.0 if row is best else stats.seed_level_p(row["test_accuracy_per_seed"],
+                                                                                  best["test_accuracy_per_seed"])
     ranked = sorted(by_accuracy, key=lambda row: not row["ties_best"])  # stable: ties first, by accuracy
     for position, row in enumerate(ranked, 1):
         row["rank"] = 1 if row["ties_best"] else position
     return {"designs": [{key: row[key] for key in ROW_KEYS} for row in ranked], "pairwise_p": tests["pairwise_p"]}
 
 
-def collect(datasets: tuple[str, ...], designs: tuple[str, ...], seeds: tuple[int, ...]) -> dict[str, Any]:
-    return {dataset: compare_dataset(dataset, designs, seeds) for dataset in datasets}
+def collect(datasets: tuple[str, ...], designs: tuple[str, ...], seeds: tuple[int, ...],
+            recipes: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """compare.json's content; `recipes`: dataset -> design -> its recipe in one line (Params.recipe)."""
+    return {dataset: compare_dataset(dataset, designs, seeds, (recipes or {}).get(dataset, {}))
+            for dataset in datasets}
 
 
 # --- compare.md
@@ -142,6 +151,8 @@ COLUMNS = (  # (header, cell of a row; `_best` marks the best row, `_tie` a shar
         else f"{r['test_accuracy_min']:.4f}–{r['test_accuracy_max']:.4f}"),
     ("p vs best", lambda r: "best" if r["_best"] else _p(r["p_value_vs_best"])),
     ("Holm p", lambda r: "–" if r["_best"] else _p(r["p_value_vs_best_holm"])),
+    ("seed-level p", lambda r: "–" if r["_best"] or r["p_value_seeds_vs_best"] is None
+        else _p(r["p_value_seeds_vs_best"])),
     ("parameters", lambda r: f"{r['params']:,}"),
     ("MACs/image", lambda r: f"{r['macs_per_image']:,}"),
     ("latency (ms)", lambda r: f"{r['latency_ms']:.2f}"),
@@ -170,6 +181,9 @@ indistinguishable from the best (Holm-adjusted p ≥ {stats.ALPHA}): they share 
   as if it were new evidence, and seed-by-seed tests would pair seed n of one design with seed n
   of another for no reason.
 - **Holm p**: adjusted over the comparisons with the best. The pairwise table gives raw p-values.
+- **seed-level p** (with two or more seeds per design): Welch's t-test of the per-seed accuracies
+  against the best's. McNemar's p says whether these trained models differ on these images; this
+  one whether the designs differ by more than a training seed moves them. Few seeds make it weak.
 - **latency** (batch 1, median of 100 calls), **images/s** (batch 512) and **model bytes**:
   measured by evaluate on the machine that ran it; the timings vary from run to run.
 """
@@ -190,6 +204,8 @@ def markdown(table: dict[str, Any]) -> str:
         for row in rows:
             row = {**row, "_best": row["design"] == best, "_tie": shared and row["ties_best"]}
             lines.append("| " + " | ".join(cell(row) for _, cell in COLUMNS) + " |")
+        lines += ["", "How each design was trained here:", ""]
+        lines += [f"- **{row['design']}**: {row['recipe']}" for row in rows]
         designs = [row["design"] for row in rows]
         lines += ["", f"Pairwise exact McNemar p-values on {dataset} (raw):", "",
                   "| | " + " | ".join(designs) + " |", "|---|" + "---:|" * len(designs)]
@@ -269,7 +285,9 @@ def report_figures(dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main(args: argparse.Namespace, params: Params) -> None:
     from pipeline import figures
 
-    table = collect(params.experiment_datasets, params.experiment_models, params.experiment_seeds)
+    recipes = {dataset: {design: params.recipe(design, dataset) for design in params.experiment_models}
+               for dataset in params.experiment_datasets}
+    table = collect(params.experiment_datasets, params.experiment_models, params.experiment_seeds, recipes)
     names: dict[str, list[str]] = {}
     with files.atomic_directory(paths.REPORTS) as out:
         (out / "compare.md").write_text(markdown(table), encoding="utf-8")

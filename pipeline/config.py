@@ -48,6 +48,13 @@ class NormalizeParams:
     grayscale: bool
     equalize: str  # none | histogram | clahe (pipeline/preprocess.py)
 
+    def describe(self) -> str:
+        """The preprocessing in a few words, for reports."""
+        steps = [] if self.equalize == "none" else [{"clahe": "CLAHE", "histogram": "histogram equalization"}[
+            self.equalize]]
+        steps += ["grayscale"] if self.grayscale else []
+        return ", ".join(steps + [f"{self.mode} scaling"])
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
@@ -102,6 +109,10 @@ class Params:
         if self.normalize.pad_to is not None:
             height, width = max(height, self.normalize.pad_to), max(width, self.normalize.pad_to)
         return height, width, channels
+
+    def recipe(self, name: str, dataset: str) -> str:
+        """How design `name` is trained on `dataset`, preprocessing included, in one line (compare's reports)."""
+        return f"{self.normalize_for(dataset).describe()}; {self.train_settings(name, dataset).describe()}"
 
     def check_design(self, name: str, dataset: str) -> None:
         """Refuse design `name` if the images of `dataset` cannot go through it (see designs.check_shapes)."""

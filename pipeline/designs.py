@@ -167,6 +167,31 @@ class TrainSettings:
         """Plain values, as logged to MLflow and fingerprinted for checkpoints."""
         return {**self.__dict__, "augment": dict(self.augment.__dict__)}
 
+    def describe(self) -> str:
+        """The recipe in one line, for reports: what differs from a bare constant-rate run is named."""
+        schedule = self.schedule
+        if self.schedule == "cosine" and self.warmup_epochs:
+            schedule += f" (warm-up {self.warmup_epochs})"
+        elif self.schedule == "step":
+            schedule += f" (x{self.step_factor:g} every {self.step_epochs})"
+        parts = [f"{self.epochs} epochs", f"batch {self.batch_size}", f"{self.optimizer} {self.learning_rate:g}",
+                 schedule]
+        if self.weight_decay:
+            parts.append(f"weight decay {self.weight_decay:g}")
+        if self.label_smoothing:
+            parts.append(f"label smoothing {self.label_smoothing:g}")
+        if self.augment.enabled:
+            a = self.augment
+            jitter = [f"{name} {value:g}{unit}" for name, value, unit in (
+                ("rotation", a.rotation, "°"), ("translation", a.translation, ""), ("zoom", a.zoom, ""),
+                ("shear", a.shear, "°"), ("brightness", a.brightness, ""), ("contrast", a.contrast, "")) if value]
+            parts.append(f"jitter ({', '.join(jitter + (['flip'] if a.flip else []))})")
+        if self.early_stopping_patience:
+            parts.append(f"early stopping {self.early_stopping_patience}")
+        if self.restore_best:
+            parts.append("best validation epoch kept")
+        return ", ".join(parts)
+
 
 TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "epochs": lambda x, w: v.integer(x, w, 1),

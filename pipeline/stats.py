@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, ttest_ind
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -83,6 +83,16 @@ def seed_summary(values: Sequence[float]) -> dict[str, float | None]:
     values = np.asarray(values, dtype=float)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
             "min": float(values.min()), "max": float(values.max())}
+
+
+def seed_level_p(accuracies_a: Sequence[float], accuracies_b: Sequence[float]) -> float | None:
+    """Welch's t-test of two designs' per-seed test accuracies: is the difference larger than what
+    another training seed moves? Unconditional on the trained models, unlike McNemar's test, but
+    weak with few seeds. None when a design has fewer than two seeds, or neither varies."""
+    if min(len(accuracies_a), len(accuracies_b)) < 2:
+        return None
+    p = float(ttest_ind(accuracies_a, accuracies_b, equal_var=False).pvalue)
+    return None if np.isnan(p) else p
 
 
 def paired_comparison(scores: dict[str, np.ndarray], best: str, alpha: float = ALPHA) -> dict[str, dict]:

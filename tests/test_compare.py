@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import ttest_ind
 
 from pipeline import compare, files, paths, stats
 
@@ -81,6 +82,20 @@ def test_compare_json_has_the_documented_format_and_recomputable_numbers(project
     assert not rows["weak"]["ties_best"] and rows["weak"]["rank"] == 3
     json.dumps(table, allow_nan=False)  # strict JSON: no NaN anywhere
 
+    # The seed-level test: Welch's t on the per-seed accuracies against the best's.
+    assert strong["p_value_seeds_vs_best"] == 1.0
+    welch = ttest_ind([1 - 60 / IMAGES, 1 - 70 / IMAGES], [1 - 10 / IMAGES, 1 - 12 / IMAGES], equal_var=False)
+    assert rows["weak"]["p_value_seeds_vs_best"] == pytest.approx(welch.pvalue)
+    # two seeds are weak evidence: 50 more errors give only p ~ 0.05, where McNemar's p is < 1e-4
+    assert rows["weak"]["p_value_seeds_vs_best"] < 0.1 < 0.3 < rows["close"]["p_value_seeds_vs_best"]
+
+
+def test_each_row_says_how_its_design_was_trained(project: Path) -> None:
+    recipes = {"mnist": {"strong": "unit scaling; 30 epochs", "weak": "unit scaling; 1 epoch"}}
+    table = compare.collect(("mnist",), ("weak", "strong"), (1, 2), recipes)
+    assert {row["design"]: row["recipe"] for row in table["mnist"]["designs"]} == recipes["mnist"]
+    assert "- **strong**: unit scaling; 30 epochs" in compare.markdown(table)
+
 
 def test_compare_md_draws_ties_as_ties_and_explains_its_methods(project: Path) -> None:
     report = compare.markdown(compare.collect(("mnist",), ("weak", "close", "strong"), (1, 2)))
@@ -100,6 +115,7 @@ def test_one_seed_has_no_spread_and_a_lone_best_keeps_a_plain_rank_1(project: Pa
     assert strong["test_accuracy_ci"] == list(stats.bootstrap_ci(np.r_[np.zeros(10), np.ones(IMAGES - 10)]))
     report = compare.markdown(table)
     assert "| 1 | strong | 1 | 0.9750 |" in report and "| 2 | weak |" in report
+    assert weak["p_value_seeds_vs_best"] is None  # one seed: no seed-level test
 
 
 def test_figures_draw_every_design(project: Path) -> None:
