@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED := 1
 UI_PORT ?= 5000
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup repro test test-fast ui exps bench lock browser-deps
+.PHONY: setup repro test test-fast ui exps bench lock browser-deps server server-stop server-status server-deps resync
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(PYTHON_VERSION)".split("."))))' \
@@ -47,6 +47,27 @@ browser-deps:     ## Chromium for the MLflow UI browser test: Debian's chromium 
 
 ui: setup         ## the MLflow UI on http://127.0.0.1:$(UI_PORT), every design side by side
 	python -m pipeline.ui --root $(CURDIR) --port $(UI_PORT)
+
+# A tracking server for several machines (pipeline/server.py): PostgreSQL (or SQLite) and proxied artifacts,
+# all kept in SERVER_DIR. Stages log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT).
+SERVER_DIR ?= $(CURDIR)/.server
+SERVER_PORT ?= 5050
+SERVER_BACKEND ?= postgresql
+SERVER_HOST ?= 127.0.0.1
+server: setup $(if $(filter postgresql,$(SERVER_BACKEND)),server-deps)  ## start the MLflow tracking server (and its database)
+	python -m pipeline.server start --dir $(SERVER_DIR) --backend $(SERVER_BACKEND) --port $(SERVER_PORT) --host $(SERVER_HOST)
+
+server-stop: setup    ## stop the tracking server and its database
+	python -m pipeline.server stop --dir $(SERVER_DIR)
+
+server-status: setup  ## what runs in SERVER_DIR, and whether it answers
+	python -m pipeline.server status --dir $(SERVER_DIR)
+
+server-deps: setup    ## Debian's postgresql, if missing (apt-get; needs root or sudo)
+	python -m pipeline.server install
+
+resync: setup         ## log the runs kept while the tracking server was away (pipeline/spool.py)
+	python -m pipeline.spool
 
 # `dvc exp show` keeps every param of every design; this keeps the columns worth comparing.
 EXP_COLUMNS := Experiment|Created|test_accuracy|best_val_accuracy|train_seconds|^params$$|train\.(epochs|batch_size|optimizer|learning_rate)|normalize\.mode|experiments\.

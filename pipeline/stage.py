@@ -60,6 +60,7 @@ def run(module: str, argv: Sequence[str], description: str, arguments: Sequence[
                 _CHECKS[name](params, getattr(args, name))
         if "dataset" in arguments and "design" in arguments:
             params.check_design(args.design, args.dataset)  # also when the pair is not in `experiments`
+        tracking.check_server()  # a tracking server that is down stops the stage now, not after its work
         tracking.warm_up(with_keras)
         importlib.import_module(module).main(args, params)
     except USER_ERRORS as error:

@@ -21,17 +21,23 @@ figures.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
-from pipeline import exit_now, files
+from pipeline import exit_now, files, spool
 from pipeline.config import Params, flatten
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    import ssl
 
 MAX_PARAM_LENGTH = 6000
 
@@ -97,6 +103,79 @@ def run_tags(dataset: str, stage: str, model: str | None, seed: int) -> dict[str
     if model:  # a design's run: one per training seed
         tags.update(model=model, seed=str(seed))
     return tags
+
+
+# --- A tracking server: checked before a stage works, so a stage never trains for an hour and then fails to log.
+
+class TrackingServerError(UserError):
+    """The tracking server MLFLOW_TRACKING_URI names does not answer, or refuses."""
+
+
+SERVER_CHECK_TIMEOUT = 15.0  # seconds
+
+
+def check_server() -> None:
+    """Raise TrackingServerError, naming the URI and what to check, unless the tracking server stages
+    log to answers an MLflow request. Stores that are not servers (the project's SQLite file) pass."""
+    uri = tracking_uri()
+    if enabled() and urllib.parse.urlparse(uri).scheme in ("http", "https"):
+        problem = server_problem(uri)
+        if problem is not None:
+            raise TrackingServerError(f"MLFLOW_TRACKING_URI={uri}: {problem}; or set PIPELINE_TRACKING=off to run "
+                                      f"without tracking")
+
+
+def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | None:
+    """What is wrong with the MLflow server at `uri` and what to check, or None when it answers.
+
+    It must answer a request that reads its database (searching experiments), not only /health:
+    a server whose database is down still says OK there. Plain urllib, not MLflow's client: a stage
+    checks before MLflow has loaded (seconds), and MLflow's client would retry for minutes."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers=_server_credentials())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=_tls_context(uri)) as response:
+            json.load(response)
+    except urllib.error.HTTPError as error:
+        status = f"HTTP {error.code} {error.reason}"
+        if error.code in (401, 403):
+            return (f"the server refused ({status}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+                    f"or MLFLOW_TRACKING_TOKEN")
+        if error.code >= 500:
+            return f"the server answers but fails ({status}); check its log and its database (`make server-status`)"
+        return f"no MLflow tracking server answers there ({status}); check the URI (http://host:port)"
+    except OSError as error:  # URLError, refused, unreachable, timed out, TLS
+        reason = getattr(error, "reason", error)
+        return (f"no server answers ({reason}); start it (`make server`) or check the host and port, "
+                f"or unset MLFLOW_TRACKING_URI to log into this project's mlflow.db")
+    except ValueError:
+        return "something answers, but not as an MLflow tracking server; check the URI (http://host:port)"
+    return None
+
+
+def _server_credentials() -> dict[str, str]:
+    """The HTTP headers MLflow's client sends from the same environment variables."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
+def _tls_context(uri: str) -> ssl.SSLContext | None:
+    """As MLflow's client verifies an https server: MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS."""
+    if not uri.startswith("https:"):
+        return None
+    import ssl  # only for https servers: it costs a stage 40 ms to import
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+        return ssl._create_unverified_context()  # the user asked for it, as MLflow's client honours it
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
 
 
 # --- What a stage calls. Outside a stage run, or with tracking off, the log calls do nothing.
@@ -335,39 +414,123 @@ def _running_worker(with_keras: bool = False) -> _Worker:
 def serve(requests: IO[str], replies: IO[str], with_keras: bool = False) -> None:
     """The worker's loop: each ["start", {...}] opens a run and is answered with its id; the log calls
     that follow go into it; ["end", status] ends it and is answered "ended"."""
-    _mlflow().search_experiments(max_results=1)  # open (or create) the store before a run needs it
+    answers = _open_store()
     if with_keras:
         import pipeline.models  # noqa: F401  Keras, for log_model: only a stage that logs a model needs it
     for line in requests:
         kind, start = json.loads(line)
         if kind != "start":
             raise ValueError(f"tracking worker: expected a start request, got {kind!r}")
-        if _serve_run(start, requests, replies) is None:
+        status, answers = _serve_run(start, requests, replies, answers)
+        if status is None:
             return  # input closed mid-run: the stage process died, and its run ended FAILED
         print("ended", file=replies, flush=True)
 
 
-def _serve_run(start: dict[str, Any], requests: IO[str], replies: IO[str]) -> str | None:
-    """Log into one run until its end request; returns the stage's status (None if input closed)."""
-    status = None
+def _open_store() -> bool:
+    """Open (or create) the store before a run needs it; False if it is a server that does not answer."""
     try:
-        with _mlflow_run(**start) as run_id:
+        _mlflow().search_experiments(max_results=1)
+    except Exception as error:
+        if not spool.server_unreachable(error):
+            raise
+        return False
+    return True
+
+
+def _serve_run(start: dict[str, Any], requests: IO[str], replies: IO[str],
+               answers: bool = True) -> tuple[str | None, bool]:
+    """Log into one run until its end request; returns the stage's status (None if input closed) and whether
+    the store still answers. When a tracking server stops answering (or did already), the run goes to the
+    spool instead (pipeline.spool) and the stage goes on."""
+    status = run_id = None
+    logged: list[list[Any]] = []  # the run's requests
+    done = 0  # how many of them reached the store
+    try:
+        if not answers:
+            raise _Spooled("it stopped answering earlier in this stage")
+        if spool.waiting(start["run_id"]):
+            raise _Spooled(f"the run this one continues ({start['run_id']}) is still in the spool")
+        with _mlflow_run(**{**start, "run_id": spool.resolved(start["run_id"])}) as run_id:
             print(run_id, file=replies, flush=True)
             for line in requests:
-                kind, *args = json.loads(line)
-                if kind == "end":
-                    status = args[0]
+                request = json.loads(line)
+                if request[0] == "end":
+                    status = request[1]
                     break
-                _MLFLOW_LOGGERS[kind](*args)
+                logged.append(request)
+                _MLFLOW_LOGGERS[request[0]](*request[1:])
+                done += 1
             if status != "FINISHED":
                 raise _StageFailed
     except _StageFailed:
         pass
-    return status
+    except Exception as error:
+        if not isinstance(error, _Spooled) and not spool.server_unreachable(error):
+            raise
+        entry = spool.SpooledRun.create(tracking_uri(), start, _stage_context(), run_id, logged, done, str(error))
+        if run_id is None:
+            print(entry.local_id, file=replies, flush=True)  # the stage is waiting for its run's id
+        print(f"warning: tracking: {tracking_uri()}: {_spool_reason(error)}; this run is kept in {entry.folder} "
+              f"and the stage goes on; when the server answers, `make resync` logs it", file=sys.stderr, flush=True)
+        for line in requests if status is None else ():  # keep what the stage logs until it ends the run
+            request = json.loads(line)
+            if request[0] == "end":
+                status = request[1]
+                break
+            entry.add(request)
+        entry.finish(status)
+        return status, answers and isinstance(error, _Spooled)
+    return status, True
 
 
 class _StageFailed(Exception):
     """Raised inside a run to end it FAILED (MLflow marks a run so when its block raises)."""
+
+
+class _Spooled(Exception):
+    """A run that goes to the spool without trying the server (the message says why)."""
+
+
+def _spool_reason(error: Exception) -> str:
+    if isinstance(error, _Spooled):
+        return str(error)
+    cause: BaseException = error
+    while cause.__cause__ or cause.__context__:  # the innermost: requests' ConnectionError, RetryError, ...
+        cause = cause.__cause__ or cause.__context__
+    return f"the server stopped answering ({type(cause).__name__})"
+
+
+def _stage_context() -> dict[str, str]:
+    """What a run's tags come from besides its start request, for a resync in another environment."""
+    return {"DVC_EXP_NAME": dvc_experiment(), "DVC_EXP_BASELINE_REV": git_commit()}
+
+
+def replay(entry: spool.SpooledRun) -> str:
+    """Log spooled run `entry` into the tracking store; returns the run's id. Into its own run where the
+    store has it (what had not reached it), else into a new run made as the stage would have made it (all
+    of it). If the server fails again, `entry` records how far it got, and the error propagates."""
+    with spool.environment(entry.context):
+        own = entry.run_id is not None and _get_run(entry.run_id) is not None
+        run = _reopened_run(entry.run_id) if own else _mlflow_run(**{**entry.start,
+                                                                     "run_id": spool.resolved(entry.start["run_id"])})
+        try:
+            with run as run_id:
+                entry.started(run_id)
+                for request in entry.requests[entry.done:]:
+                    _MLFLOW_LOGGERS[request[0]](*request[1:])
+                    entry.logged_one()
+                if entry.status != "FINISHED":
+                    raise _StageFailed
+        except _StageFailed:
+            pass
+    return run_id
+
+
+@contextlib.contextmanager
+def _reopened_run(run_id: str) -> Iterator[str]:
+    with _mlflow().start_run(run_id=run_id) as run:
+        yield run.info.run_id
 
 
 def _worker_main() -> int:
@@ -376,6 +539,11 @@ def _worker_main() -> int:
     setup_logging()  # the stage's log format, and MLflow's INFO chatter off as in the stage
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage, which then ends its run
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars for uploads of KBs are noise
+    # A server gone for more than about 10 s sends the run to the spool, rather than holding the stage's
+    # end for MLflow's default of 7 retries over 4 minutes, twice (the failed call, then ending the run).
+    for variable, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")):
+        os.environ.setdefault(variable, value)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints must not mix with the replies
     serve(sys.stdin, replies, with_keras="--with-keras" in sys.argv[1:])

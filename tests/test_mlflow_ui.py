@@ -15,7 +15,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
+from pipeline.server import free_port
 from tests.conftest import REPO, TINY_PROJECT_MODELS, tool_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900),
@@ -42,12 +42,6 @@ VIEWPORT = {"width": 1920, "height": 1080}
 
 
 # ---- the server, started as `make ui` starts it ---------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def answers(url: str) -> bool:
     try:

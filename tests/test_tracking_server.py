@@ -1,0 +1,225 @@
+"""A tracking server: checked before a stage works, started and stopped as `make server` does, and a run
+whose server goes away mid-stage kept in the spool, then logged by `make resync` when it is back.
+
+The PostgreSQL-backed server and the pipeline against it are in test_several_machines.py; here the
+lighter SQLite-backed server stands for it (the client side is the same HTTP API).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlflow
+import pytest
+import requests
+
+from pipeline import spool, tracking
+from pipeline.config import load_params
+from pipeline.server import free_port
+from tests.conftest import REPO, tool_env
+
+PARAMS = load_params(REPO / "params.yaml")
+
+
+# ---- The pre-flight check, against stand-in servers -----------------------------------------------
+
+class StandIn(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the server's `status` and `body`; records the headers it got."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.server.headers_seen.append(dict(self.headers))
+        self.send_response(self.server.status)
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stand_in() -> Iterator[Callable[[int, bytes], str]]:
+    """Start stand-in servers on loopback: `stand_in(status, body)` returns the URI of one."""
+    started = []
+
+    def start(status: int, body: bytes = b'{"experiments": []}') -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+        server.status, server.body, server.headers_seen = status, body, []
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_answers_passes_and_gets_the_users_credentials(stand_in, monkeypatch) -> None:
+    uri = stand_in(200)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ada")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
+    tracking.check_server()
+    assert tracking.server_problem(uri) is None
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (403, b"", "the server refused (HTTP 403 Forbidden); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    (503, b"", "the server answers but fails (HTTP 503 Service Unavailable); check its log and its database"),
+    (404, b"", "no MLflow tracking server answers there (HTTP 404 Not Found); check the URI"),
+    (200, b"<html>a web page</html>", "something answers, but not as an MLflow tracking server"),
+])
+def test_a_refusing_failing_or_foreign_server_is_named_with_what_to_check(stand_in, monkeypatch, status, body,
+                                                                          expected) -> None:
+    uri = stand_in(status, body)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
+    with pytest.raises(tracking.TrackingServerError) as raised:
+        tracking.check_server()
+    assert str(raised.value).startswith(f"MLFLOW_TRACKING_URI={uri}: {expected}")
+    assert str(raised.value).endswith("or set PIPELINE_TRACKING=off to run without tracking")
+
+
+def test_the_local_store_and_tracking_off_are_not_checked(monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.check_server()  # sqlite:///…/mlflow.db: nothing to reach
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("PIPELINE_TRACKING", "off")
+    tracking.check_server()
+
+
+def test_a_stage_whose_server_is_down_stops_before_any_work_with_one_line(tmp_path: Path) -> None:
+    """`python -m pipeline.split` as dvc repro runs it: exit status 2, the URI and what to do, no output."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    uri = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-m", "pipeline.split", "mnist"], cwd=tmp_path, capture_output=True,
+                            text=True, env=tool_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO)), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: MLFLOW_TRACKING_URI={uri}: no server answers (")
+    assert "start it (`make server`) or check the host and port" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_gone_server_is_told_apart_from_a_refused_request() -> None:
+    """What the worker keeps in the spool (the server went away) and what it shows as an error (a bug)."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    def wrapped(cause: Exception) -> MlflowException:
+        try:
+            try:
+                raise cause
+            except Exception as error:
+                raise MlflowException(f"API request failed with exception {error}")  # as MLflow wraps it
+        except MlflowException as error:
+            return error
+
+    assert spool.server_unreachable(wrapped(requests.ConnectionError("refused")))
+    assert spool.server_unreachable(wrapped(requests.exceptions.RetryError("too many 503 error responses")))
+    assert spool.server_unreachable(wrapped(requests.ReadTimeout("read timed out")))
+    assert not spool.server_unreachable(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "no"}))
+    assert not spool.server_unreachable(wrapped(ValueError("a bug")))
+
+
+# ---- `make server` with the SQLite backend, and the spool ---------------------------------------------
+
+def server_cli(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "pipeline.server", *map(str, args)], cwd=REPO, env=tool_env(),
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pipeline.server {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """`make server SERVER_BACKEND=sqlite` in a temporary folder, on a free port; stopped after, also on failure."""
+    folder, port = tmp_path_factory.mktemp("sqlite-server"), free_port()
+    try:
+        server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)
+        yield folder, port
+    finally:
+        server_cli("stop", "--dir", folder, check=False)
+
+
+def test_the_server_starts_says_what_runs_and_proxies_artifacts(sqlite_server) -> None:
+    folder, port = sqlite_server
+    status = server_cli("status", "--dir", folder)
+    assert f"MLflow tracking server http://127.0.0.1:{port}: answers" in status.stdout
+    assert f"backend store: sqlite:///{folder.resolve() / 'mlflow.db'}" in status.stdout
+    client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+    experiment = client.get_experiment(client.create_experiment("proxied"))
+    assert experiment.artifact_location.startswith("mlflow-artifacts:"), "clients would need the server's disk"
+    again = server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)  # make server, twice
+    assert "already running" in again.stdout
+
+
+def tiny_model(path: Path) -> Path:
+    import keras
+
+    keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(path)
+    return path
+
+
+def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back(
+        sqlite_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    folder, port = sqlite_server
+    uri = f"http://127.0.0.1:{port}"
+    env = {"DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
+    monkeypatch.setattr(tracking, "_worker", None)  # a worker of this environment (its spool is in tmp_path)
+    summary = tmp_path / "summary.txt"
+    summary.write_text("as trained\n")
+    model = tiny_model(tmp_path / "model.keras")
+
+    with tracking.stage_run(PARAMS, "mnist", "train", model="tiny", seed=7) as run:
+        tracking.log_params({"train": {"epochs": 2}})
+        tracking.log_metrics({"val_accuracy": 0.5}, step=1)
+        train_id = run.id
+        client = mlflow.MlflowClient(uri)
+        deadline = time.monotonic() + 60
+        while not client.get_metric_history(train_id, "val_accuracy") and time.monotonic() < deadline:
+            time.sleep(0.2)  # the worker logs in the background: wait until step 1 is on the server
+        server_cli("stop", "--dir", folder)  # ...then the server goes away mid-stage
+        tracking.log_metrics({"val_accuracy": 0.75}, step=2)
+        tracking.log_artifact(summary, "reports")
+    assert "this run is kept in" in capfd.readouterr().err  # the stage went on, warned
+    with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id, seed=7) as evaluation:
+        tracking.log_model(model, {"test_accuracy": 0.625})
+        evaluation_id = evaluation.id
+    assert evaluation_id.startswith(spool.LOCAL_ID_PREFIX)  # it never reached the server: a local id
+    kept = spool.entries()
+    assert [(entry.run_id, entry.done, len(entry.requests), entry.status) for entry in kept] == [
+        (train_id, 2, 4, "FINISHED"), (None, 0, 1, "FINISHED")]
+    summary.write_text("replaced by a later run\n")  # the kept copy is what resync logs
+
+    server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)
+    resync = subprocess.run([sys.executable, "-m", "pipeline.spool"], cwd=tmp_path, capture_output=True, text=True,
+                            env=tool_env(**env, PYTHONPATH=str(REPO)), timeout=600)
+    assert resync.returncode == 0, resync.stderr
+    assert "resync: 2 of 2 kept runs logged" in resync.stdout
+    assert spool.entries() == [] and spool.resolved(evaluation_id) == train_id
+
+    found = client.get_run(train_id)  # one run, as if the server had never gone away
+    assert found.info.status == "FINISHED" and found.data.tags["stage"] == "train+evaluate"
+    assert [(m.step, m.value) for m in client.get_metric_history(train_id, "val_accuracy")] == [(1, 0.5), (2, 0.75)]
+    assert found.data.params["train.epochs"] == "2" and found.data.metrics["test_accuracy"] == 0.625
+    copy = mlflow.artifacts.download_artifacts(run_id=train_id, artifact_path="reports/summary.txt",
+                                               tracking_uri=uri, dst_path=str(tmp_path / "downloaded"))
+    assert Path(copy).read_text() == "as trained\n"
+    (logged,) = client.search_logged_models([found.info.experiment_id])
+    assert logged.source_run_id == train_id and {m.key: m.value for m in logged.metrics}["test_accuracy"] == 0.625
