@@ -131,7 +131,7 @@ class Cluster:
             password_file.unlink(missing_ok=True)
 
     def running(self) -> bool:
-        return self._pg_ctl("status", check=False).returncode == 0
+        return self.initialized and self._pg_ctl("status", check=False).returncode == 0
 
     def start(self, port: int) -> None:
         self.log.touch()
@@ -140,7 +140,7 @@ class Cluster:
                      "-o", f"-c listen_addresses={DB_HOST} -c port={port} -c unix_socket_directories=''")
 
     def stop(self) -> None:
-        if self.initialized and self.running():
+        if self.running():
             self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(STOP_TIMEOUT))
 
     def _pg_ctl(self, action: str, *options: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -307,11 +307,9 @@ def stop(folder: ServerFolder) -> bool:
     if _server_alive(state):
         _stop_group(state["pid"])
         stopped = True
-    if state["backend"] == "postgresql" and folder.cluster().initialized:
-        cluster = folder.cluster()
-        if cluster.running():
-            cluster.stop()
-            stopped = True
+    if state["backend"] == "postgresql" and folder.cluster().running():
+        folder.cluster().stop()
+        stopped = True
     folder.save_state({**state, "pid": None})
     return stopped
 

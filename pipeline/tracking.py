@@ -10,6 +10,10 @@ unless evaluate re-runs alone: then its evaluation gets its own run, tagged with
 run's id (`_mlflow_run`).
 `PIPELINE_TRACKING=off` turns tracking off (used to measure its overhead).
 
+A tracking server (`MLFLOW_TRACKING_URI=http://host:port`, e.g. `make server`: pipeline.server) is
+checked before a stage does any work (`check_server`). If it stops answering mid-stage, the worker
+keeps the run in the spool (pipeline.spool) and the stage goes on; `make resync` logs it later.
+
 Stages log through a worker process (`python -m pipeline.tracking`, started by `warm_up`):
 importing MLflow and opening its store take about 3 s of one core, which the worker spends
 while the stage does its own work (TensorFlow's import leaves the second core idle), so
