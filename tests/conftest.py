@@ -75,14 +75,16 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     it (experiments) must keep the workspace runs intact.
     """
     base = tmp_path_factory.mktemp("tiny-project")
-    mirror = write_mirror(base / "mirror")
-    repo = copy_project(base / "repo", {
-        "download.mirror": str(mirror), "train.epochs": 1, "train.batch_size": 32,
-        "experiments.datasets": ["mnist"], "experiments.models": list(TINY_PROJECT_MODELS),
-        "evaluate.sample_images": 8,
-    })
+    repo = copy_project(base / "repo", tiny_params(write_mirror(base / "mirror")))
     run(["dvc", "repro"], repo)
     return repo
+
+
+def tiny_params(mirror: Path) -> dict[str, object]:
+    """The params changes of a tiny project: MNIST from `mirror` (write_mirror), two designs, 1 epoch."""
+    return {"download.mirror": str(mirror), "train.epochs": 1, "train.batch_size": 32,
+            "experiments.datasets": ["mnist"], "experiments.models": list(TINY_PROJECT_MODELS),
+            "evaluate.sample_images": 8}
 
 
 def copy_project(target: Path, params_changes: dict[str, object]) -> Path:

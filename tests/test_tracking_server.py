@@ -7,6 +7,7 @@ lighter SQLite-backed server stands for it (the client side is the same HTTP API
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import subprocess
@@ -31,47 +32,67 @@ PARAMS = load_params(REPO / "params.yaml")
 # ---- The pre-flight check, against stand-in servers -----------------------------------------------
 
 class StandIn(http.server.BaseHTTPRequestHandler):
-    """Answers every request with the server's `status` and `body`; records the headers it got."""
+    """Answers as its server's `answer(method, path, headers)` says, with (status, body)."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.server.headers_seen.append(dict(self.headers))
-        self.send_response(self.server.status)
+        status, body = self.server.answer(self.command, self.path, dict(self.headers))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(self.server.body)
+        self.wfile.write(body)
 
-    do_POST = do_GET
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def stand_in() -> Iterator[Callable[[int, bytes], str]]:
-    """Start stand-in servers on loopback: `stand_in(status, body)` returns the URI of one."""
-    started = []
-
-    def start(status: int, body: bytes = b'{"experiments": []}') -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
-        server.status, server.body, server.headers_seen = status, body, []
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        started.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in started:
+@contextlib.contextmanager
+def stand_in_server(answer: Callable[[str, str, dict[str, str]], tuple[int, bytes]]) -> Iterator[str]:
+    """A stand-in for a tracking server on loopback, answering as `answer(method, path, headers)` says;
+    yields its URI."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+    server.answer = answer
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
         server.shutdown()
         server.server_close()
 
 
-def test_a_server_that_answers_passes_and_gets_the_users_credentials(stand_in, monkeypatch) -> None:
-    uri = stand_in(200)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def answers_the_check_only(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """A server that passes the stage's check, then fails every request of the run (as one that went away)."""
+    if method == "GET" and path.startswith("/api/2.0/mlflow/experiments/search"):
+        return 200, b'{"experiments": []}'
+    return 503, b""
+
+
+@pytest.fixture
+def stand_in() -> Iterator[Callable[[int, bytes], str]]:
+    """`stand_in(status, body)`: the URI of a stand-in server answering every request so."""
+    with contextlib.ExitStack() as servers:
+        yield lambda status, body=b'{"experiments": []}': servers.enter_context(
+            stand_in_server(lambda method, path, headers: (status, body)))
+
+
+def test_a_server_that_answers_passes_and_gets_the_users_credentials(monkeypatch) -> None:
+    seen = []
+
+    def answer(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        seen.append(headers.get("Authorization"))
+        return 200, b'{"experiments": []}'
+
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ada")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
     monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
     monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
-    tracking.check_server()
-    assert tracking.server_problem(uri) is None
+    with stand_in_server(answer) as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        tracking.check_server()
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+        tracking.check_server()
+    assert seen == ["Basic YWRhOnNlY3JldA==", "Bearer t0ken"]  # as MLflow's client sends them
 
 
 @pytest.mark.parametrize("status, body, expected", [
