@@ -175,6 +175,7 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
         server_cli("stop", "--dir", folder, check=False)
 
 
+@pytest.mark.e2e  # a real mlflow server: not for `make test-fast`
 def test_the_server_starts_says_what_runs_and_proxies_artifacts(sqlite_server) -> None:
     folder, port = sqlite_server
     status = server_cli("status", "--dir", folder)
@@ -194,6 +195,7 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e  # a real mlflow server: not for `make test-fast`
 def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back(
         sqlite_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
     folder, port = sqlite_server
