@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,7 +21,7 @@ import mlflow
 import pytest
 import requests
 
-from pipeline import spool, tracking
+from pipeline import server, spool, tracking
 from pipeline.config import load_params
 from pipeline.server import free_port
 from tests.conftest import REPO, tool_env
@@ -246,3 +246,12 @@ def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back
     assert Path(copy).read_text() == "as trained\n"
     (logged,) = client.search_logged_models([found.info.experiment_id])
     assert logged.source_run_id == train_id and {m.key: m.value for m in logged.metrics}["test_accuracy"] == 0.625
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or server.postgres_bin() is None, reason="as root, with PostgreSQL installed")
+def test_as_root_a_folder_the_postgres_user_cannot_reach_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """pytest's temporary folders are under /tmp/pytest-of-root (0700), as a folder under /root would be."""
+    result = server_cli("start", "--dir", tmp_path / "server", "--port", free_port(), check=False)
+    assert result.returncode == 2
+    assert "the `postgres` user, who runs PostgreSQL for root, cannot reach this folder" in result.stderr
+    assert "`make server SERVER_DIR=/var/tmp/mlflow-server`" in result.stderr
