@@ -6,7 +6,7 @@ whole or absent, never half-written. Absent, not the previous version: `dvc repr
 stage's outputs before it runs the stage (all but `persist: true` ones, such as data/raw), so
 after a failed stage they are missing. DVC's cache keeps the last version of every cached
 output, and `dvc checkout <stage>` puts it back; outputs declared `cache: false` are not in the
-cache and come back when the stage next succeeds. Run outside DVC (`python -m pipeline.<stage>`),
+cache but in git (`git checkout -- <path>`). Run outside DVC (`python -m pipeline.<stage>`),
 a stage replaces each output only once its new version is complete.
 """
 
