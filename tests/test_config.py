@@ -112,6 +112,7 @@ def test_design_train_overrides_merge_over_the_shared_block() -> None:
 def test_a_recipe_per_dataset_wins_over_the_general_one_and_the_design_over_the_shared_block() -> None:
     params = parse_params(edited(
         train__per_dataset={"gtsrb": {"epochs": 30, "augment": {"rotation": 10}}, "mnist": {"batch_size": 64}},
+        models__lenet5_modern={"builtin": "lenet5_modern"},
         models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {
             "epochs": 5, "learning_rate": 0.003, "per_dataset": {"gtsrb": {"learning_rate": 0.01}}}}))
     gtsrb, mnist = params.train_settings("lenet5_d2l", "gtsrb"), params.train_settings("lenet5_d2l", "mnist")
