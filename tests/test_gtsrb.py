@@ -19,8 +19,9 @@ from PIL import Image
 
 from pipeline import files
 from pipeline.datasets import gtsrb
-from pipeline.datasets.gtsrb_reader import (CLASS_NAMES, GROUP_STRIDE, GtsrbFormatError, _resize_bilinear,
-                                            read_test_set, read_training_set, track_split)
+from pipeline.datasets.gtsrb_reader import (CLASS_NAMES, GROUP_STRIDE, GtsrbFormatError, read_test_set,
+                                            read_training_set, track_split)
+from pipeline.datasets.images import resize_bilinear
 from tests.conftest import SHARED_DATASETS
 
 HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
@@ -207,7 +208,7 @@ def test_resize_equals_pillow_for_every_crop_shape():
         # Around the rule's boundary 2 * width == height + size:
         shapes += [(h, (h + size) // 2 + d) for h in (size + 1, 2 * size, 100, 250) for d in range(-2, 3)]
         crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
-        resized = _resize_bilinear(crops, size)
+        resized = resize_bilinear(crops, size)
         for crop, got in zip(crops, resized):
             expected = np.asarray(Image.fromarray(crop).resize((size, size), BILINEAR))
             np.testing.assert_array_equal(got, expected, err_msg=f"{crop.shape[:2]} -> {size}")

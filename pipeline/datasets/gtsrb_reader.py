@@ -17,8 +17,8 @@ exclusive; this is also how the usual GTSRB code crops.
 
 Speed: PPMs are parsed from their bytes with NumPy (no per-image PIL decoder), a chunk of
 images is resized with a few Pillow calls that reproduce ``Image.resize(...,
-BILINEAR)`` bit for bit (see `_resize_bilinear`), and chunks run in a process pool. The
-result does not depend on the number of workers.
+BILINEAR)`` bit for bit (pipeline/datasets/images.py, which pipeline.predict uses too), and
+chunks run in a process pool. The result does not depend on the number of workers.
 
 Bad input raises `GtsrbFormatError` naming the file, the CSV line and what was expected;
 nothing is skipped silently. A dataset with a corrupt image, a wrong label or an ROI that
@@ -33,15 +33,14 @@ import mmap
 import multiprocessing
 import os
 import re
-from collections import defaultdict
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, NoReturn, Sequence
 
 import numpy as np
-from PIL import Image
 
+from pipeline.datasets.images import ImageFormatError, crop_and_resize, decode_ppm
 from pipeline.errors import DataError, MissingInputError
 from pipeline.progress import bar
 
@@ -107,10 +106,6 @@ _CLASS_DIR = re.compile(r"\d{5}")
 _TRAIN_SUBDIR = Path("GTSRB", "Final_Training", "Images")
 _TEST_SUBDIR = Path("GTSRB", "Final_Test", "Images")
 _TEST_GT_NAME = "GT-final_test.csv"
-# Netpbm header: magic, then width, height and maxval separated by whitespace and/or
-# '#' comments running to the end of their line, then exactly one whitespace byte.
-_SEP = rb"(?:\s|#[^\r\n]*[\r\n])+"
-_PPM_HEADER = re.compile(rb"P([56])" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)\s")
 
 
 class GtsrbFormatError(DataError):
@@ -158,7 +153,9 @@ class _Item(NamedTuple):
     origin: str  # "<csv> line N", for messages
 
 
-class _Row(NamedTuple):
+class CsvRow(NamedTuple):
+    """One data row of a ground-truth CSV; `line` is 1-based, the header being line 1."""
+
     line: int
     filename: str
     width: int
@@ -204,7 +201,7 @@ def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bo
             what = f"{len(listing)} images but no" if listing else "no images and no"
             raise GtsrbFormatError(f"{folder}: {what} {csv_path.name}; expected a non-empty class folder "
                                    f"with its ground-truth CSV", folder)
-        rows = _read_csv(csv_path)
+        rows = read_csv(csv_path)
         if not rows:
             raise GtsrbFormatError(f"{csv_path}: no data rows (empty class folder); expected one row per image",
                                    csv_path, 1)
@@ -254,7 +251,7 @@ def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] |
     gt_csv = Path(gt_csv)
     if not gt_csv.is_file():
         raise MissingInputError(f"{gt_csv}: no such ground-truth CSV")
-    rows = _read_csv(gt_csv)
+    rows = read_csv(gt_csv)
     if not rows:
         raise GtsrbFormatError(f"{gt_csv}: no data rows; expected one row per test image", gt_csv, 1)
     _check_listing(images_dir, gt_csv, rows, _ppm_listing(images_dir))
@@ -342,10 +339,15 @@ def _ppm_listing(folder: Path) -> set[str]:
     return {e.name for e in os.scandir(folder) if e.name.lower().endswith(".ppm") and e.is_file()}
 
 
-def _read_csv(csv_path: Path) -> list[_Row]:
-    """Parse a ground-truth CSV (official header with ClassId), validating every field."""
+def read_csv(csv_path: Path, data: bytes | None = None, suffixes: tuple[str, ...] = (".ppm",),
+             num_classes: int = NUM_CLASSES) -> list[CsvRow]:
+    """Parse a ground-truth CSV (official header with ClassId), validating every field.
+
+    `data`: the file's bytes when they do not come from `csv_path` (a member of an archive;
+    `csv_path` then names it in messages). `suffixes`: the image file names it may list.
+    """
     try:
-        text = csv_path.read_bytes().decode("utf-8-sig")
+        text = (csv_path.read_bytes() if data is None else data).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise GtsrbFormatError(f"{csv_path}: not a text file ({exc}); expected ';'-separated ASCII", csv_path) from None
     lines = text.splitlines()
@@ -359,7 +361,7 @@ def _read_csv(csv_path: Path) -> list[_Row]:
         got = repr(lines[0]) if lines else "an empty file"
         raise GtsrbFormatError(f"{csv_path} line 1: malformed header {got}{hint}; expected {expected_header!r}",
                                csv_path, 1)
-    rows: list[_Row] = []
+    rows: list[CsvRow] = []
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -368,9 +370,10 @@ def _read_csv(csv_path: Path) -> list[_Row]:
             _explain_bad_row(csv_path, line_no, line)
         filename = match.group(1).strip()
         width, height, x1, y1, x2, y2, class_id = map(int, match.group(2, 3, 4, 5, 6, 7, 8))
-        if (not filename.lower().endswith(".ppm") or filename.startswith(".") or "/" in filename
+        if (not filename.lower().endswith(suffixes) or filename.startswith(".") or "/" in filename
                 or "\\" in filename):
-            raise GtsrbFormatError(f"{csv_path} line {line_no}: Filename {filename!r}; expected a plain NAME.ppm",
+            expected = f"NAME{suffixes[0]}" if len(suffixes) == 1 else f"file name ending in {', '.join(suffixes)}"
+            raise GtsrbFormatError(f"{csv_path} line {line_no}: Filename {filename!r}; expected a plain {expected}",
                                    csv_path, line_no)
         if width < 1 or height < 1:
             raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: size {width}x{height}; expected Width, "
@@ -379,10 +382,10 @@ def _read_csv(csv_path: Path) -> list[_Row]:
             raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: ROI (X1, Y1, X2, Y2) = ({x1}, {y1}, {x2}, "
                                    f"{y2}) is empty or outside the {width}x{height} image; expected "
                                    f"0 <= X1 < X2 <= Width and 0 <= Y1 < Y2 <= Height", csv_path, line_no)
-        if class_id >= NUM_CLASSES:
+        if class_id >= num_classes:
             raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: ClassId {class_id}; expected "
-                                   f"0 .. {NUM_CLASSES - 1}", csv_path, line_no)
-        rows.append(_Row(line_no, filename, width, height, (x1, y1, x2, y2), class_id))
+                                   f"0 .. {num_classes - 1}", csv_path, line_no)
+        rows.append(CsvRow(line_no, filename, width, height, (x1, y1, x2, y2), class_id))
     return rows
 
 
@@ -400,18 +403,25 @@ def _explain_bad_row(csv_path: Path, line_no: int, line: str) -> NoReturn:
     raise GtsrbFormatError(f"{where}: malformed row {line!r}; expected {';'.join(CSV_COLUMNS)}", csv_path, line_no)
 
 
-def _check_listing(folder: Path, csv_path: Path, rows: list[_Row], listing: set[str]) -> None:
-    """Every row names an existing, distinct image and every image of the folder has a row."""
-    seen: dict[str, int] = {}
+def rows_by_name(csv_path: Path, rows: list[CsvRow]) -> dict[str, CsvRow]:
+    """The rows of a CSV by file name, refusing a name listed twice."""
+    by_name: dict[str, CsvRow] = {}
     for row in rows:
-        if row.filename in seen:
+        if row.filename in by_name:
             raise GtsrbFormatError(f"{csv_path} line {row.line}: {row.filename} is listed again (first at line "
-                                   f"{seen[row.filename]}); expected one row per image", csv_path, row.line)
-        seen[row.filename] = row.line
+                                   f"{by_name[row.filename].line}); expected one row per image", csv_path, row.line)
+        by_name[row.filename] = row
+    return by_name
+
+
+def _check_listing(folder: Path, csv_path: Path, rows: list[CsvRow], listing: set[str]) -> None:
+    """Every row names an existing, distinct image and every image of the folder has a row."""
+    listed = rows_by_name(csv_path, rows)
+    for row in rows:
         if row.filename not in listing:
             raise GtsrbFormatError(f"{csv_path} line {row.line}: {row.filename} does not exist in {folder}; "
                                    f"expected every listed image to be present", csv_path, row.line)
-    unlisted = sorted(listing.difference(seen))
+    unlisted = sorted(listing.difference(listed))
     if unlisted:
         raise GtsrbFormatError(f"{folder / unlisted[0]}: not listed in {csv_path} ({len(unlisted)} unlisted "
                                f"image(s)); expected one CSV row per image", folder / unlisted[0])
@@ -505,23 +515,27 @@ def _decode_range(start: int, stop: int) -> int:
 
 def _decode_chunk(items: Sequence[_Item], size: int, crop_roi: bool, grayscale: bool) -> np.ndarray:
     """Decode, crop and resize a list of images into an n x size x size x C uint8 array."""
-    crops = []
-    for item in items:
+    pixels = [_decode_item(item) for item in items]
+    return crop_and_resize(pixels, [item.roi if crop_roi else None for item in items], size, 1 if grayscale else 3)
+
+
+def _decode_item(item: _Item) -> np.ndarray:
+    """One image's pixels, checked against its CSV row."""
+    where = f"{item.path} ({item.origin})"
+    try:
         # Room for the raster its CSV row announces plus a header: one read() for almost every file.
-        pixels = _parse_ppm(_read_bytes(item.path, item.width * item.height * 3 + 1024), item)
-        if crop_roi:
-            x1, y1, x2, y2 = item.roi
-            pixels = pixels[y1:y2, x1:x2]
-        if pixels.shape[2] == 1:  # a PGM: resizing gray replicated to RGB gives the same values
-            pixels = np.repeat(pixels, 3, axis=2)
-        crops.append(pixels)
-    resized = _resize_bilinear(crops, size)
-    if grayscale:
-        # Pillow's convert("L") of the resized image: ITU-R 601-2 luma in 16-bit fixed point.
-        rgb = resized.astype(np.uint32)
-        luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
-        return luma.astype(np.uint8)[..., None]
-    return resized
+        pixels = decode_ppm(_read_bytes(item.path, item.width * item.height * 3 + 1024), where)
+    except ImageFormatError as error:
+        raise GtsrbFormatError(str(error), item.path) from None
+    check_size(pixels, item.width, item.height, where, item.path)
+    return pixels
+
+
+def check_size(pixels: np.ndarray, width: int, height: int, where: str, path: str | os.PathLike[str]) -> None:
+    """Refuse an image whose size is not the Width and Height of its CSV row: its ROI would be meaningless."""
+    if pixels.shape[1::-1] != (width, height):
+        raise GtsrbFormatError(f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}; expected {width}x{height} "
+                               f"as its CSV row says", path)
 
 
 def _read_bytes(path: str, size_hint: int) -> bytes:
@@ -537,111 +551,3 @@ def _read_bytes(path: str, size_hint: int) -> bytes:
         return b"".join(blocks)
     finally:
         os.close(fd)
-
-
-def _parse_ppm(data: bytes, item: _Item) -> np.ndarray:
-    """Binary PPM (P6) or PGM (P5) bytes -> H x W x C uint8 view (C = 3 or 1)."""
-    match = _PPM_HEADER.match(data)
-    if match is None:
-        if data[:2] not in (b"P6", b"P5"):
-            raise GtsrbFormatError(f"{item.path} ({item.origin}): magic {data[:2]!r}; expected a binary PPM "
-                                   f"starting with b'P6' (or b'P5')", item.path)
-        raise GtsrbFormatError(f"{item.path} ({item.origin}): malformed header {data[:40]!r}; expected "
-                               f"'P6 <width> <height> <maxval>' followed by one whitespace byte", item.path)
-    channels = 3 if match.group(1) == b"6" else 1
-    width, height, maxval = int(match.group(2)), int(match.group(3)), int(match.group(4))
-    if not 1 <= maxval <= 65535 or width < 1 or height < 1:
-        raise GtsrbFormatError(f"{item.path} ({item.origin}): header {width}x{height} maxval {maxval}; expected "
-                               f"a non-empty image with 1 <= maxval <= 65535", item.path)
-    if (width, height) != (item.width, item.height):
-        raise GtsrbFormatError(f"{item.path} ({item.origin}): image is {width}x{height}; expected "
-                               f"{item.width}x{item.height} as its CSV row says", item.path)
-    sample_bytes = 1 if maxval < 256 else 2
-    count = width * height * channels
-    offset = match.end()
-    if len(data) - offset < count * sample_bytes:
-        raise GtsrbFormatError(f"{item.path} ({item.origin}): truncated, {len(data) - offset} raster bytes; "
-                               f"expected {count * sample_bytes} for {width}x{height}x{channels} with maxval "
-                               f"{maxval}", item.path)
-    pixels = np.frombuffer(data, np.uint8 if sample_bytes == 1 else ">u2", count, offset)
-    if maxval != 255:
-        if int(pixels.max()) > maxval:
-            raise GtsrbFormatError(f"{item.path} ({item.origin}): sample {int(pixels.max())} above maxval "
-                                   f"{maxval}; expected samples <= maxval", item.path)
-        pixels = ((pixels.astype(np.uint32) * 255 + maxval // 2) // maxval).astype(np.uint8)
-    return pixels.reshape(height, width, channels)
-
-
-# --------------------------------------------------------------------------- resizing
-#
-# Quality: Pillow's BILINEAR is not the 2x2-tap bilinear of OpenCV or TF. When it shrinks,
-# Pillow widens the triangle filter by the scale factor, so every source pixel contributes
-# (an antialiased, area-like average): 250 -> 32 does not alias. It is sharper than BOX
-# when enlarging small crops (15 -> 32 px; BOX would be nearest-neighbour), free of the
-# ringing of BICUBIC/LANCZOS, and the cheapest of the antialiased filters.
-#
-# Speed: one `Image.resize` call per image costs ~50 us of Python overhead for a 32x32
-# result, more than the arithmetic. Pillow resizes separably, a horizontal pass (rounded
-# to uint8) then a vertical one, and a pass that leaves one axis unchanged is skipped. A
-# horizontal pass never mixes rows, so all crops of one width are stacked into one tall
-# image and resized horizontally in a single call; then all intermediates of one height
-# are laid side by side and resized vertically in a single call. It is Pillow's own
-# arithmetic, so the result equals ``Image.fromarray(crop).resize((size, size), BILINEAR)``
-# bit for bit (tests check this), whatever the batching.
-#
-# Pass order: since Pillow 13 (python-pillow/Pillow#9549) a resize whose height shrinks
-# much more than its width runs the vertical pass first, which changes rounding. Those
-# crops are transposed before the two passes and back after, which swaps the order.
-# `_vertical_first` is that rule for square outputs, found by comparing both orders with
-# Pillow 13.0 on ~10,000 (height, width, size) cases, crops of 2 to 260 pixels, sizes 8 to
-# 64; the tests check it against the installed Pillow. Older Pillow always went horizontal
-# first: with it, tall crops could differ by 1 in a few pixels (Pillow is pinned).
-
-
-def _vertical_first(height: int, width: int, size: int) -> bool:
-    """Whether Pillow resizes a height x width image to size x size vertically first."""
-    return height > size and 2 * width < height + size
-
-
-def _resize_bilinear(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Resize H x W x 3 uint8 crops (sizes may differ) to an n x size x size x 3 array.
-
-    Equals ``Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)`` per crop.
-    """
-    n = len(crops)
-    out = np.empty((n, size, size, 3), np.uint8)
-    flipped = [i for i, c in enumerate(crops) if _vertical_first(c.shape[0], c.shape[1], size)]
-    oriented = list(crops)
-    for i in flipped:
-        oriented[i] = crops[i].transpose(1, 0, 2)
-
-    # Pass 1, horizontal: crops of one width stacked vertically -> rows x size.
-    mid: list[np.ndarray] = list(oriented)
-    for width, idx in _groups(oriented, axis=1).items():
-        if width == size:
-            continue
-        tall = np.concatenate([oriented[i] for i in idx])
-        wide = np.asarray(Image.fromarray(tall).resize((size, len(tall)), Image.Resampling.BILINEAR))
-        top = 0
-        for i in idx:
-            mid[i] = wide[top:top + len(oriented[i])]
-            top += len(oriented[i])
-
-    # Pass 2, vertical: intermediates of one height side by side -> size x (k * size).
-    for height, idx in _groups(mid, axis=0).items():
-        row = np.concatenate([mid[i] for i in idx], axis=1)
-        if height != size:
-            row = np.asarray(Image.fromarray(row).resize((row.shape[1], size), Image.Resampling.BILINEAR))
-        out[idx] = row.reshape(size, len(idx), size, 3).transpose(1, 0, 2, 3)
-
-    if flipped:
-        out[flipped] = out[flipped].transpose(0, 2, 1, 3)
-    return out
-
-
-def _groups(arrays: Sequence[np.ndarray], axis: int) -> dict[int, list[int]]:
-    """Indices of `arrays` grouped by their length along `axis`."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, a in enumerate(arrays):
-        groups[a.shape[axis]].append(i)
-    return groups

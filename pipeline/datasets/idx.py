@@ -62,6 +62,19 @@ def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def is_idx(path: str | Path, dims: int) -> bool:
+    """Whether `path` (possibly gzipped) starts as an IDX file of unsigned bytes with `dims` dimensions."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:2] == _GZIP_MAGIC:
+        try:
+            with gzip.open(path) as handle:
+                head = handle.read(4)
+        except (OSError, EOFError, zlib.error):
+            return False
+    return head == struct.pack(">HBB", 0, _UBYTE, dims)
+
+
 def read_images_and_labels(images: Path, labels: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A pair of IDX files as (N, H, W, 1) uint8 images and int64 labels, cross-checked."""
     x = read_idx(images, 3)
