@@ -36,7 +36,7 @@ class RunPaths:
         return f"seed_{self.seed}"
 
     @property
-    def model_dir(self) -> Path:  # model.keras, summary.txt, architecture.md, run.json
+    def model_dir(self) -> Path:  # model.keras, summary.txt, architecture.md, run.json, preprocessing.json
         return Path("models") / self.dataset / self.design / self.seed_name
 
     @property

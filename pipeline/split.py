@@ -65,6 +65,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
         "dataset": spec.key,
         "class_names": list(spec.class_names),
         "image_shape": list(raw.train_x.shape[1:]),
+        "options": settings.options,  # how the images were decoded (GTSRB: image_size, crop_roi), for predict
         "sizes": {name: int(len(split["y"])) for name, split in splits.items()},
         "val_fraction": settings.val_fraction,
         "seed": params.seed,

@@ -1,7 +1,7 @@
 """Stage `train@<dataset>-<design>-<seed>`: build a design from params, fit it, save it and its history.
 
 Outputs (pipeline/paths.py): models/<dataset>/<design>/seed_<seed>/ (model.keras, summary.txt,
-run.json with the MLflow run id that evaluate continues), plots/history/<dataset>/<design>/seed_<seed>.csv
+run.json with the MLflow run id that evaluate continues, preprocessing.json with what predicting needs), plots/history/<dataset>/<design>/seed_<seed>.csv
 (per-epoch loss and accuracy, train and validation) and metrics/<dataset>/<design>/seed_<seed>/train.json.
 The training seed sets the initial weights and the batch order; the data split has its own (`seed`).
 """
@@ -247,6 +247,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
             (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
             files.write_json(tmp / "run.json", {"run_id": run.id, "dataset": args.dataset, "design": args.design,
                                                 "seed": seed, "input_shape": result["meta"]["input_shape"]})
+            # The data's meta and normalize's stats beside the model: the folder alone predicts (pipeline/inference.py)
+            files.write_json(tmp / "preprocessing.json", {
+                "meta": result["meta"], "normalize": files.read_json(paths.NORMALIZED / args.dataset / "stats.json")})
         write_history(out.history, result["history"])
         files.write_json(out.metrics_dir / "train.json", result["metrics"])
         tracking.log_metrics({k: v for k, v in result["metrics"].items()})
