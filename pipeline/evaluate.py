@@ -151,7 +151,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
                  result["metrics"]["predict_latency_ms"], result["metrics"]["predict_images_per_second"],
                  THROUGHPUT_BATCH, result["metrics"]["model_bytes"])
         tracking.log_params({"evaluate": params.raw["evaluate"]})
-        tracking.log_model(out.model_dir / "model.keras", result["metrics"])
+        tracking.log_model(out.model_dir, result["metrics"])
         tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
                               for i, s in enumerate(result["per_class"].values())})
         pngs = draw_figures(model, x, y, result, stats, class_names, out, params, f"{args.design} on {args.dataset}")

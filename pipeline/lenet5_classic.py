@@ -104,8 +104,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.designs import classic_c5_size
-
 __all__ = [
     "A",
     "S",
@@ -723,6 +721,10 @@ def build_lenet5_classic(
     height, width, channels = (int(v) for v in input_shape)
     if channels < 1:
         raise ValueError("need at least one input channel")
+    # Imported here: loading a saved model needs only the layers above, and the MLflow model ships
+    # this file alone (pipeline/inference.py), without designs.py.
+    from pipeline.designs import classic_c5_size
+
     c5_h = classic_c5_size(height, "height")
     c5_w = classic_c5_size(width, "width")
     if num_classes < 2:

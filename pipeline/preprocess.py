@@ -11,6 +11,9 @@ the two cannot drift apart. In order (`prepare`):
   grayscale    optional, BT.601 luma;
   pad          zero-pad to pad_to x pad_to (LeNet's 32x32 field), centred;
   affine       per-channel x * scale + offset (`normalize.mode`, see fit_affine).
+
+NumPy only, and no import from the rest of the project: the MLflow model ships this file
+(pipeline/inference.py), so a client without the project runs the very same steps.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
-from pipeline.config import EQUALIZERS
 
 LECUN_BACKGROUND, LECUN_FOREGROUND = -0.1, 1.175
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" mode
@@ -85,15 +86,16 @@ def prepare(x: np.ndarray, stats: dict) -> np.ndarray:
 # --- Contrast normalization on luminance.
 
 def equalized(x: np.ndarray, method: str) -> np.ndarray:
-    """uint8 (N, H, W, C) images with their luminance equalized by `method` (EQUALIZERS)."""
+    """uint8 (N, H, W, C) images with their luminance equalized by `method` (config.EQUALIZERS)."""
     if method == "none":
         return x
-    if method not in EQUALIZERS:
-        raise ValueError(f"normalize.equalize: unknown method {method!r}; expected one of {', '.join(EQUALIZERS)}")
+    steps = {"histogram": _histogram_equalized, "clahe": _clahe_equalized}  # config.EQUALIZERS, but "none"
+    if method not in steps:
+        raise ValueError(f"normalize.equalize: unknown method {method!r}; expected none, {', '.join(steps)}")
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"equalization takes uint8 (N, H, W, C) images, got {x.dtype} {x.shape}")
     out = np.empty_like(x)
-    step = _histogram_equalized if method == "histogram" else _clahe_equalized
+    step = steps[method]
     chunks = [slice(start, start + CHUNK) for start in range(0, len(x), CHUNK)]
 
     def work(part: slice) -> None:

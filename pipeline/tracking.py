@@ -19,8 +19,8 @@ importing MLflow and opening its store take about 3 s of one core, which the wor
 while the stage does its own work (TensorFlow's import leaves the second core idle), so
 tracking adds almost nothing to a stage's wall time (bench/RESULTS.md). Log calls travel to
 it as JSON lines. The evaluate stage also logs the trained model through it: the worker loads
-Keras while the stage does, then reads the saved model and logs it while the stage draws its
-figures.
+TensorFlow while the stage does, then logs the model folder (as a model that takes raw pixels,
+pipeline/inference.py) while the stage draws its figures.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator
 
@@ -201,10 +204,10 @@ def log_text(text: str, artifact_file: str) -> None:
     _log("text", text, artifact_file)
 
 
-def log_model(model_file: str | os.PathLike[str], metrics: dict[str, float]) -> None:
-    """The Keras model saved at `model_file` as the run's MLflow model, with `metrics` (its test
-    scores) logged to the run and linked to the model, so the model's page shows them."""
-    _log("model", str(Path(model_file).resolve()), {key: float(value) for key, value in metrics.items()})
+def log_model(model_dir: str | os.PathLike[str], metrics: dict[str, float]) -> None:
+    """The trained model folder `model_dir` as the run's MLflow model (raw pixels in, see `_mlflow_model`),
+    with `metrics` (its test scores) logged to the run and linked to the model, so the model's page shows them."""
+    _log("model", str(Path(model_dir).resolve()), {key: float(value) for key, value in metrics.items()})
 
 
 class _Untracked:
@@ -320,29 +323,58 @@ def _mlflow_params(values: dict[str, str]) -> None:
         _mlflow().log_params(dict(items[start:start + 100]))
 
 
-def _mlflow_model(model_file: str, metrics: dict[str, float]) -> None:
-    """The model in MLflow's Keras flavour, with the input/output signature users call it with
-    and the packages that load it, and its metrics.
+# The code an MLflow model ships (pipeline/inference.py and what it imports), as a package of its
+# own: the project's `pipeline` has much more, and a client may have it on its path too.
+SHIPPED_PACKAGE = "pipeline_model"
+SHIPPED_MODULES = ("inference.py", "preprocess.py", "lenet5_classic.py")
 
-    Both are given rather than inferred: inferring the signature traces a prediction, and
-    inferring the requirements loads the model again in a subprocess (seconds per stage).
+
+def _mlflow_model(model_dir: str, metrics: dict[str, float]) -> None:
+    """The trained model folder as an MLflow model that takes raw uint8 pixels: pipeline/inference.py's
+    Classifier (MLflow's loader-module workflow, no pickle), with the code it runs, the signature users
+    call it with, the packages that load it, the class names, and its metrics.
+
+    The signature and requirements are given rather than inferred: inferring them loads the model.
     """
     import numpy as np
-    import tensorflow as tf
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from pipeline.models import load_model
-
-    def spec(shape: tuple) -> Schema:
-        return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape[1:]))])
-
     mlflow = _mlflow()
-    model = load_model(model_file)
-    signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
-    requirements = [*mlflow.keras.get_default_pip_requirements(), f"tensorflow=={tf.__version__}"]
-    logged = mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+    folder = Path(model_dir)
+    meta = json.loads((folder / "preprocessing.json").read_text(encoding="utf-8"))["meta"]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *meta["image_shape"]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, len(meta["class_names"])))]))
+    with tempfile.TemporaryDirectory(prefix="mlflow-model-") as work:
+        data, code = Path(work, "trained_model"), Path(work, SHIPPED_PACKAGE)
+        data.mkdir()
+        code.mkdir()
+        for name in ("model.keras", "preprocessing.json"):
+            shutil.copy2(folder / name, data / name)
+        (code / "__init__.py").write_text('"""The CNN pipeline\'s code that its MLflow models run."""\n', encoding="utf-8")
+        for name in SHIPPED_MODULES:
+            shutil.copy2(Path(__file__).with_name(name), code / name)
+        warnings.filterwarnings("ignore", message=".*input example was not provided")  # the signature says it all
+        logged = mlflow.pyfunc.log_model(
+            name="model", loader_module=f"{SHIPPED_PACKAGE}.inference", data_path=str(data), code_paths=[str(code)],
+            signature=signature, pip_requirements=_model_requirements(),
+            metadata={"dataset": meta["dataset"], "class_names": meta["class_names"]})
     mlflow.log_metrics(metrics, model_id=logged.model_id)
+
+
+def _model_requirements() -> list[str]:
+    """Keras on TensorFlow, NumPy and MLflow, at the versions that trained and logged the model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(*distributions: str) -> str:
+        for distribution in distributions:
+            with contextlib.suppress(PackageNotFoundError):
+                return version(distribution)
+        raise PackageNotFoundError(distributions[0])
+
+    return [f"mlflow=={_mlflow().__version__}", f"keras=={installed('keras')}",
+            f"tensorflow=={installed('tensorflow', 'tensorflow-cpu')}", f"numpy=={installed('numpy')}"]
 
 
 _MLFLOW_LOGGERS = {
@@ -420,7 +452,9 @@ def serve(requests: IO[str], replies: IO[str], with_keras: bool = False) -> None
     that follow go into it; ["end", status] ends it and is answered "ended"."""
     answers = _open_store()
     if with_keras:
-        import pipeline.models  # noqa: F401  Keras, for log_model: only a stage that logs a model needs it
+        # Keras and TensorFlow, for log_model: MLflow checks the model's requirements against what is
+        # installed, and finds TensorFlow's version by importing it. Only a stage that logs a model needs it.
+        import pipeline.models  # noqa: F401
     for line in requests:
         kind, start = json.loads(line)
         if kind != "start":

@@ -102,8 +102,9 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     mine = [m for m in logged if m.source_run_id == found.info.run_id]
     assert len(mine) == 1, "the model is not logged with its run"
     where = urlparse(mine[0].artifact_location).path
-    signature = mlflow.models.Model.load(where).signature  # how users call the model
-    assert signature.inputs.inputs[0].shape == (-1, 32, 32, 1) and signature.outputs.inputs[0].shape == (-1, 10)
+    signature = mlflow.models.Model.load(where).signature  # how users call the model: raw pixels, as decoded
+    assert signature.inputs.inputs[0].shape == (-1, 28, 28, 1) and signature.outputs.inputs[0].shape == (-1, 10)
+    assert signature.inputs.inputs[0].type == np.dtype(np.uint8)
     requirements = (Path(where) / "requirements.txt").read_text()  # what loads it elsewhere
     assert "keras==" in requirements and "tensorflow==" in requirements
     model_metrics = {metric.key: metric.value for metric in mine[0].metrics or []}

@@ -3,6 +3,7 @@ dies leaves its run FAILED, never RUNNING."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -62,16 +63,30 @@ def test_one_process_logs_several_runs_in_turn(store: mlflow.MlflowClient) -> No
         assert store.get_experiment(found.info.experiment_id).name == dataset
 
 
+def model_folder(folder: Path, model, image_shape: tuple[int, int, int]) -> Path:
+    """A model folder as train leaves it: the model, and what predicting needs (unit scaling, no padding)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    classes = model.output_shape[-1]
+    (folder / "preprocessing.json").write_text(json.dumps({
+        "meta": {"dataset": "mnist", "class_names": [f"class {k}" for k in range(classes)],
+                 "image_shape": list(image_shape), "input_shape": list(image_shape)},
+        "normalize": {"mode": "unit", "scale": [1 / 255], "offset": [0.0], "pad_to": None, "grayscale": False,
+                      "equalize": "none"}}))
+    return folder
+
+
 def test_a_saved_model_is_logged_loadable_with_its_signature_and_test_metrics(store: mlflow.MlflowClient,
                                                                                tmp_path: Path) -> None:
-    """As evaluate logs it: the worker reads the saved file, so the stage never imports MLflow."""
+    """As evaluate logs it: the worker reads the saved folder, so the stage never imports MLflow. The logged
+    model takes raw uint8 pixels and scales them as normalize did."""
     import keras
 
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
                               keras.layers.Dense(3, activation="softmax")])
-    model.save(tmp_path / "model.keras")
+    folder = model_folder(tmp_path / "trained", model, (8, 8, 1))
     with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny") as run:
-        tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.75})
+        tracking.log_model(folder, {"test_accuracy": 0.75})
         run_id = run.id
     found = store.get_run(run_id)
     (logged,) = store.search_logged_models([found.info.experiment_id])
@@ -80,9 +95,11 @@ def test_a_saved_model_is_logged_loadable_with_its_signature_and_test_metrics(st
     where = urlparse(logged.artifact_location).path
     signature = mlflow.models.Model.load(where).signature
     assert signature.inputs.inputs[0].shape == (-1, 8, 8, 1) and signature.outputs.inputs[0].shape == (-1, 3)
-    x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
-    np.testing.assert_allclose(mlflow.keras.load_model(where).predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-6)
+    assert signature.inputs.inputs[0].type == np.dtype(np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    loaded = mlflow.pyfunc.load_model(where)
+    np.testing.assert_allclose(loaded.predict(pixels), model.predict(pixels / np.float32(255), verbose=0), rtol=1e-6)
+    assert loaded.metadata.metadata["class_names"] == ["class 0", "class 1", "class 2"]
 
 
 def test_a_stage_that_raises_ends_its_run_failed_and_keeps_its_error(store: mlflow.MlflowClient) -> None:
@@ -151,14 +168,14 @@ def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_r
     import keras
 
     in_experiment(monkeypatch, None)
-    keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(
-        tmp_path / "model.keras")
+    folder = model_folder(tmp_path / "trained", keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                                                                  keras.layers.Dense(2)]), (4, 4, 1))
     with tracking.stage_run(PARAMS, "mnist", "train", model="tiny") as run:
         tracking.log_params({"train": {"epochs": 2}})
         train_id = run.id
     with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:  # the first one
         tracking.log_params({"evaluate": {"sample_images": 8}})
-        tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.5})
+        tracking.log_model(folder, {"test_accuracy": 0.5})
         assert run.id == train_id
     baseline = store.get_run(train_id)
     assert baseline.data.tags["stage"] == "train+evaluate"
@@ -166,7 +183,7 @@ def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_r
     in_experiment(monkeypatch, "more-samples")
     with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:
         tracking.log_params({"evaluate": {"sample_images": 12}})  # what changed, beside the train run's params
-        tracking.log_model(tmp_path / "model.keras", {"test_accuracy": 0.6})
+        tracking.log_model(folder, {"test_accuracy": 0.6})
         evaluation_id = run.id
     assert evaluation_id != train_id
     after = store.get_run(train_id)
