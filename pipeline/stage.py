@@ -5,7 +5,8 @@
     if __name__ == "__main__":
         stage.enter(__spec__.name, __doc__, "dataset", "design")
 
-`enter` parses the arguments (each positional named for what it is), loads params.yaml
+`enter` parses the arguments (each positional named for what it is; an argument given as
+`(name, argparse settings)` takes those, e.g. `("paths", {"nargs": "+"})`), loads params.yaml
 (validated whole, designs included: see `pipeline.config`), checks the arguments against it
 (a `design` against the stage's `dataset` too), starts the tracking worker so that MLflow
 loads in parallel with what the stage imports next (TensorFlow, for train and evaluate), and
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from pipeline import exit_now, tracking
 from pipeline.config import Params, load_params
@@ -33,6 +34,8 @@ USER_ERROR_STATUS = 2
 # check, or how to run without tracking.
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, tracking.TrackingError)
 
+# An argument: its name, or its name and argparse's settings for it.
+Argument = str | tuple[str, dict[str, Any]]
 # Positional arguments checked against params: each must name something params.yaml declares.
 _CHECKS: dict[str, Callable[[Params, str], object]] = {
     "dataset": Params.dataset,
@@ -40,28 +43,32 @@ _CHECKS: dict[str, Callable[[Params, str], object]] = {
 }
 
 
-def enter(module: str, description: str, *arguments: str, with_keras: bool = False) -> NoReturn:
+def enter(module: str, description: str, *arguments: Argument, with_keras: bool = False,
+          tracked: bool = True) -> NoReturn:
     """Run stage `module` with the command line's arguments, then end the process with its status."""
-    exit_now(run(module, sys.argv[1:], description, arguments, with_keras))
+    exit_now(run(module, sys.argv[1:], description, arguments, with_keras, tracked))
 
 
-def run(module: str, argv: Sequence[str], description: str, arguments: Sequence[str] = (),
-        with_keras: bool = False) -> int:
+def run(module: str, argv: Sequence[str], description: str, arguments: Sequence[Argument] = (),
+        with_keras: bool = False, tracked: bool = True) -> int:
     """Run stage `module`'s `main(args, params)`; returns 0, or 2 after printing a user error.
 
     `with_keras`: the stage logs a model, so the tracking worker loads Keras too (see tracking.warm_up).
+    `tracked`: false for a command that logs nothing (pipeline.predict), which then starts no worker.
     """
     try:
         args = _parser(description, arguments).parse_args(argv)
         setup_logging()
         params = load_params()
-        for name in arguments:
+        names = [argument[0] if isinstance(argument, tuple) else argument for argument in arguments]
+        for name in names:
             if name in _CHECKS:
                 _CHECKS[name](params, getattr(args, name))
-        if "dataset" in arguments and "design" in arguments:
+        if "dataset" in names and "design" in names:
             params.check_design(args.design, args.dataset)  # also when the pair is not in `experiments`
-        tracking.check_server()  # a tracking server that is down stops the stage now, not after its work
-        tracking.warm_up(with_keras)
+        if tracked:
+            tracking.check_server()  # a tracking server that is down stops the stage now, not after its work
+            tracking.warm_up(with_keras)
         importlib.import_module(module).main(args, params)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
@@ -69,11 +76,12 @@ def run(module: str, argv: Sequence[str], description: str, arguments: Sequence[
     return 0
 
 
-def _parser(description: str, arguments: Sequence[str]) -> argparse.ArgumentParser:
+def _parser(description: str, arguments: Sequence[Argument]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
-    for name in arguments:
+    for argument in arguments:
+        name, settings = argument if isinstance(argument, tuple) else (argument, {})
         if name == "--seed":
             parser.add_argument(name, type=int, help="training seed (default: the first of experiments.seeds)")
         else:
-            parser.add_argument(name)
+            parser.add_argument(name, **settings)
     return parser
