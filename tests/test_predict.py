@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import predict, stage
+from pipeline import predict, server, stage
 from pipeline.datasets import get
 from pipeline.datasets.images import decode
 from pipeline.paths import RunPaths
@@ -291,12 +290,10 @@ def test_the_mlflow_model_takes_raw_signs_and_agrees_with_predict_for_every_desi
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 0))
-        except OSError as error:
-            pytest.skip(f"cannot bind a port on 127.0.0.1: {error}")
-        return probe.getsockname()[1]
+    try:
+        return server.free_port("127.0.0.1")
+    except OSError as error:
+        pytest.skip(f"cannot bind a port on 127.0.0.1: {error}")
 
 
 @pytest.mark.e2e

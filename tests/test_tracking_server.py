@@ -25,6 +25,7 @@ from pipeline import server, spool, tracking
 from pipeline.config import load_params
 from pipeline.server import free_port
 from tests.conftest import REPO, tool_env
+from tests.test_tracking import model_folder
 
 PARAMS = load_params(REPO / "params.yaml")
 
@@ -188,11 +189,12 @@ def test_the_server_starts_says_what_runs_and_proxies_artifacts(sqlite_server) -
     assert "already running" in again.stdout
 
 
-def tiny_model(path: Path) -> Path:
+def tiny_model(folder: Path) -> Path:
+    """A model folder as train leaves it, which evaluate logs."""
     import keras
 
-    keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(path)
-    return path
+    return model_folder(folder, keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                                                  keras.layers.Dense(2)]), (4, 4, 1))
 
 
 @pytest.mark.e2e  # a real mlflow server: not for `make test-fast`
@@ -207,7 +209,7 @@ def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back
     monkeypatch.setattr(tracking, "_worker", None)  # a worker of this environment (its spool is in tmp_path)
     summary = tmp_path / "summary.txt"
     summary.write_text("as trained\n")
-    model = tiny_model(tmp_path / "model.keras")
+    model = tiny_model(tmp_path / "trained")
 
     with tracking.stage_run(PARAMS, "mnist", "train", model="tiny", seed=7) as run:
         tracking.log_params({"train": {"epochs": 2}})
