@@ -95,6 +95,7 @@ class Layer:
 
 
 SCHEDULES = ("constant", "step", "cosine", "one_cycle")
+PRECISIONS = ("float32", "mixed_bfloat16")  # pipeline/compute.py
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ class TrainSettings:
     label_smoothing: float  # softmax outputs only
     restore_best: bool  # end with the weights of the epoch with the best validation accuracy
     augment: AugmentSettings
+    threads: int | str  # TensorFlow's threads, or `auto` (pipeline/compute.py): they change float results
+    precision: str  # float32 | mixed_bfloat16 (pipeline/compute.py)
 
     def merged(self, overrides: dict[str, Any]) -> "TrainSettings":
         """These settings with some keys overridden (a partial train block); `augment` merges key by key."""
@@ -190,7 +193,16 @@ class TrainSettings:
             parts.append(f"early stopping {self.early_stopping_patience}")
         if self.restore_best:
             parts.append("best validation epoch kept")
+        if self.precision != "float32":
+            parts.append(self.precision)
         return ", ".join(parts)
+
+
+def _threads(value: Any, where: str) -> int | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1024):
+        return value
+    raise v.fail(where, "must be a positive int (TensorFlow's threads) or auto (cores / trainings side by side)",
+                 value)
 
 
 TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
@@ -208,6 +220,8 @@ TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "label_smoothing": _fraction,
     "restore_best": v.boolean,
     "augment": lambda x, w: x,  # a mapping of its own: parse_train checks it key by key
+    "threads": _threads,
+    "precision": lambda x, w: v.choice(x, w, PRECISIONS),
 }
 
 

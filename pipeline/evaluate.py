@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import files, paths, stage, tracking
+from pipeline import compute, files, paths, stage, tracking
 
 if __name__ == "__main__":  # params are checked, then MLflow and Keras load in its worker while Keras loads here
     stage.enter(__spec__.name, __doc__, "dataset", "design", "--seed", with_keras=True)
@@ -133,6 +133,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
     seed = params.run_seed(args.seed)
     out = paths.RunPaths(args.dataset, args.design, seed)
     run = files.read_json(out.model_dir / "run.json")
+    if "threads" in run:  # as the model was trained: the parallel runner budgets evaluate so
+        compute.use_threads(run["threads"])
     model = load_model(out.model_dir / "model.keras")
     meta = files.read_json(paths.NORMALIZED / args.dataset / "meta.json")
     stats = files.read_json(paths.NORMALIZED / args.dataset / "stats.json")
@@ -197,6 +199,6 @@ def draw_figures(model: keras.Model, x: np.ndarray, y: np.ndarray, result: dict,
         kernel = keras.ops.convert_to_numpy(conv.weights[0])
         pngs["filters.png"] = figures.filters(kernel, f"{title}: first-layer filters ({conv.name})")
         probe = keras.Model(model.input, conv.output)
-        maps = keras.ops.convert_to_numpy(probe(x[:1]))[0]
+        maps = keras.ops.convert_to_numpy(probe(x[:1]))[0].astype(np.float32)  # bfloat16 under mixed precision
         pngs["feature_maps.png"] = figures.feature_maps(pixels[0], maps, f"{title}: {conv.name} on test image 0")
     return pngs

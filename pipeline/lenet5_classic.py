@@ -757,6 +757,7 @@ def build_lenet5_classic(
             num_classes, activation="softmax",
             kernel_initializer=paper_uniform(84, _sub_seed(seed, 7)),
             bias_initializer="zeros", name="output",
+            dtype="float32",  # float32 scores under a mixed precision policy too
         )(x)
     return keras.Model(inputs, outputs, name="lenet5_classic")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 
+from pipeline import compute
 from pipeline.designs import (Design, Layer, TrainSettings, check_course_rule, check_shapes, declared_layers, layer_key,
                               layer_name)
 from pipeline.validate import ConfigError
@@ -29,36 +30,41 @@ def _activation(name: str) -> Any:
     return None if name == "linear" else name
 
 
-def keras_layer(layer: Layer, num_classes: int, name: str) -> keras.layers.Layer:
+def keras_layer(layer: Layer, num_classes: int, name: str, dtype: str | None = None) -> keras.layers.Layer:
+    """The Keras layer of `layer`; `dtype` a policy of its own (None: the policy it is built under)."""
     o = layer.options
+    common = {"name": name, "dtype": dtype}
     if layer.type == "conv":
         return keras.layers.Conv2D(o["filters"], o["kernel"], strides=o["strides"], padding=o["padding"],
                                    activation=_activation(o["activation"]), kernel_initializer=o["initializer"],
-                                   use_bias=o["use_bias"], name=name)
+                                   use_bias=o["use_bias"], **common)
     if layer.type in ("maxpool", "avgpool"):
         cls = keras.layers.MaxPooling2D if layer.type == "maxpool" else keras.layers.AveragePooling2D
-        return cls(o["pool"], strides=o["strides"], padding=o["padding"], name=name)
+        return cls(o["pool"], strides=o["strides"], padding=o["padding"], **common)
     if layer.type == "globalavgpool":
-        return keras.layers.GlobalAveragePooling2D(name=name)
+        return keras.layers.GlobalAveragePooling2D(**common)
     if layer.type == "globalmaxpool":
-        return keras.layers.GlobalMaxPooling2D(name=name)
+        return keras.layers.GlobalMaxPooling2D(**common)
     if layer.type == "flatten":
-        return keras.layers.Flatten(name=name)
+        return keras.layers.Flatten(**common)
     if layer.type == "dense":
         units = num_classes if o["units"] == "classes" else o["units"]
         return keras.layers.Dense(units, activation=_activation(o["activation"]), kernel_initializer=o["initializer"],
-                                  use_bias=o["use_bias"], name=name)
+                                  use_bias=o["use_bias"], **common)
     if layer.type == "dropout":
-        return keras.layers.Dropout(o["rate"], name=name)
+        return keras.layers.Dropout(o["rate"], **common)
     if layer.type == "batchnorm":
-        return keras.layers.BatchNormalization(momentum=o["momentum"], epsilon=o["epsilon"], name=name)
+        return keras.layers.BatchNormalization(momentum=o["momentum"], epsilon=o["epsilon"], **common)
     if layer.type == "activation":
-        return keras.layers.Activation(_activation(o["activation"]) or "linear", name=name)
+        return keras.layers.Activation(_activation(o["activation"]) or "linear", **common)
     raise ValueError(f"no Keras layer for layer type {layer.type!r}")
 
 
-def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
-    """The design as an (uncompiled) Keras model; weights initialised from `seed`.
+def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, seed: int,
+                precision: str = "float32") -> keras.Model:
+    """The design as an (uncompiled) Keras model; weights initialised from `seed`, layers computing in
+    `precision` (train.precision) but the last, whose scores stay float32 (a bfloat16 softmax
+    keeps 3 significant digits: too few for the loss and for confidences).
 
     Checked first as when params load (a student design against the course rule, then the
     shapes), and a student design against the course rule again on the built model.
@@ -69,24 +75,26 @@ def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, 
     # Initializers without their own seed draw from Keras' global generator: seeding it
     # makes the same params + seed give the same initial weights.
     keras.utils.set_random_seed(seed)
-    if design.layers is None:
-        from pipeline.lenet5_classic import build_lenet5_classic
+    with compute.precision(precision):
+        if design.layers is None:
+            from pipeline.lenet5_classic import build_lenet5_classic
 
-        try:
-            model = build_lenet5_classic(tuple(input_shape), num_classes, output=design.classic_output, seed=seed)
-        except ValueError as error:
-            raise ConfigError(f"models.{design.name}: cannot be built for input {tuple(input_shape)}: "
-                              f"{error}") from None
-    else:
-        inputs = keras.Input(shape=tuple(input_shape), name="image")
-        x = inputs
-        for index, layer in enumerate(design.layers):
-            try:
-                x = keras_layer(layer, num_classes, layer_name(index, layer))(x)
-            except ValueError as error:  # what check_shapes does not foresee: name the layer, not Keras' internals
-                raise ConfigError(f"{layer_key(design, index)}: a {layer.type} layer cannot take an input of shape "
-                                  f"{tuple(x.shape[1:])}: {error}") from None
-        model = keras.Model(inputs, x, name=design.name)
+            try:  # its output layer has a float policy of its own (RBF: float64; softmax: float32)
+                model = build_lenet5_classic(tuple(input_shape), num_classes, output=design.classic_output, seed=seed)
+            except ValueError as error:
+                raise ConfigError(f"models.{design.name}: cannot be built for input {tuple(input_shape)}: "
+                                  f"{error}") from None
+        else:
+            inputs = keras.Input(shape=tuple(input_shape), name="image")
+            x = inputs
+            for index, layer in enumerate(design.layers):
+                last = index == len(design.layers) - 1
+                try:
+                    x = keras_layer(layer, num_classes, layer_name(index, layer), "float32" if last else None)(x)
+                except ValueError as error:  # what check_shapes does not foresee: name the layer, not Keras' own
+                    raise ConfigError(f"{layer_key(design, index)}: a {layer.type} layer cannot take an input of "
+                                      f"shape {tuple(x.shape[1:])}: {error}") from None
+            model = keras.Model(inputs, x, name=design.name)
     if design.student:
         check_course_rule(counted_layers(model), design.name)
     return model

@@ -15,10 +15,11 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import files, paths, stage, tracking
+from pipeline import compute, files, gpu_present, paths, stage, tracking
 
 if __name__ == "__main__":  # params are checked and MLflow loads in its worker before TensorFlow loads
     stage.enter(__spec__.name, __doc__, "dataset", "design", "--seed")
@@ -52,7 +53,9 @@ VALIDATION_BATCH_SIZE = 1024
 def _fixed_pipeline(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """tf.data's autotuner off: on 2 cores it sometimes left training on one core for a whole
     run (a third of runs at exactly half speed, bench/RESULTS.md); a fixed two-batch prefetch
-    keeps both cores on the model."""
+    keeps both cores on the model. A CPU choice: feeding a GPU is what the autotuner is for."""
+    if gpu_present():
+        return dataset.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(2).with_options(options)
@@ -146,21 +149,34 @@ class EpochLog(keras.callbacks.Callback):
         return self.earlier_seconds + time.perf_counter() - self.fit_started
 
 
-def run_fingerprint(params: Params, dataset: str, design_name: str, seed: int) -> str:
+def run_settings(params: Params, design_name: str, dataset: str) -> TrainSettings:
+    """The design's recipe on `dataset` as this run uses it: `threads: auto` resolved to the count
+    it trains on, which is what train.json, MLflow and the checkpoint record."""
+    settings = params.train_settings(design_name, dataset)
+    return replace(settings, threads=compute.resolve_threads(settings.threads))
+
+
+def run_fingerprint(params: Params, dataset: str, design_name: str, seed: int, settings: TrainSettings) -> str:
     """What determines a training run, for its checkpoint: a checkpoint of other params is never resumed."""
     data = paths.NORMALIZED / dataset
     meta = files.read_json(data / "meta.json")  # first: a missing input is the user's error, said so
     return fingerprint({"dataset": dataset, "meta": meta, "design": params.raw["models"][design_name], "seed": seed,
-                        "train": params.train_settings(design_name, dataset).as_params(),
-                        "tensorflow": tf.__version__, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
+                        "train": settings.as_params(), "tensorflow": tf.__version__,
+                        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
                        [data / "train.npz", data / "val.npz", data / "stats.json"])
 
 
 def train(params: Params, dataset: str, design_name: str, seed: int, checkpoint: Checkpoint,
-          state: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """Fit a design on a dataset, from scratch or, given a checkpoint's `state`, from where it stopped."""
+          state: dict[str, Any] | None = None, run_id: str | None = None,
+          settings: TrainSettings | None = None) -> dict[str, Any]:
+    """Fit a design on a dataset, from scratch or, given a checkpoint's `state`, from where it stopped.
+
+    `settings`: the run's recipe (run_settings), resolved once by the caller that also records it.
+    """
     design = params.design(design_name)
-    settings = params.train_settings(design_name, dataset)
+    settings = settings or run_settings(params, design_name, dataset)
+    compute.use_threads(settings.threads)  # before the first op: TensorFlow fixes its pools then
+    compute.warn_if_emulated(settings.precision)
     meta = files.read_json(paths.NORMALIZED / dataset / "meta.json")
     stats = files.read_json(paths.NORMALIZED / dataset / "stats.json")
     x_train, y_train = load_split(dataset, "train")
@@ -175,8 +191,8 @@ def train(params: Params, dataset: str, design_name: str, seed: int, checkpoint:
         log.info("resuming %s on %s after epoch %d of %d (checkpoint %s)", design_name, dataset,
                  state["epochs_done"], settings.epochs, checkpoint.folder)
     else:
-        model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), seed),
-                              design, settings, steps)
+        model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), seed,
+                                          settings.precision), design, settings, steps)
     summary = io.StringIO()
     model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
     architecture = architecture_report(model, settings.batch_size)
@@ -209,6 +225,7 @@ def train(params: Params, dataset: str, design_name: str, seed: int, checkpoint:
                 "final_val_accuracy": rows[-1]["val_accuracy"],
                 "final_train_accuracy": rows[-1]["accuracy"],
                 "images_per_second": len(y_train) * len(rows) / sum(row["seconds"] for row in rows),
+                "threads": settings.threads,  # what it was computed with: another count changes the last digits
             }}
 
 
@@ -226,8 +243,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
     # SIGTERM (a stopped job, a shut-down machine) ends the stage as Ctrl-C does: its MLflow
     # run is closed and the last epoch's checkpoint stays for the next `dvc repro` to resume.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    settings = run_settings(params, args.design, args.dataset)
     checkpoint = Checkpoint.of_run(args.dataset, args.design, seed,
-                                   run_fingerprint(params, args.dataset, args.design, seed))
+                                   run_fingerprint(params, args.dataset, args.design, seed, settings))
     state = checkpoint.load()
 
     with tracking.stage_run(params, args.dataset, "train", model=args.design,
@@ -235,18 +253,19 @@ def main(args: argparse.Namespace, params: Params) -> None:
         if state:
             tracking.log_metrics({"resumed_after_epoch": state["epochs_done"]})
         tracking.log_params({"dataset": args.dataset, "design": args.design, "split_seed": params.seed,
-                             "train": params.train_settings(args.design, args.dataset).as_params(),
+                             "train": settings.as_params(),
                              "design_spec": params.raw["models"][args.design],
                              "normalize": params.normalize_for(args.dataset).__dict__,
-                             "builtin": design.builtin or "none"})
-        result = train(params, args.dataset, args.design, seed, checkpoint, state, run.id)
+                             "builtin": design.builtin or "none", "device": compute.device()})
+        result = train(params, args.dataset, args.design, seed, checkpoint, state, run.id, settings)
         model = result["model"]
         with files.atomic_directory(out.model_dir) as tmp:
             model.save(tmp / "model.keras")
             (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
             (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
             files.write_json(tmp / "run.json", {"run_id": run.id, "dataset": args.dataset, "design": args.design,
-                                                "seed": seed, "input_shape": result["meta"]["input_shape"]})
+                                                "seed": seed, "input_shape": result["meta"]["input_shape"],
+                                                "threads": settings.threads})  # evaluate computes with them too
             # The data's meta and normalize's stats beside the model: the folder alone predicts (pipeline/inference.py)
             files.write_json(tmp / "preprocessing.json", {
                 "meta": result["meta"], "normalize": files.read_json(paths.NORMALIZED / args.dataset / "stats.json")})

@@ -58,6 +58,11 @@ def test_a_command_trains_the_seed_given_else_the_first_configured_one() -> None
     ({"train__learning_rate": "fast"}, "train.learning_rate: must be a number"),
     ({"train__optimizer": "adagrad"}, "train.optimizer: must be one of"),
     ({"train__epoch": 3}, "train.epoch: unknown key; allowed keys here: epochs"),
+    ({"train__threads": 0}, "train.threads: must be a positive int (TensorFlow's threads) or auto (cores / "
+                            "trainings side by side), got 0"),
+    ({"train__threads": True}, "train.threads: must be a positive int"),
+    ({"models__student_gtsrb__train__threads": "max"}, "models.student_gtsrb.train.threads: must be a positive int"),
+    ({"train__precision": "float16"}, "train.precision: must be one of float32, mixed_bfloat16, got 'float16'"),
     ({"normalize__mode": "minmax"}, "normalize.mode: must be one of unit, lecun, standardize, got 'minmax'"),
     ({"normalize__grayscale": "yes"}, "normalize.grayscale: must be true or false, got 'yes'"),
     ({"datasets__mnist__val_fraction": 1.0}, "datasets.mnist.val_fraction: must be a number in (0.0, 1.0), got 1.0"),

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import designs
 from pipeline.config import load_params
-from pipeline.models import build_model, compile_model, counted_layers, keras_layer, layer_types
+from pipeline.models import build_model, compile_model, counted_layers, keras_layer, layer_types, load_model
 
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 
@@ -190,3 +190,34 @@ def test_keras_layer_names_are_the_params_indices():
     model = build_model(PARAMS.design("student_b"), (32, 32, 1), 10, seed=0)
     assert [layer.name for layer in model.layers[1:4]] == ["00_conv", "01_batchnorm", "02_activation"]
     assert isinstance(model.layers[-1], keras.layers.Dense)
+
+
+MIXED_DESIGNS = {key: design for key, design in DESIGNS.items() if design.builtin != "cnn_homl"}  # 117 M MACs: slow
+
+
+@pytest.mark.parametrize("key", MIXED_DESIGNS)
+def test_design_trains_in_mixed_bfloat16_and_keeps_float32_scores(key, tmp_path):
+    """train.precision: mixed_bfloat16 computes in bfloat16 but the output layer; the saved model keeps it so."""
+    design = MIXED_DESIGNS[key]
+    settings = PARAMS.train_settings(design.name, "mnist") if design.name in PARAMS.models else PARAMS.train
+    model = compile_model(build_model(design, (32, 32, 1), 10, seed=0, precision="mixed_bfloat16"), design,
+                          settings, steps_per_epoch=1)
+    assert model.layers[1].compute_dtype == "bfloat16" and model.layers[1].variable_dtype == "float32"
+    rbf = design.builtin == "lenet5_classic" and design.classic_output == "rbf"
+    assert model.output.dtype == ("float64" if rbf else "float32")  # the RBF output computes in float64 always
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 32, 32, 1)).astype("float32")
+    loss, _ = model.train_on_batch(x, rng.integers(0, 10, 8))
+    assert np.isfinite(loss)
+    model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    assert loaded.layers[1].compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_a_mixed_precision_build_leaves_no_policy_behind():
+    design = PARAMS.design("student_b")
+    build_model(design, (32, 32, 1), 10, seed=3, precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"
+    after = build_model(design, (32, 32, 1), 10, seed=3)
+    assert {layer.dtype_policy.name for layer in after.layers} == {"float32"}
