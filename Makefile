@@ -9,6 +9,8 @@ BIN    := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 UI_PORT ?= 5000
+# make repro: at most this many threads in flight (auto: every core); pipeline/repro.py
+JOBS ?= auto
 CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: setup repro test test-fast ui exps bench lock browser-deps server server-stop server-status server-deps resync
@@ -26,8 +28,8 @@ $(VENV)/.installed: requirements.lock
 
 setup: $(VENV)/.installed
 
-repro: setup      ## set up, then run the whole pipeline
-	dvc repro
+repro: setup      ## set up, then run the whole pipeline, independent stages side by side
+	python -m pipeline.repro -j $(JOBS)
 
 test: setup browser-deps  ## set up, then run the whole test suite (incl. end-to-end, browser and real-data tests)
 	python -m pytest
