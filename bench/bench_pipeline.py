@@ -1,14 +1,16 @@
-"""Benchmark: what DVC orchestration costs. No-op `dvc repro`, and the default `dvc repro`.
+"""Benchmark: what DVC orchestration costs. No-op `dvc repro`, and the default `make repro`.
 
-- default: `dvc repro` of the shipped params.yaml from scratch, in a scratch copy of the
+- default: `make repro`'s command (`python -m pipeline.repro`: the stages side by side, see
+  pipeline/repro.py) on the shipped params.yaml from scratch, in a scratch copy of the
   repository (data from ../shared/datasets via PIPELINE_DATA_MIRROR), with the wall time
   and peak RSS of every stage (its process tree, tracking worker included), sampled every
   0.2 s;
 - no-op: `dvc repro` again in that copy, now up to date (median of 11): the price of asking
-  "is anything stale?". Also timed, alternated with it: `dvc --version` (DVC's start-up) and
+  "is anything stale?". Also timed, alternated with it: `dvc --version` (DVC's start-up),
   `dvc repro <first stage>` (a download: no upstream, so every stage is loaded and one is
-  checked), which split the no-op into a fixed cost and a cost per stage checked; and the
-  CPU time of each no-op (wall above CPU is waiting).
+  checked), which split the no-op into a fixed cost and a cost per stage checked, and the
+  parallel runner's no-op (`python -m pipeline.repro`: one status in-process, no stage
+  started); and the CPU time of each no-op (wall above CPU is waiting).
 
 Usage (from the repository root):
 
@@ -39,15 +41,9 @@ from pathlib import Path
 import psutil
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from scratch import ROOT, env, git_copy, load, write_result
+
 RESULT = ROOT / "bench" / "results" / "pipeline.json"
-MIRROR = ROOT.parent / "shared" / "datasets"
-BIN = Path(sys.executable).parent
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "3",
-            "PIPELINE_DATA_MIRROR": str(MIRROR)}
 
 
 def no_op(project: Path, repeats: int = 11) -> dict:
@@ -56,7 +52,7 @@ def no_op(project: Path, repeats: int = 11) -> dict:
         sys.exit(f"{project} is not up to date: run `dvc repro` first, then measure the no-op")
     stages = list(yaml.safe_load((project / "dvc.lock").read_text())["stages"])
     commands = {"repro": ["dvc", "repro"], "one_stage": ["dvc", "repro", stages[0]],
-                "startup": ["dvc", "--version"]}
+                "startup": ["dvc", "--version"], "runner": [sys.executable, "-m", "pipeline.repro"]}
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: list[float] = []
     for _ in range(repeats):  # alternated, so that a slow spell of the machine hits all three alike
@@ -71,7 +67,8 @@ def no_op(project: Path, repeats: int = 11) -> dict:
     median = {name: statistics.median(seconds) for name, seconds in wall.items()}
     return {"seconds": median["repro"], "all": wall["repro"], "cpu_seconds": statistics.median(cpu),
             "stages": len(stages), "startup_seconds": median["startup"], "one_stage_seconds": median["one_stage"],
-            "per_stage_seconds": (median["repro"] - median["one_stage"]) / (len(stages) - 1)}
+            "per_stage_seconds": (median["repro"] - median["one_stage"]) / (len(stages) - 1),
+            "runner_seconds": median["runner"], "runner_all": wall["runner"]}
 
 
 class StageSampler(threading.Thread):
@@ -109,34 +106,28 @@ class StageSampler(threading.Thread):
 def default_repro() -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
-        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        for name in files.split():
-            if name == "dvc.lock":
-                continue
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, work / name)
-        for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm",
-                         "bench"]):
-            subprocess.run(command, cwd=work, check=True, capture_output=True)
+        git_copy(work)
+        load_before = load()
         started = time.perf_counter()
-        process = subprocess.Popen(["dvc", "repro"], cwd=work, env=env(), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.repro"], cwd=work, env=env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sampler = StageSampler(process.pid)
         sampler.start()
-        _, errors = process.communicate()
+        output, _ = process.communicate()
         wall = time.perf_counter() - started
         sampler.done.set()
         sampler.join()
         if process.returncode:
-            sys.exit(f"dvc repro failed:\n{errors[-3000:]}")
+            sys.exit(f"python -m pipeline.repro failed:\n{output[-3000:]}")
         stages = {name: {"seconds": s["last_seen"] - s["first_seen"], "peak_rss_mib": s["peak_rss_mib"]}
                   for name, s in sampler.stages.items()}
         # what the run trained to: a speed-up must not cost accuracy
         accuracy = {"/".join(path.parts[-4:-1]): json.loads(path.read_text())["test_accuracy"]
                     for path in sorted(work.glob("metrics/*/*/seed_*/evaluate.json"))}
-        return {"wall_seconds": wall, "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
-                "stages": stages, "test_accuracy": accuracy, "no_op": no_op(work)}
+        return {"command": "python -m pipeline.repro", "wall_seconds": wall,
+                "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()), "stages": stages,
+                "test_accuracy": accuracy, "load_average": {"before": load_before, "after": load()},
+                "no_op": no_op(work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -154,10 +145,7 @@ def main() -> int:
     else:
         result["default_repro"] = default_repro()
         result["no_op_repro"] = result["default_repro"].pop("no_op")
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULT.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    temporary.replace(RESULT)
+    write_result(RESULT, result)
     print(json.dumps(result, indent=2))
     quick = result["no_op_repro"]
     line = (f"no-op dvc repro {quick['seconds']:.2f} s ({quick['startup_seconds']:.2f} s start-up, "

@@ -4,9 +4,10 @@ Why: issue targets: augmentation adds at most 15% to a LeNet-5 modern GTSRB epoc
 equalizing the 39,209 training images takes at most 5 s on 2 cores.
 
 Augmentation: LeNet-5 modern on the repository's data/normalized/gtsrb (run `dvc repro
-normalize@gtsrb` first), the shipped batch size, epochs with and without the augmentation of
---augment (default: every jitter on), in alternation, in one process each round; the median
-epoch time of each (an epoch's first, traced, epoch is dropped).
+normalize@gtsrb` first), the shipped batch size and train.threads (the jitter runs in tf.data's
+own threads, beside the training's), epochs with and without the augmentation of --augment
+(default: every jitter on), in alternation, in one process each round; the median epoch time
+of each (an epoch's first, traced, epoch is dropped).
 Equalization: histogram and CLAHE over data/split/gtsrb's train + val images (39,209),
 median of --repeats, alternating.
 
@@ -24,6 +25,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
+
+from scratch import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "recipes.json"
@@ -96,15 +101,13 @@ def main() -> None:
     eq = equalization(args.repeats)
     result = {
         "benchmark": "recipe costs", "cpus": os.cpu_count(), "augment": JITTER,
+        "threads": yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["threads"],
         "epoch_seconds": {"plain": plain, "augmented": jittered},
         "epoch_seconds_median": {"plain": statistics.median(plain), "augmented": statistics.median(jittered)},
         "augmentation_overhead": statistics.median(jittered) / statistics.median(plain) - 1,
         "equalization": {**eq, "median": {m: statistics.median(eq[m]) for m in ("histogram", "clahe")}},
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(RESULT)
+    write_result(RESULT, result)
     print(f"augmentation +{result['augmentation_overhead']:.1%} per LeNet-5 modern GTSRB epoch "
           f"({result['epoch_seconds_median']['augmented']:.2f} s vs {result['epoch_seconds_median']['plain']:.2f} s); "
           f"equalizing {eq['images']} images: histogram {result['equalization']['median']['histogram']:.2f} s, "

@@ -42,36 +42,35 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from scratch import ROOT, data_project, stage_env
+
+sys.path.insert(0, str(ROOT))
+from pipeline.compute import available_cores  # noqa: E402
+from pipeline.paths import RunPaths  # noqa: E402
+
 RESULT = ROOT / "bench" / "results" / "train.json"
+SEED = yaml.safe_load((ROOT / "params.yaml").read_text())["experiments"]["seeds"][0]  # what a stage trains by default
 PLAIN = ROOT / "bench" / "plain_keras_train.py"
 
 
 def scratch_project(dataset: str, design: str, epochs: int | None) -> Path:
-    """A throwaway project dir (params with `epochs` if given), the workspace's normalized data linked in."""
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["early_stopping_patience"] = 0
+    """A throwaway project dir (params with `epochs` if given), the workspace's normalized data linked in.
+
+    The stage trains on as many threads as plain Keras does by default (every core), so that
+    they compare the same kernels on the same threads.
+    """
+    block = dict(yaml.safe_load((ROOT / "params.yaml").read_text())["models"][design])
+    recipe = dict(block.get("train", {})) if epochs is None else {}  # given epochs: the same recipe for every contender
+    block["train"] = {**recipe, "threads": available_cores()}
+    changes = {"train.early_stopping_patience": 0, f"models.{design}": block}
     if epochs is not None:
-        params["train"]["epochs"] = epochs
-        params["models"][design].pop("train", None)  # same epochs and batch size for every contender
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (work / "data" / "normalized").mkdir(parents=True)
-    (work / "data" / "normalized" / dataset).symlink_to(ROOT / "data" / "normalized" / dataset)
-    return work
-
-
-def stage_env(work: Path, tracked: bool) -> dict[str, str]:
-    env = {**os.environ, "DVC_ROOT": str(work), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PIPELINE_TRACKING": "on" if tracked else "off"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+        changes["train.epochs"] = epochs
+    return data_project(dataset, changes, "bench-train-")
 
 
 def run_stage(work: Path, dataset: str, design: str, tracked: bool) -> dict[str, float]:
@@ -79,7 +78,7 @@ def run_stage(work: Path, dataset: str, design: str, tracked: bool) -> dict[str,
     subprocess.run([sys.executable, "-m", "pipeline.train", dataset, design], cwd=work,
                    env=stage_env(work, tracked), check=True, capture_output=True)
     wall = time.perf_counter() - started
-    metrics = json.loads((work / "metrics" / dataset / design / "train.json").read_text())
+    metrics = json.loads((work / RunPaths(dataset, design, SEED).metrics_dir / "train.json").read_text())
     return {"wall_seconds": wall, "fit_seconds": metrics["train_seconds"], "epochs": metrics["epochs_run"],
             "macs_per_image": metrics["macs_per_image"]}
 

@@ -18,19 +18,22 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-SCRIPTS = ("bench_reference_ops.py", "bench_gtsrb_decode.py", "bench_recipes.py", "bench_train.py", "bench_pipeline.py")
+SCRIPTS = ("bench_reference_ops.py", "bench_gtsrb_decode.py", "bench_recipes.py", "bench_train.py",
+           "bench_parallel.py", "bench_precision.py", "bench_pipeline.py")
+# The CPU flags that decide TensorFlow's kernels here: AVX2/AVX-512 (oneDNN), VNNI, bfloat16 (AMX, AVX-512 BF16).
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
 def machine() -> str:
     import psutil
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = cpu
-    return (f"{model}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, no GPU; "
-            f"{platform.platform()}; Python {platform.python_version()}")
+    sys.path.insert(0, str(BENCH.parent))
+    from pipeline import compute, gpu_present
+
+    flags = [flag for flag in FLAGS if flag in compute.cpu_flags()]
+    return (f"{compute.cpu_model()}, {compute.available_cores()} cores (flags: {', '.join(flags) or 'none of '}"
+            f"{'' if flags else ', '.join(FLAGS)}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"{'a' if gpu_present() else 'no'} GPU; {platform.platform()}; Python {platform.python_version()}")
 
 
 def summary() -> str:
@@ -90,12 +93,16 @@ def summary() -> str:
                   f"{no_op['cpu_seconds']:.2f} s of CPU). None of the pipeline's code runs: it is DVC's "
                   f"start-up ({no_op['startup_seconds']:.2f} s for `dvc --version`), loading the "
                   f"{no_op['stages']} stages ({no_op['one_stage_seconds']:.2f} s with one checked), then "
-                  f"{no_op['per_stage_seconds'] * 1000:.0f} ms per further stage checked; each (dataset, design) "
-                  "added to `experiments` adds two stages."]
+                  f"{no_op['per_stage_seconds'] * 1000:.0f} ms per further stage checked; each (dataset, design, "
+                  "seed) added to `experiments` adds two stages."]
+        if "runner_seconds" in no_op:
+            lines += [f"- no-op `make repro` (`python -m pipeline.repro`): {no_op['runner_seconds']:.2f} s (median of "
+                      f"{len(no_op['runner_all'])}): one status in-process, no stage started."]
         full = pipeline.get("default_repro")
         if full:
-            lines += [f"- default `dvc repro` from scratch: {full['wall_seconds'] / 60:.1f} min, "
-                      f"peak RSS {full['peak_rss_mib']:.0f} MiB", "", "| stage | s | peak RSS MiB |", "|---|---:|---:|"]
+            lines += [f"- default `{full.get('command', 'dvc repro')}` from scratch: {full['wall_seconds'] / 60:.1f} "
+                      f"min, peak RSS {full['peak_rss_mib']:.0f} MiB{_load_note(full)}", "",
+                      "| stage | s | peak RSS MiB |", "|---|---:|---:|"]
             lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in full["stages"].items()]
             if full.get("test_accuracy"):
                 lines += ["", "Test accuracy of that run: " + ", ".join(
@@ -113,12 +120,46 @@ def summary() -> str:
         epoch, eq = recipes["epoch_seconds_median"], recipes["equalization"]
         lines += ["## Recipe costs (bench/bench_recipes.py)", "",
                   f"- Augmentation ({', '.join(f'{k} {v}' for k, v in recipes['augment'].items())}) on LeNet-5 "
-                  f"modern, GTSRB: {epoch['augmented']:.2f} s per epoch against {epoch['plain']:.2f} s without, "
+                  f"modern, GTSRB{', train.threads ' + str(recipes['threads']) if 'threads' in recipes else ''}: "
+                  f"{epoch['augmented']:.2f} s per epoch against {epoch['plain']:.2f} s without, "
                   f"**+{recipes['augmentation_overhead']:.1%}** (median epoch, runs alternated).",
                   f"- Equalizing GTSRB's {eq['images']:,} training images (train + val splits): histogram "
                   f"**{eq['median']['histogram']:.2f} s**, CLAHE **{eq['median']['clahe']:.2f} s** (median of "
                   f"{len(eq['clahe'])}).", ""]
+    parallel = _load("parallel.json")
+    if parallel:
+        wall = parallel["wall_seconds_median"]
+        lines += [f"## Trainings side by side (bench/bench_parallel.py: {len(parallel['seeds'])} seeds of "
+                  f"{parallel['design']} on {parallel['dataset']}, {parallel['epochs']} epochs, train stages only)", "",
+                  "| how | command | train.threads | median s | side by side's speed-up |", "|---|---|---:|---:|---:|",
+                  f"| one after another | `dvc repro train` | {parallel['cpus']} | {wall['one_after_another']:.1f} | "
+                  f"×{parallel['speedup_vs_one_after_another']:.2f} |",
+                  f"| one after another | `dvc repro train` | 1 | {wall['one_after_another_1_thread']:.1f} | "
+                  f"×{parallel['speedup_vs_one_after_another_1_thread']:.2f} |",
+                  f"| side by side | `python -m pipeline.repro train` | 1 | {wall['side_by_side']:.1f} | |", "",
+                  f"Same params with the same threads gave identical metrics side by side and one after another: "
+                  f"{'yes' if parallel['identical_metrics_same_threads'] else '**no**'}. "
+                  f"{parallel['rounds']} rounds, alternated{_load_note(parallel)}.", ""]
+    precision = _load("precision.json")
+    if precision:
+        lines += [f"## Precision: mixed_bfloat16 vs float32 (bench/bench_precision.py, {precision['threads']} threads; "
+                  f"bfloat16 instructions: {', '.join(precision['bf16_flags']) or 'none'})", "",
+                  "| dataset/design | epochs | float32 s/epoch | bfloat16 s/epoch | speed-up | float32 test acc. | "
+                  "bfloat16 test acc. |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in precision["runs"].items():
+            epoch, test = r["epoch_seconds_median"], r["test_accuracy"]
+            lines.append(f"| {name} | {r['epochs']} | {epoch['float32']:.2f} | {epoch['mixed_bfloat16']:.2f} | "
+                         f"×{r['speedup']:.2f} | {test['float32']:.4f} | {test['mixed_bfloat16']:.4f} |")
+        lines += ["", f"{precision['rounds']} rounds, alternated{_load_note(precision)}.", ""]
     return "\n".join(lines)
+
+
+def _load_note(result: dict) -> str:
+    """What else ran: the 1-minute load average before and after (2 cores busy at 2.0)."""
+    load = result.get("load_average")
+    if not load or "after" not in load:
+        return ""
+    return f" (load average {load['before']['1min']:.1f} before, {load['after']['1min']:.1f} after)"
 
 
 def _load(name: str) -> dict | None:
