@@ -1,5 +1,7 @@
 # Two commands do everything on a fresh machine: `make repro` and `make test`.
 # Both create .venv from the lock file first (only when the lock changed).
+# GPU=1 (e.g. `make setup GPU=1`) installs requirements-gpu.lock instead: TensorFlow with its CUDA
+# libraries, for a machine with an NVIDIA GPU and driver. The choice sticks until GPU=0.
 # The lock pins wheels for Python 3.11 (pyproject.toml's requires-python): python3.11 where it is
 # installed, else python3, which must then be 3.11 (checked before .venv is made).
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
@@ -12,21 +14,27 @@ UI_PORT ?= 5000
 # make repro: at most this many threads in flight (auto: every core); pipeline/repro.py
 JOBS ?= auto
 CHROMIUM ?= /usr/bin/chromium
+GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,0)
+LOCK := $(if $(filter 1,$(GPU)),requirements-gpu.lock,requirements.lock)
+INSTALLED := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: setup repro test test-fast ui exps bench lock browser-deps server server-stop server-status server-deps resync
+.PHONY: setup repro test test-fast ui exps bench lock lock-gpu browser-deps server server-stop server-status server-deps resync
 
-$(VENV)/.installed: requirements.lock
+# A new .venv for every lock change: the two locks hold different wheels of one `tensorflow`
+# package (tensorflow-cpu, tensorflow), which pip cannot swap in place.
+$(INSTALLED): $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(PYTHON_VERSION)".split("."))))' \
 	  2>/dev/null || { echo "make: the locked dependencies need Python $(PYTHON_VERSION); '$(PYTHON)' is" \
 	  "$$($(PYTHON) --version 2>/dev/null || echo 'not installed'). Install it (Debian/Ubuntu: sudo apt-get install -y" \
 	  "python$(PYTHON_VERSION) python$(PYTHON_VERSION)-venv) or point make at one: make PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; \
 	  exit 1; }
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r $(LOCK)
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(INSTALLED)
 
 repro: setup      ## set up, then run the whole pipeline, independent stages side by side
 	python -m pipeline.repro -j $(JOBS)
@@ -79,5 +87,21 @@ exps: setup       ## every experiment's key params and metrics, in readable colu
 bench: setup      ## benchmarks (not tests): results in bench/results/
 	python bench/run_all.py
 
-lock:             ## re-pin every dependency after editing pyproject.toml
+lock:             ## re-pin every dependency after editing pyproject.toml (then make lock-gpu)
 	$(BIN)/python -m pip install -q -e '.[test]' && $(BIN)/python -m pip freeze --exclude-editable > requirements.lock
+
+# The GPU lock is the CPU lock with tensorflow-cpu swapped for tensorflow[and-cuda] (TensorFlow and
+# NVIDIA's CUDA wheels, gigabytes): pip's resolver pins them against the CPU lock's versions without
+# downloading or installing them (--dry-run --report), so it runs on any machine.
+TF_VERSION = $(shell sed -n 's/^tensorflow_cpu==//p' requirements.lock)
+lock-gpu:         ## re-pin requirements-gpu.lock from requirements.lock
+	grep -v '^tensorflow_cpu==' requirements.lock > $(VENV)/cpu-pins.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --dry-run --ignore-installed \
+	  --report $(VENV)/gpu-report.json -c $(VENV)/cpu-pins.txt 'tensorflow[and-cuda]==$(TF_VERSION)'
+	$(BIN)/python -c 'import json, re, sys; key = lambda name: re.sub(r"[-_.]+", "-", name).lower(); \
+	  pins = {key(line.split("==")[0]): line.strip() for line in open(sys.argv[1]) if "==" in line}; \
+	  new = [item["metadata"] for item in json.load(open(sys.argv[2]))["install"]]; \
+	  pins.update({key(m["name"]): m["name"] + "==" + m["version"] for m in new if key(m["name"]) not in pins \
+	               and key(m["name"]) not in ("pip", "setuptools", "wheel")}); \
+	  print("\n".join(line for _, line in sorted(pins.items())))' $(VENV)/cpu-pins.txt $(VENV)/gpu-report.json \
+	  > requirements-gpu.lock

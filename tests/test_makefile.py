@@ -32,7 +32,7 @@ def make(cwd: Path, *args: str, path: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    for name in ("Makefile", "requirements.lock"):
+    for name in ("Makefile", "requirements.lock", "requirements-gpu.lock"):
         shutil.copy(REPO / name, tmp_path / name)
     return tmp_path
 
@@ -57,3 +57,33 @@ def test_an_unsupported_python_says_what_to_install(project: Path, tmp_path: Pat
             "make PYTHON=/path/to/python3.11") in result.stderr
     result = make(project, "setup", "PYTHON=/no/such/python3.11", path="/usr/bin:/bin")
     assert "'/no/such/python3.11' is not installed. Install it" in result.stderr
+
+
+def show(project: Path, *args: str) -> str:
+    return make(project, *args, "--eval", "show: ; @echo $(LOCK) $(INSTALLED)", "show", path="/usr/bin:/bin").stdout.strip()
+
+
+def test_gpu_1_installs_the_gpu_lock_and_the_choice_sticks_until_gpu_0(project: Path) -> None:
+    assert show(project) == "requirements.lock .venv/.installed-cpu"
+    assert show(project, "GPU=1") == "requirements-gpu.lock .venv/.installed-gpu"
+    (project / ".venv").mkdir()
+    (project / ".venv" / ".installed-gpu").touch()  # what `make setup GPU=1` leaves
+    assert show(project) == "requirements-gpu.lock .venv/.installed-gpu"
+    assert show(project, "GPU=0") == "requirements.lock .venv/.installed-cpu"
+
+
+def pins(lock: Path) -> dict[str, str]:
+    def key(name: str) -> str:
+        return name.replace("_", "-").replace(".", "-").lower()
+
+    return {key(name): version for name, version in (line.strip().split("==") for line in lock.read_text().splitlines()
+                                                    if "==" in line)}
+
+
+def test_the_gpu_lock_is_the_cpu_lock_with_tensorflows_cuda_wheels() -> None:
+    """Re-pinning one lock without the other (`make lock`, then `make lock-gpu`) fails here."""
+    cpu, gpu = pins(REPO / "requirements.lock"), pins(REPO / "requirements-gpu.lock")
+    assert gpu.pop("tensorflow") == cpu.pop("tensorflow-cpu")
+    added = {name for name in gpu if name not in cpu}
+    assert added and all(name.startswith("nvidia-") and name.endswith("-cu12") for name in added), added
+    assert {name: gpu[name] for name in cpu} == cpu
