@@ -86,7 +86,8 @@ def stage_threads(command: str | list[str], params: Params | None, auto_threads:
     module, arguments = stage_module(command)
     if module not in TENSORFLOW_STAGES or len(arguments) < 2:
         return 1, False
-    setting = params.train_settings(arguments[1]).threads
+    dataset, design = arguments[:2]
+    setting = params.train_settings(design, dataset).threads
     return (auto_threads if setting == compute.AUTO else int(setting)), True
 
 

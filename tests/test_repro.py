@@ -175,8 +175,8 @@ def test_a_start_that_fails_on_the_lock_is_retried(tmp_path: Path, monkeypatch: 
 
 def test_thread_budgets_follow_the_designs_train_threads() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params.train_settings("lenet5_modern").threads == 1, "the shipped default packs LeNets one per core"
-    assert params.train_settings("student_gtsrb").threads == 2
+    assert params.train_settings("lenet5_modern", "mnist").threads == 1, "the shipped default packs LeNets one per core"
+    assert params.train_settings("student_gtsrb", "gtsrb").threads == 2
     stale = [("normalize@mnist", "python -m pipeline.normalize mnist", set()),
              ("train@mnist-lenet5_modern-1", "python -m pipeline.train mnist lenet5_modern --seed 1", set()),
              ("train@gtsrb-student_gtsrb-1", "python -m pipeline.train gtsrb student_gtsrb --seed 1", set()),
