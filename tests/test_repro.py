@@ -43,8 +43,16 @@ if "--meet" in sys.argv:
         if time.time() > deadline:
             sys.exit(f"{name}: {other} never started beside it")
         time.sleep(0.05)
-    if pathlib.Path("started", other + ".failed").exists():
-        time.sleep(1)  # the runner hears of the failure first
+    if pathlib.Path("started", other + ".failed").exists():  # finish only once the runner heard of it
+        import psutil
+
+        def failing() -> bool:
+            return any(p.info["cmdline"] and p.info["cmdline"][-2:] == ["--single-item", other]
+                       and p.info["cwd"] == os.getcwd() for p in psutil.process_iter(["cmdline", "cwd"]))
+
+        while failing() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
 print(f"{name} done")
 pathlib.Path("out").mkdir(exist_ok=True)
 pathlib.Path("out", name + ".txt").write_text(name)
