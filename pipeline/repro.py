@@ -47,8 +47,9 @@ LOCK_FAILURE = "Unable to acquire lock"
 LOCK_RETRIES = 8  # back-off 0.5 s, 1 s, 2 s, ... up to LOCK_BACKOFF_MAX
 LOCK_BACKOFF_MAX = 8.0
 TENSORFLOW_STAGES = ("pipeline.train", "pipeline.evaluate")
-# What every `dvc repro` prints after updating dvc.lock: said once at the end instead of once per stage.
-DVC_HINTS = ("To track the changes with git, run:", "git add dvc.lock", "To enable auto staging, run:",
+# What every `dvc repro` prints after updating dvc.lock (the start of each line): said once at the
+# end instead of once per stage.
+DVC_HINTS = ("To track the changes with git, run:", "git add ", "To enable auto staging, run:",
              "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage.")
 
 
@@ -173,7 +174,7 @@ class Runner:
                 break
             self.collect(self.finished.get())
         if self.lock_file_updated:
-            self.say("dvc.lock was updated: `git add dvc.lock` tracks the changes with git")
+            self.say("dvc.lock changed: commit it and the outputs git tracks (`git status` lists them)")
         return 1 if self.failed else 0
 
     @staticmethod
@@ -198,9 +199,9 @@ class Runner:
                 job.lock_failed = True
             if line.startswith("error:") or (line.startswith("ERROR:") and not job.error):
                 job.error = line  # the stage's own error line wins over DVC's summary of it
-            if line.strip() in DVC_HINTS:
+            if line.strip().startswith(DVC_HINTS):
                 self.lock_file_updated = True
-            if line.strip() in DVC_HINTS or not line.strip():
+            if line.strip().startswith(DVC_HINTS) or not line.strip():
                 continue
             self.say(f"{job.stage.name:<{self.width}} | {line}")
         job.process.wait()
