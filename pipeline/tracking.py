@@ -468,12 +468,29 @@ def serve(requests: IO[str], replies: IO[str], with_keras: bool = False) -> None
 def _open_store() -> bool:
     """Open (or create) the store before a run needs it; False if it is a server that does not answer."""
     try:
-        _mlflow().search_experiments(max_results=1)
+        with _creating_store():
+            _mlflow().search_experiments(max_results=1)
     except Exception as error:
         if not spool.server_unreachable(error):
             raise
         return False
     return True
+
+
+@contextlib.contextmanager
+def _creating_store() -> Iterator[None]:
+    """One process at a time opens a local SQLite store: the first opening creates its tables, and
+    MLflow's migrations fail when two processes create them at once (stages side by side on a fresh
+    clone: "Online migration expected to match one row ... 0 found"). A lock file beside the store."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _serve_run(start: dict[str, Any], requests: IO[str], replies: IO[str],

@@ -4,6 +4,7 @@ dies leaves its run FAILED, never RUNNING."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -130,6 +131,28 @@ def test_a_stage_process_that_dies_leaves_its_run_failed(store: mlflow.MlflowCli
         time.sleep(0.2)
     assert store.get_run(run_id).info.status == "FAILED"
     assert [m.value for m in store.get_metric_history(run_id, "loss")] == [1.0]
+
+
+def test_stages_that_start_side_by_side_on_a_fresh_store_both_log(tmp_path: Path) -> None:
+    """The first opening of a SQLite store creates its tables; two workers doing it at once used to
+    fail one stage with an alembic migration error (make repro's first two stages on a fresh clone)."""
+    script = (
+        "from pipeline import tracking\n"
+        "from pipeline.config import load_params\n"
+        f"with tracking.stage_run(load_params({str(REPO / 'params.yaml')!r}), 'mnist', 'download'):\n"
+        "    tracking.log_metrics({'files': 4})\n"
+    )
+    for attempt in range(3):  # the race is likely, not certain, without the lock: give it chances
+        root = tmp_path / f"project_{attempt}"
+        root.mkdir()
+        env = {**os.environ, "DVC_ROOT": str(root), "PIPELINE_TRACKING": "on"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        stages = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stderr=subprocess.PIPE,
+                                   text=True) for _ in range(3)]
+        for stage in stages:
+            assert stage.wait(timeout=180) == 0, stage.stderr.read()
+        store = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+        assert len(store.search_runs([store.get_experiment_by_name("mnist").experiment_id])) == 3
 
 
 def test_a_store_mlflow_cannot_open_is_a_clear_error(store: mlflow.MlflowClient, tmp_path: Path,
