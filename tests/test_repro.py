@@ -195,6 +195,44 @@ def test_thread_budgets_follow_the_designs_train_threads() -> None:
     assert max(s.threads for s in capped) == 1, "a stage may never ask for more than -j"
 
 
+def test_the_longest_chain_of_work_starts_first_estimated_from_the_last_training_on_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = load_params(REPO / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    for dataset, design, seconds, epochs in (("gtsrb", "student_gtsrb", 300.0, 10), ("mnist", "lenet5_modern", 50.0, 10)):
+        record = RunPaths(dataset, design, 7).metrics_dir / "train.json"
+        record.parent.mkdir(parents=True)
+        record.write_text(json.dumps({"train_seconds": seconds, "epochs_run": epochs}))
+    gtsrb_epochs = params.train_settings("student_gtsrb", "gtsrb").epochs
+    stale = [("normalize@mnist", "python -m pipeline.normalize mnist", set()),
+             ("normalize@gtsrb", "python -m pipeline.normalize gtsrb", set()),
+             ("train@mnist-lenet5_modern-1", "python -m pipeline.train mnist lenet5_modern --seed 1", {"normalize@mnist"}),
+             ("train@gtsrb-student_gtsrb-1", "python -m pipeline.train gtsrb student_gtsrb --seed 1", {"normalize@gtsrb"}),
+             ("train@gtsrb-lenet5_classic-1", "python -m pipeline.train gtsrb lenet5_classic --seed 1",
+              {"normalize@gtsrb"})]
+    stages, _ = repro.plan(stale, params, cores=2)
+    seconds = {stage.name: stage.seconds for stage in stages}
+    assert seconds["train@gtsrb-student_gtsrb-1"] == pytest.approx(30.0 * gtsrb_epochs), "per epoch on record"
+    assert seconds["train@gtsrb-lenet5_classic-1"] == repro.UNKNOWN_EPOCH_SECONDS * params.train_settings(
+        "lenet5_classic", "gtsrb").epochs, "nothing on record: the guess"
+    runner = repro.Runner(stages, 2, {})
+    assert [stage.name for stage in runner.ready()] == ["normalize@gtsrb", "normalize@mnist"], \
+        "the data of the dataset with the longest training first"
+
+
+def test_a_stage_waiting_for_threads_is_not_overtaken_by_one_that_would_delay_it() -> None:
+    long_two = repro.Stage("train@gtsrb-big-1", set(), 2, training=True, seconds=500, priority=500)
+    long_one = repro.Stage("train@gtsrb-lenet-1", set(), 1, training=True, seconds=200, priority=200)
+    short = repro.Stage("evaluate@mnist-lenet-1", set(), 1, seconds=5, priority=5)
+    running = repro.Stage("train@mnist-lenet-1", set(), 1, training=True, seconds=60, priority=60)
+    runner = repro.Runner([long_two, long_one, short], 2, {})
+    runner.running[running.name] = repro.Job(running, None, started=100.0)  # type: ignore[arg-type]
+    assert runner.startable(now=130.0) == [short], "only what ends before the two threads are free"
+    assert runner.startable(now=158.0) == [], "the short one would end after them"
+    del runner.running[running.name]
+    assert runner.startable(now=160.0) == [long_two], "then the long one starts, alone on both threads"
+
+
 def test_auto_threads_divide_the_cores_among_the_trainings_to_run() -> None:
     params = load_params(REPO / "params.yaml")
     design = replace(params.models["lenet5_modern"], train_overrides={"threads": "auto"})
