@@ -72,7 +72,7 @@ def test_bad_design_fails_naming_the_exact_key(path, value, message):
 
 def test_params_yaml_designs_parse():
     models = parse_params(copy.deepcopy(RAW)).models
-    assert {name for name, d in models.items() if d.student} == {"student_a", "student_b", "student_gtsrb"}
+    assert {name for name, d in models.items() if d.student} == {"student_a", "student_b", "student_fashion", "student_gtsrb"}
     assert models["lenet5_classic"].layers is None and models["lenet5_classic"].classic_output == "rbf"
     assert models["lenet5_d2l"].train_overrides == {"learning_rate": 0.003}
 
