@@ -101,9 +101,13 @@ def summary() -> str:
         full = pipeline.get("default_repro")
         if full:
             lines += [f"- default `{full.get('command', 'dvc repro')}` from scratch: {full['wall_seconds'] / 60:.1f} "
-                      f"min, peak RSS {full['peak_rss_mib']:.0f} MiB{_load_note(full)}", "",
-                      "| stage | s | peak RSS MiB |", "|---|---:|---:|"]
-            lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in full["stages"].items()]
+                      f"min, peak RSS {full['peak_rss_mib']:.0f} MiB{_load_note(full)}"]
+            if full.get("note"):  # how it was measured, when not by bench_pipeline.py
+                lines += [f"  ({full['note']})"]
+            if full.get("stages"):
+                lines += ["", "| stage | s | peak RSS MiB |", "|---|---:|---:|"]
+                lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |"
+                          for name, s in full["stages"].items()]
             if full.get("test_accuracy"):
                 lines += ["", "Test accuracy of that run: " + ", ".join(
                     f"{name} {accuracy:.4f}" for name, accuracy in full["test_accuracy"].items()) + "."]
