@@ -22,8 +22,8 @@ longest trainings. A training's length is estimated from the last one on record 
 train.json, which git keeps: seconds per epoch times the epochs now asked for). A stage that
 would need threads still in use waits for them, and the runner starts nothing in its place
 that it expects to end later than those threads free up: otherwise a two-thread training
-could wait behind one-thread trainings queued after it (measured on the default run: the
-GTSRB design started 4 minutes late).
+could wait behind one-thread trainings queued after it (the earlier order, trainings first,
+kept a core idle for 3 minutes of the default run).
 
 `-s` (single stage) matters: without it `dvc repro <stage>` also checks the stages upstream
 and write-locks their outputs, which a running training reads (DVC issue #5795). Each command
