@@ -140,7 +140,10 @@ def summary() -> str:
                   f"×{parallel['speedup_vs_one_after_another']:.2f} |",
                   f"| one after another | `dvc repro train` | 1 | {wall['one_after_another_1_thread']:.1f} | "
                   f"×{parallel['speedup_vs_one_after_another_1_thread']:.2f} |",
-                  f"| side by side | `python -m pipeline.repro train` | 1 | {wall['side_by_side']:.1f} | |", "",
+                  f"| side by side, one per core (waves) | `python -m pipeline.repro --no-share train` | 1 | "
+                  f"{wall['side_by_side_no_share']:.1f} | ×{parallel['speedup_vs_no_share']:.2f} |",
+                  f"| side by side, sharing the cores | `python -m pipeline.repro train` | 1 | {wall['side_by_side']:.1f} | |",
+                  "",
                   f"Same params with the same threads gave identical metrics side by side and one after another: "
                   f"{'yes' if parallel['identical_metrics_same_threads'] else '**no**'}. "
                   f"{parallel['rounds']} rounds, alternated{_load_note(parallel)}.", ""]

@@ -16,6 +16,14 @@ other stage 1. `train.threads: auto` means what fits: the cores divided among th
 to run, at most one per core (pipeline/compute.py). With a GPU, TensorFlow stages also take
 turns on it: each TensorFlow process claims the whole GPU's memory.
 
+One exception: one-thread stages share the cores when that ends their work sooner. Three
+seeds of a one-thread design on 2 cores would otherwise run in two waves, the third alone
+beside an idle core (2 trainings' time); started together, the kernel time-slices them and
+they end after 1.5 (`Runner.shares_sooner` decides it by a fair-share estimate, chains behind
+included, so a long training is never slowed by short ones). The thread count, and so every
+result, stays what params say. `--no-share` keeps to -j threads (a machine shared with other
+work, or short of memory: a LeNet training on MNIST peaks at 1.6 GB).
+
 Of the stages ready to start, the one with the longest chain of work still behind it starts
 first (critical path first): the data stages of a dataset whose trainings are long, then the
 longest trainings. A training's length is estimated from the last one on record (its
@@ -60,6 +68,8 @@ LOCK_RETRIES = 8  # back-off 0.5 s, 1 s, 2 s, ... up to LOCK_BACKOFF_MAX
 LOCK_BACKOFF_MAX = 8.0
 SHORT_STAGE_SECONDS = 5.0  # any stage but a training: data, evaluate, compare
 UNKNOWN_EPOCH_SECONDS = 30.0  # a training with nothing on record: a guess, used only to order stages
+SHARING_LIMIT = 2  # one-thread stages sharing the cores: at most this many per core
+SHARING_GAIN = 0.95  # sharing must end the work at least 5% sooner: estimates are rough
 TENSORFLOW_STAGES = ("pipeline.train", "pipeline.evaluate")
 # What every `dvc repro` prints after updating dvc.lock (the start of each line): said once at the
 # end instead of once per stage.
@@ -89,6 +99,31 @@ class Job:
     ran: bool = False  # DVC started its command
     attempt: int = 0
     started: float = 0.0  # time.monotonic() at its start
+
+
+def fluid_ends(jobs: list[tuple[float, float]], cores: int) -> list[float]:
+    """When each one-thread job (start, seconds alone on a core) ends if they share `cores` fairly:
+    all running ones progress at the same rate, a core each while there are no more than cores."""
+    left = {index: work for index, (_, work) in enumerate(jobs)}
+    ends = [0.0] * len(jobs)
+    now = 0.0
+    while left:
+        active = [index for index in left if jobs[index][0] <= now]
+        arrivals = [jobs[index][0] for index in left if jobs[index][0] > now]
+        if not active:
+            now = min(arrivals)
+            continue
+        rate = min(1.0, cores / len(active))
+        step = min(left[index] for index in active) / rate
+        if arrivals:
+            step = min(step, min(arrivals) - now)
+        now += step
+        for index in active:
+            left[index] -= step * rate
+            if left[index] <= 1e-9:
+                ends[index] = now
+                del left[index]
+    return ends
 
 
 def stage_module(command: str | list[str]) -> tuple[str, list[str]]:
@@ -182,9 +217,10 @@ def _matching(target: str, stages: dict) -> list[str]:
 class Runner:
     """Runs planned stages, each as soon as its upstream stages succeeded and its threads fit."""
 
-    def __init__(self, stages: list[Stage], cores: int, env: dict[str, str], out: IO[str] = sys.stdout) -> None:
+    def __init__(self, stages: list[Stage], cores: int, env: dict[str, str], out: IO[str] = sys.stdout,
+                 share: bool = True) -> None:
         self.pending = list(stages)
-        self.cores, self.env, self.out = cores, env, out
+        self.cores, self.env, self.out, self.share = cores, env, out, share
         self.running: dict[str, Job] = {}
         self.done: set[str] = set()
         self.failed: Job | None = None
@@ -200,7 +236,8 @@ class Runner:
     def startable(self, now: float) -> list[Stage]:
         """The ready stages to start now, in order. The first one whose threads (or GPU turn) are
         not free waits for them; a stage after it starts only if it is expected to end by then."""
-        busy = [(job.started + job.stage.seconds, job.stage) for job in self.running.values()]
+        slowdown = self.slowdown(len(self.running))
+        busy = [(job.started + job.stage.seconds * slowdown, job.stage) for job in self.running.values()]
         chosen: list[Stage] = []
         waiting_until: float | None = None
         for stage in self.ready():
@@ -210,8 +247,40 @@ class Runner:
                 chosen.append(stage)
                 busy.append((now + stage.seconds, stage))
             elif not fits and waiting_until is None:
-                waiting_until = self.freed_at(stage, busy, now)
+                if self.shares_sooner(stage, busy, now):
+                    chosen.append(stage)
+                    stretch = self.slowdown(len(busy) + 1) / self.slowdown(len(busy))  # all slow down
+                    busy = [(now + (end - now) * stretch, other) for end, other in busy]
+                    busy.append((now + stage.seconds * self.slowdown(len(busy) + 1), stage))
+                else:
+                    waiting_until = self.freed_at(stage, busy, now)
         return chosen
+
+    def slowdown(self, sharing: int) -> float:
+        """How much longer a one-thread stage takes when `sharing` of them share the cores."""
+        return max(1.0, sharing / self.cores)
+
+    def shares_sooner(self, stage: Stage, busy: list[tuple[float, Stage]], now: float) -> bool:
+        """Whether a one-thread stage that finds every core taken, by one-thread stages, should start
+        now and share the cores with them (the kernel time-slices them fairly) rather than wait for
+        one: when that is expected to end the work of all of them, chains behind included, sooner.
+
+        Equal stages are the case it is for: 3 seeds of a one-thread design on 2 cores end after 1.5
+        trainings side by side, after 2 in waves (the last one alone, a core idle). A stage much
+        shorter or longer than those running waits instead: sharing would slow the longest chain.
+        Stages on more threads never share (a preempted thread stalls its whole thread pool), nor
+        does anything on a GPU, and at most twice the cores' processes run (memory)."""
+        if (not self.share or stage.threads != 1 or stage.gpu or len(busy) + 1 > SHARING_LIMIT * self.cores
+                or any(other.threads != 1 or other.gpu for _, other in busy)):
+            return False
+        running = [(0.0, max(end - now, 0.0) / self.slowdown(len(busy))) for end, _ in busy]  # work left
+        behind = [other.priority - other.seconds for _, other in busy] + [stage.priority - stage.seconds]
+        alone = sorted(fluid_ends(running, self.cores))
+        wait_start = alone[len(alone) - self.cores] if len(alone) >= self.cores else 0.0
+        waiting = fluid_ends(running + [(wait_start, stage.seconds)], self.cores)
+        sharing = fluid_ends(running + [(0.0, stage.seconds)], self.cores)
+        finish = lambda ends: max(end + chain for end, chain in zip(ends, behind))  # noqa: E731
+        return finish(sharing) < finish(waiting) * SHARING_GAIN
 
     def freed_at(self, stage: Stage, busy: list[tuple[float, Stage]], now: float) -> float:
         """When the busy stages, each with its expected end, will have freed what `stage` needs."""
@@ -288,7 +357,9 @@ class Runner:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-j", "--jobs", default="auto",
-                        help="threads in flight at most: auto (the cores this process may use) or a number")
+                        help="the cores to fill: auto (the cores this process may use) or a number")
+    parser.add_argument("--no-share", dest="share", action="store_false",
+                        help="never more threads than -j: one-thread stages wait for a free core instead of sharing")
     parser.add_argument("targets", nargs="*", help="stages or stage groups (default: every stage)")
     args = parser.parse_args(argv)
     from dvc.exceptions import DvcException
@@ -309,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"pipeline.repro: {len(stages)} stages to run, up to {cores} threads at once", flush=True)
     env = {**os.environ, compute.AUTO_THREADS_VARIABLE: str(auto_threads)}
     started = time.perf_counter()
-    runner = Runner(stages, cores, env)
+    runner = Runner(stages, cores, env, share=args.share)
     try:
         status = runner.run()
     except KeyboardInterrupt:  # the stages got the terminal's Ctrl-C too: they stop (a training keeps its checkpoint)

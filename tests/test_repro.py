@@ -233,6 +233,43 @@ def test_a_stage_waiting_for_threads_is_not_overtaken_by_one_that_would_delay_it
     assert runner.startable(now=160.0) == [long_two], "then the long one starts, alone on both threads"
 
 
+def one_thread_trainings(count: int, seconds: float, prefix: str = "train@mnist-lenet5_modern") -> list[repro.Stage]:
+    return [repro.Stage(f"{prefix}-{seed}", set(), 1, training=True, seconds=seconds,
+                        priority=seconds + repro.SHORT_STAGE_SECONDS) for seed in range(1, count + 1)]
+
+
+def test_one_thread_jobs_sharing_the_cores_end_as_a_fair_share_predicts() -> None:
+    assert repro.fluid_ends([(0, 12), (0, 12), (0, 12)], 2) == pytest.approx([18, 18, 18]), "3 on 2 cores: 2/3 each"
+    assert repro.fluid_ends([(0, 12), (0, 12), (12, 12)], 2) == pytest.approx([12, 12, 24]), "the third one after"
+    assert repro.fluid_ends([(0, 3), (0, 12), (0, 12)], 2) == pytest.approx([4.5, 13.5, 13.5])
+
+
+def test_three_seeds_on_two_cores_share_them_instead_of_leaving_one_idle() -> None:
+    runner = repro.Runner(one_thread_trainings(3, 60.0), 2, {})
+    assert len(runner.startable(now=0.0)) == 3, "all three now: 1.5 trainings' time, not 2"
+    assert len(repro.Runner(one_thread_trainings(3, 60.0), 1, {}).startable(now=0.0)) == 1, \
+        "on one core sharing ends nothing sooner: one after another"
+    assert len(repro.Runner(one_thread_trainings(9, 60.0), 2, {}).startable(now=0.0)) == 2 * repro.SHARING_LIMIT, \
+        "at most SHARING_LIMIT processes per core"
+    assert len(repro.Runner(one_thread_trainings(3, 60.0), 2, {}, share=False).startable(now=0.0)) == 2, \
+        "--no-share: never more threads than -j"
+
+
+def test_sharing_never_slows_the_longest_chain_nor_a_training_on_several_threads() -> None:
+    long = one_thread_trainings(1, 250.0, "train@gtsrb-lenet5_modern")
+    short = one_thread_trainings(2, 50.0)
+    started = repro.Runner(long + short, 2, {}).startable(now=0.0)
+    assert [stage.name for stage in started] == [long[0].name, short[0].name], \
+        "the second short one waits for a core rather than slow the long one down"
+    two_threads = [replace(stage, threads=2) for stage in one_thread_trainings(3, 60.0)]
+    assert len(repro.Runner(two_threads, 2, {}).startable(now=0.0)) == 1, "a thread pool is never time-sliced"
+    runner = repro.Runner(one_thread_trainings(3, 60.0)[2:], 2, {})
+    for stage in one_thread_trainings(2, 60.0):
+        runner.running[stage.name] = repro.Job(stage, None, started=0.0)  # type: ignore[arg-type]
+    assert runner.startable(now=58.0) == [], "they end in 2 s: waiting for one costs little"
+    assert len(runner.startable(now=1.0)) == 1, "they have just started: sharing now ends all three sooner"
+
+
 def test_auto_threads_divide_the_cores_among_the_trainings_to_run() -> None:
     params = load_params(REPO / "params.yaml")
     design = replace(params.models["lenet5_modern"], train_overrides={"threads": "auto"})
