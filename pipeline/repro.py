@@ -235,7 +235,8 @@ class Runner:
 
     def startable(self, now: float) -> list[Stage]:
         """The ready stages to start now, in order. The first one whose threads (or GPU turn) are
-        not free waits for them; a stage after it starts only if it is expected to end by then."""
+        not free waits for them, unless it shares the cores (`shares_sooner`); a stage after a
+        waiting one starts only if it is expected to end by the time that one can start."""
         slowdown = self.slowdown(len(self.running))
         busy = [(job.started + job.stage.seconds * slowdown, job.stage) for job in self.running.values()]
         chosen: list[Stage] = []
