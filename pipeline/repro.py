@@ -101,6 +101,11 @@ class Job:
     started: float = 0.0  # time.monotonic() at its start
 
 
+def slowdown(sharing: int, cores: int) -> float:
+    """How much longer each of `sharing` one-thread jobs takes when they share `cores` fairly."""
+    return max(1.0, sharing / cores)
+
+
 def fluid_ends(jobs: list[tuple[float, float]], cores: int) -> list[float]:
     """When each one-thread job (start, seconds alone on a core) ends if they share `cores` fairly:
     all running ones progress at the same rate, a core each while there are no more than cores."""
@@ -113,7 +118,7 @@ def fluid_ends(jobs: list[tuple[float, float]], cores: int) -> list[float]:
         if not active:
             now = min(arrivals)
             continue
-        rate = min(1.0, cores / len(active))
+        rate = 1.0 / slowdown(len(active), cores)
         step = min(left[index] for index in active) / rate
         if arrivals:
             step = min(step, min(arrivals) - now)
@@ -237,8 +242,8 @@ class Runner:
         """The ready stages to start now, in order. The first one whose threads (or GPU turn) are
         not free waits for them, unless it shares the cores (`shares_sooner`); a stage after a
         waiting one starts only if it is expected to end by the time that one can start."""
-        slowdown = self.slowdown(len(self.running))
-        busy = [(job.started + job.stage.seconds * slowdown, job.stage) for job in self.running.values()]
+        stretch = slowdown(len(self.running), self.cores)
+        busy = [(job.started + job.stage.seconds * stretch, job.stage) for job in self.running.values()]
         chosen: list[Stage] = []
         waiting_until: float | None = None
         for stage in self.ready():
@@ -250,16 +255,13 @@ class Runner:
             elif not fits and waiting_until is None:
                 if self.shares_sooner(stage, busy, now):
                     chosen.append(stage)
-                    stretch = self.slowdown(len(busy) + 1) / self.slowdown(len(busy))  # all slow down
+                    sharing = len(busy) + 1
+                    stretch = slowdown(sharing, self.cores) / slowdown(sharing - 1, self.cores)  # all slow down
                     busy = [(now + (end - now) * stretch, other) for end, other in busy]
-                    busy.append((now + stage.seconds * self.slowdown(len(busy) + 1), stage))
+                    busy.append((now + stage.seconds * slowdown(sharing, self.cores), stage))
                 else:
                     waiting_until = self.freed_at(stage, busy, now)
         return chosen
-
-    def slowdown(self, sharing: int) -> float:
-        """How much longer a one-thread stage takes when `sharing` of them share the cores."""
-        return max(1.0, sharing / self.cores)
 
     def shares_sooner(self, stage: Stage, busy: list[tuple[float, Stage]], now: float) -> bool:
         """Whether a one-thread stage that finds every core taken, by one-thread stages, should start
@@ -274,14 +276,15 @@ class Runner:
         if (not self.share or stage.threads != 1 or stage.gpu or len(busy) + 1 > SHARING_LIMIT * self.cores
                 or any(other.threads != 1 or other.gpu for _, other in busy)):
             return False
-        running = [(0.0, max(end - now, 0.0) / self.slowdown(len(busy))) for end, _ in busy]  # work left
+        running = [(0.0, max(end - now, 0.0) / slowdown(len(busy), self.cores)) for end, _ in busy]  # work left
         behind = [other.priority - other.seconds for _, other in busy] + [stage.priority - stage.seconds]
-        alone = sorted(fluid_ends(running, self.cores))
-        wait_start = alone[len(alone) - self.cores] if len(alone) >= self.cores else 0.0
-        waiting = fluid_ends(running + [(wait_start, stage.seconds)], self.cores)
-        sharing = fluid_ends(running + [(0.0, stage.seconds)], self.cores)
-        finish = lambda ends: max(end + chain for end, chain in zip(ends, behind))  # noqa: E731
-        return finish(sharing) < finish(waiting) * SHARING_GAIN
+        first_free_core = sorted(fluid_ends(running, self.cores))[len(busy) - self.cores]  # every core is taken
+
+        def finish(stage_starts: float) -> float:
+            ends = fluid_ends(running + [(stage_starts, stage.seconds)], self.cores)
+            return max(end + chain for end, chain in zip(ends, behind))
+
+        return finish(0.0) < finish(first_free_core) * SHARING_GAIN
 
     def freed_at(self, stage: Stage, busy: list[tuple[float, Stage]], now: float) -> float:
         """When the busy stages, each with its expected end, will have freed what `stage` needs."""
