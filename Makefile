@@ -11,14 +11,14 @@ BIN    := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 UI_PORT ?= 5000
-# make repro: at most this many threads in flight (auto: every core); pipeline/repro.py
+# make repro: at most this many threads in flight (auto: every core); pipeline/tools/repro.py
 JOBS ?= auto
 CHROMIUM ?= /usr/bin/chromium
 GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,0)
 LOCK := $(if $(filter 1,$(GPU)),requirements-gpu.lock,requirements.lock)
 INSTALLED := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: setup repro test test-fast ui exps bench lock lock-gpu browser-deps server server-stop server-status server-deps resync
+.PHONY: setup repro test test-fast lint format ui exps bench lock lock-gpu browser-deps server server-stop server-status server-deps resync
 
 # A new .venv for every lock change: the two locks hold different wheels of one `tensorflow`
 # package (tensorflow-cpu, tensorflow), which pip cannot swap in place.
@@ -37,10 +37,19 @@ $(INSTALLED): $(LOCK)
 setup: $(INSTALLED)
 
 repro: setup      ## set up, then run the whole pipeline, independent stages side by side
-	python -m pipeline.repro -j $(JOBS)
+	python -m pipeline repro -j $(JOBS)
 
-test: setup browser-deps  ## set up, then run the whole test suite (incl. end-to-end, browser and real-data tests)
+test: setup browser-deps lint  ## set up, then lint and run the whole test suite (incl. end-to-end, browser and real-data tests)
 	python -m pytest
+
+lint: setup       ## ruff (lint and format check) and the layer contracts (pyproject.toml)
+	ruff check .
+	ruff format --check .
+	lint-imports
+
+format: setup     ## ruff's formatting and safe fixes, in place
+	ruff format .
+	ruff check --fix .
 
 test-fast: setup  ## unit tests only
 	python -m pytest -m "not slow and not e2e and not browser"
@@ -56,28 +65,28 @@ browser-deps:     ## Chromium for the MLflow UI browser test: Debian's chromium 
 	  chromium chromium-driver fonts-liberation >/dev/null && $(CHROMIUM) --version
 
 ui: setup         ## the MLflow UI on http://127.0.0.1:$(UI_PORT), every design side by side
-	python -m pipeline.ui --root $(CURDIR) --port $(UI_PORT)
+	python -m pipeline ui --root $(CURDIR) --port $(UI_PORT)
 
-# A tracking server for several machines (pipeline/server.py): PostgreSQL (or SQLite) and proxied artifacts,
+# A tracking server for several machines (pipeline/tracking/server.py): PostgreSQL (or SQLite) and proxied artifacts,
 # all kept in SERVER_DIR. Stages log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT).
 SERVER_DIR ?= $(CURDIR)/.server
 SERVER_PORT ?= 5050
 SERVER_BACKEND ?= postgresql
 SERVER_HOST ?= 127.0.0.1
 server: setup $(if $(filter postgresql,$(SERVER_BACKEND)),server-deps)  ## start the MLflow tracking server (and its database)
-	python -m pipeline.server start --dir $(SERVER_DIR) --backend $(SERVER_BACKEND) --port $(SERVER_PORT) --host $(SERVER_HOST)
+	python -m pipeline server start --dir $(SERVER_DIR) --backend $(SERVER_BACKEND) --port $(SERVER_PORT) --host $(SERVER_HOST)
 
 server-stop: setup    ## stop the tracking server and its database
-	python -m pipeline.server stop --dir $(SERVER_DIR)
+	python -m pipeline server stop --dir $(SERVER_DIR)
 
 server-status: setup  ## what runs in SERVER_DIR, and whether it answers
-	python -m pipeline.server status --dir $(SERVER_DIR)
+	python -m pipeline server status --dir $(SERVER_DIR)
 
 server-deps: setup    ## Debian's postgresql, if missing (apt-get; needs root or sudo)
-	python -m pipeline.server install
+	python -m pipeline server install
 
-resync: setup         ## log the runs kept while the tracking server was away (pipeline/spool.py)
-	python -m pipeline.spool
+resync: setup         ## log the runs kept while the tracking server was away (pipeline/tracking/spool.py)
+	python -m pipeline resync
 
 # `dvc exp show` keeps every param of every design; this keeps the columns worth comparing.
 EXP_COLUMNS := Experiment|Created|test_accuracy|best_val_accuracy|train_seconds|^params$$|train\.(epochs|batch_size|optimizer|learning_rate)|normalize\.mode|experiments\.

@@ -9,9 +9,10 @@ from pathlib import Path
 import keras
 import pytest
 
-from pipeline import architecture, designs
-from pipeline.architecture import architecture_report, format_report
-from pipeline.models import build_model
+from pipeline.designs import report as architecture
+from pipeline import cli, designs
+from pipeline.designs.report import architecture_report, format_report
+from pipeline.designs.keras_build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +108,7 @@ def test_dataset_shape_without_and_with_normalized_data(tmp_path, monkeypatch):
 def test_cli_prints_the_report(tmp_path, monkeypatch, capsys):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    assert architecture.main(["mnist", "lenet5_modern", "--batch-size", "32"]) == 0
+    assert cli.run(["architecture", "mnist", "lenet5_modern", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("### lenet5_modern: 82,826 parameters")
     assert "a batch of 32" in out

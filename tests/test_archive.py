@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import archive
-from pipeline.archive import ArchiveError, CorruptArchiveError, UnsafeArchiveError, safe_extract_zip
+from pipeline.datasets import archive
+from pipeline.datasets.archive import ArchiveError, CorruptArchiveError, UnsafeArchiveError, safe_extract_zip
 
 GOOD_FILES = {
     "GTSRB/Final_Training/Images/00000/GT-00000.csv": b"Filename;Width\r\n",
@@ -97,6 +97,14 @@ def test_refuses_links_and_special_files(tmp_path, mode, what):
         safe_extract_zip(zip_path, tmp_path / "out")
     assert str(zip_path) in str(raised.value) and "'GTSRB/escape'" in str(raised.value)
     assert leftovers(tmp_path, "link.zip") == []
+
+
+def test_refuses_a_zip_bomb_before_writing_anything(tmp_path):
+    """One guard for extraction and for predict's in-memory reading: an entry compressed as a bomb is."""
+    zip_path = make_zip(tmp_path / "bomb.zip", {"GTSRB/fine.txt": b"fine", "GTSRB/zeros.ppm": bytes(8 << 20)})
+    with pytest.raises(UnsafeArchiveError, match=r"entry 'GTSRB/zeros.ppm': compressed \d+:1, as a zip bomb is"):
+        safe_extract_zip(zip_path, tmp_path / "out")
+    assert leftovers(tmp_path, "bomb.zip") == []
 
 
 def test_truncated_archive_is_a_clear_error(tmp_path):

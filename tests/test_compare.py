@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from scipy.stats import ttest_ind
 
-from pipeline import compare, files, paths, stats
+from pipeline.stages import compare
+from pipeline.core import files
+from pipeline.core import paths
+from pipeline.analysis import stats
 
 IMAGES = 400
 LABELS = np.arange(IMAGES) % 10

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-import pipeline
-from pipeline import compute
-from pipeline.errors import UserError
+from pipeline.core import process
+from pipeline.training import compute
+from pipeline.core.errors import UserError
 from tests.conftest import REPO
 
 
@@ -26,23 +26,15 @@ def test_auto_threads_take_the_runners_count_else_the_cores_of_a_lone_training(
     monkeypatch.setenv(compute.AUTO_THREADS_VARIABLE, "3")
     assert compute.resolve_threads("auto") == 3
     monkeypatch.delenv(compute.AUTO_THREADS_VARIABLE)
-    assert compute.resolve_threads("auto") == compute.available_cores()  # not in a queue: it trains alone
-    monkeypatch.setattr(compute, "parallel_jobs", lambda: 2 * compute.available_cores())
-    assert compute.resolve_threads("auto") == 1  # never fewer than one
+    assert compute.resolve_threads("auto") == compute.available_cores()  # not told otherwise: it trains alone
     monkeypatch.setenv(compute.AUTO_THREADS_VARIABLE, "0")
     with pytest.raises(UserError, match="PIPELINE_AUTO_THREADS: must be a positive integer, got '0'"):
         compute.resolve_threads("auto")
 
 
-def test_a_training_outside_a_queued_experiment_runs_alone(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert compute.parallel_jobs() == 1
-
-
 def test_threads_are_set_before_the_first_op_and_cannot_change_after() -> None:
     probe = """
-from pipeline import compute
+from pipeline.training import compute
 import tensorflow as tf
 compute.use_threads(1)
 compute.use_threads(1)  # the same again: fine
@@ -73,9 +65,9 @@ def test_the_gpu_probe_needs_a_driver_the_cuda_wheels_and_a_visible_device(
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    monkeypatch.setattr(pipeline.glob, "glob", lambda pattern: nodes)
-    monkeypatch.setattr(pipeline.importlib.util, "find_spec", lambda name: object() if cuda_libraries else None)
-    assert pipeline.gpu_present() is expected
+    monkeypatch.setattr(process.glob, "glob", lambda pattern: nodes)
+    monkeypatch.setattr(process.importlib.util, "find_spec", lambda name: object() if cuda_libraries else None)
+    assert process.gpu_present() is expected
 
 
 def test_on_a_cpu_the_stages_keep_their_cpu_choices() -> None:
@@ -83,12 +75,13 @@ def test_on_a_cpu_the_stages_keep_their_cpu_choices() -> None:
     probe = """
 import numpy as np
 import pipeline
-from pipeline import compute, train
+from pipeline.training import compute
+from pipeline.training import loop
 from tensorflow.python.util import _pywrap_util_port as port
 import tensorflow as tf
 compute.use_threads(1)
 x, y = np.zeros((4, 2, 2, 1), np.float32), np.zeros(4, np.int64)
-print(pipeline.gpu_present(), port.IsMklEnabled(), train.batches(x, y, 2).options().autotune.enabled,
+print(pipeline.gpu_present(), port.IsMklEnabled(), loop.batches(x, y, 2).options().autotune.enabled,
       tf.config.threading.get_intra_op_parallelism_threads())
 """
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
@@ -98,18 +91,18 @@ print(pipeline.gpu_present(), port.IsMklEnabled(), train.batches(x, y, 2).option
 
 
 def test_with_a_gpu_tf_data_tunes_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import train
+    from pipeline.training import loop
 
     x, y = np.zeros((4, 2, 2, 1), np.float32), np.zeros(4, np.int64)
-    assert train.batches(x, y, 2).options().autotune.enabled is False
-    monkeypatch.setattr(train, "gpu_present", lambda: True)
-    assert train.batches(x, y, 2).options().autotune.enabled is not False
+    assert loop.batches(x, y, 2).options().autotune.enabled is False
+    monkeypatch.setattr(loop, "gpu_present", lambda: True)
+    assert loop.batches(x, y, 2).options().autotune.enabled is not False
 
 
 def test_bfloat16_on_a_cpu_without_its_instructions_is_said_to_be_emulated(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(compute, "gpu_present", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="pipeline.compute"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.compute"):
         monkeypatch.setattr(compute, "cpu_flags", lambda: {"avx2", "avx512f"})
         compute.warn_if_emulated("mixed_bfloat16")
         assert "emulates it, slower than float32" in caplog.text

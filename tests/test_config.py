@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import flatten, load_params, parse_params
-from pipeline.validate import ConfigError
+from pipeline.config import load_params, parse_params
+from pipeline.tracking.client import flatten
+from pipeline.core.validate import ConfigError
 from tests.conftest import REPO
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())

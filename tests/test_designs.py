@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import designs
 from pipeline.config import load_params, parse_params
-from pipeline.validate import ConfigError
+from pipeline.core.validate import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = load_params(REPO / "params.yaml").raw
@@ -102,7 +102,7 @@ DENSE = {"type": "dense", "units": "classes", "activation": "softmax"}
 
 
 def build(layers: list[dict], student: bool = True):
-    from pipeline.models import build_model
+    from pipeline.designs.keras_build import build_model
 
     design = designs.parse_design("mine", {"layers": layers, "student": student}, "models.mine")
     return build_model(design, (32, 32, 1), 10, seed=0)
@@ -138,7 +138,7 @@ def test_course_rule_allows_fourteen_layers_and_global_pooling():
 
 def test_course_rule_only_applies_to_student_designs():
     build([FLAT, DENSE], student=False)  # a reference design may be anything
-    from pipeline.models import build_model
+    from pipeline.designs.keras_build import build_model
 
     # a built-in marked as a student design is checked too: cnn_homl has 14 layers, so it passes
     design = designs.parse_design("homl", {"builtin": "cnn_homl", "student": True}, "models.homl")

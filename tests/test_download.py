@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import download as dl
-from pipeline import stage
+from pipeline.stages import download as dl
+from pipeline import cli
 from pipeline.datasets import DatasetSpec, RemoteFile, fashion_mnist, gtsrb, mnist
-from pipeline.download import REPACKED, DownloadError, Source
+from pipeline.stages.download import REPACKED, DownloadError, Source
 from tests.conftest import REPO, SHARED_DATASETS, idx_bytes
 
 NAMES = (mnist.TRAIN_IMAGES, mnist.TRAIN_LABELS, mnist.TEST_IMAGES, mnist.TEST_LABELS)
@@ -227,7 +227,7 @@ def test_a_failing_source_is_reported_and_the_next_one_used(failure: str, server
     else:
         first = closed_port_url
     out = tmp_path / "raw"
-    with caplog.at_level(logging.INFO, logger="pipeline.download"):
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.download"):
         manifest = fetch(spec_for(payloads), [Source("first", first), Source("second", good)], out)
     assert all(entry["source"] == good + name for name, entry in manifest.items())
     assert all((out / name).read_bytes() == data for name, data in payloads.items())
@@ -475,7 +475,7 @@ def stage_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: Dataset
 
 def run_stage(*argv: str) -> int:
     """The download stage through the shared entry point, in this process; returns its exit status."""
-    return stage.run("pipeline.download", argv, dl.__doc__, ["dataset"])
+    return cli.run(["download", *argv])
 
 
 def test_main_downloads_from_the_params_mirror(server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path,

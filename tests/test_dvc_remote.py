@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.paths import RunPaths
+from pipeline.core.paths import RunPaths
 from tests.conftest import TINY_PROJECT_MODELS, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -10,8 +10,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import stats
-from pipeline.paths import RunPaths
+from pipeline.analysis import stats
+from pipeline.core.paths import RunPaths
 from tests.conftest import TINY_PROJECT_MODELS, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import files
+from pipeline.core import files
 from pipeline.datasets import gtsrb
 from pipeline.datasets.gtsrb_reader import (CLASS_NAMES, GROUP_STRIDE, GtsrbFormatError, read_test_set,
                                             read_training_set, track_split)
@@ -144,7 +144,7 @@ def official(tmp_path_factory) -> tuple[Path, dict]:
                                                        (8, True, False), (32, True, True)])
 def test_training_set_equals_pillow_crop_and_resize(official, size, crop_roi, grayscale):
     root, truth = official
-    train = read_training_set(root, size=size, crop_roi=crop_roi, grayscale=grayscale, workers=1, progress=False)
+    train = read_training_set(root, size=size, crop_roi=crop_roi, grayscale=grayscale, progress=False)
     assert train.files == sorted(truth["train"])
     assert train.images.shape == (len(truth["train"]), size, size, 1 if grayscale else 3)
     assert train.images.dtype == np.uint8
@@ -167,14 +167,6 @@ def test_test_set_equals_pillow_and_finds_its_ground_truth(official):
     np.testing.assert_array_equal(test.groups, np.arange(len(test)))
     explicit = read_test_set(root / TEST_DIR, root / "GT-final_test.csv", progress=False)
     np.testing.assert_array_equal(explicit.images, test.images)
-
-
-def test_worker_processes_give_the_same_arrays(official):
-    root, _ = official
-    alone = read_training_set(root, workers=1, progress=False)
-    pooled = read_training_set(root, workers=2, progress=False)
-    np.testing.assert_array_equal(alone.images, pooled.images)
-    np.testing.assert_array_equal(alone.labels, pooled.labels)
 
 
 def test_pgm_images_are_read_as_gray_rgb(tmp_path):
@@ -287,9 +279,9 @@ def one_class(tmp_path) -> tuple[Path, Path, list[tuple]]:
     return tmp_path, csv_path, rows
 
 
-def read_error(root: Path, workers: int = 1) -> GtsrbFormatError:
+def read_error(root: Path) -> GtsrbFormatError:
     with pytest.raises(GtsrbFormatError) as raised:
-        read_training_set(root, workers=workers, progress=False)
+        read_training_set(root, progress=False)
     return raised.value
 
 
@@ -325,11 +317,11 @@ def test_image_size_disagreeing_with_its_row(one_class):
     assert "is 31x32; expected 30x32 as its CSV row says" in str(error) and f"{csv_path} line 3" in str(error)
 
 
-def test_errors_from_worker_processes_keep_file_and_row(one_class):
+def test_a_truncated_image_names_its_file_and_row(one_class):
     root, csv_path, _ = one_class
     bad = csv_path.parent / "00001_00001.ppm"
     bad.write_bytes(b"P6\n30 32\n255\n")
-    error = read_error(root, workers=2)  # 4 images: 4 chunks over 2 processes
+    error = read_error(root)
     assert (error.path, str(bad) in str(error)) == (str(bad), True)
     assert "truncated" in str(error) and f"{csv_path} line 5" in str(error)
 
@@ -538,7 +530,7 @@ def test_real_gtsrb_archives():
 
 
 def test_download_copies_an_extracted_local_copy_and_split_reads_it(official, tmp_path):
-    from pipeline.download import DownloadError, Source, download
+    from pipeline.stages.download import DownloadError, Source, download
 
     root, truth = official
     raw = tmp_path / "raw" / "gtsrb"
@@ -554,7 +546,7 @@ def test_download_copies_an_extracted_local_copy_and_split_reads_it(official, tm
 
 
 def test_download_prefers_archives_over_an_extracted_copy(official, tmp_path):
-    from pipeline.download import DownloadError, Source, download
+    from pipeline.stages.download import DownloadError, Source, download
 
     root, _ = official
     both = tmp_path / "both"

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import lenet5_classic as classic
-from pipeline.reference_ops import conv_forward
+from pipeline.portable import lenet5_classic as classic
+from tests.reference_ops import conv_forward
 
 # Section II-B of the paper, layer by layer; the output's 840 are the fixed prototypes.
 PAPER_PARAMS = {"c1": 156, "s2": 12, "c3": 1516, "s4": 32, "c5": 48120, "flatten": 0, "f6": 10164, "output": 840}

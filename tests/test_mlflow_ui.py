@@ -1,6 +1,6 @@
 """The MLflow UI in a real browser: what a user sees after `make ui`, in headless Chromium.
 
-Starts the server exactly as `make ui` does (`python -m pipeline.ui`) on the tiny project's
+Starts the server exactly as `make ui` does (`python -m pipeline ui`) on the tiny project's
 store, then clicks through the UI the way a user would: the experiment named after the
 dataset, every design's run with its test accuracy, one run's figures among its artifacts.
 Full-page screenshots go to tests/artifacts/ (CI keeps them).
@@ -25,7 +25,7 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
-from pipeline.server import free_port
+from pipeline.tracking.server import free_port
 from tests.conftest import REPO, TINY_PROJECT_MODELS, tool_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900),
@@ -67,11 +67,11 @@ def stop(server: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def ui_url(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m pipeline.ui` (what `make ui` runs) serving the tiny project's store, on a free port."""
+    """`python -m pipeline ui` (what `make ui` runs) serving the tiny project's store, on a free port."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
-    command = [sys.executable, "-m", "pipeline.ui", "--root", str(tiny_project), "--port", str(port)]
+    command = [sys.executable, "-m", "pipeline", "ui", "--root", str(tiny_project), "--port", str(port)]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, cwd=REPO, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)  # its own process group, so stop() reaches the workers

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline import designs
+from pipeline.designs import language
 from pipeline.config import load_params
-from pipeline.models import build_model, compile_model, counted_layers, keras_layer, layer_types, load_model
+from pipeline.core.validate import ConfigError
+from pipeline.designs.keras_build import build_model, counted_layers, keras_layer, layer_types
+from pipeline.training.compile import compile_model, load_model
 
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 
@@ -110,7 +113,7 @@ def test_shape_inference_agrees_with_keras_on_random_designs():
         try:
             designs.check_shapes(design, input_shape, classes)
             refused = None
-        except designs.v.ConfigError as error:
+        except ConfigError as error:
             refused = str(error)
         if built is None:
             assert refused is not None and ("smaller than" in refused or "needs an image" in refused), (design, refused)
@@ -124,7 +127,7 @@ def test_shape_inference_agrees_with_keras_on_random_designs():
         if built is not None:  # the inference follows Keras layer by layer
             shape = input_shape
             for layer, keras_shape in zip(design.layers, built):
-                shape = designs._output_shape(layer, shape, classes, "", "")
+                shape = language._output_shape(layer, shape, classes, "", "")
                 assert shape == keras_shape, (design, layer)
     assert min(outcomes.values()) >= 10, outcomes  # every outcome was tried
 
@@ -181,7 +184,7 @@ def test_a_layer_that_does_not_fit_the_image_names_its_key():
         {"type": "conv", "filters": 4, "kernel": 3}, {"type": "maxpool", "pool": 2},
         {"type": "conv", "filters": 4, "kernel": 9}, {"type": "flatten"}, {"type": "dense", "units": "classes"},
     ]}, "models.tiny")
-    with pytest.raises(designs.v.ConfigError, match=r"^models\.tiny\.layers\.2 \(conv\): input is 7x7, smaller than "
+    with pytest.raises(ConfigError, match=r"^models\.tiny\.layers\.2 \(conv\): input is 7x7, smaller than "
                                                     r"the 9x9 kernel, on 16x16x1 images; use padding: same"):
         build_model(design, (16, 16, 1), 10, seed=0)  # checked before Keras builds anything
 

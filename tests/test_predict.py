@@ -1,4 +1,4 @@
-"""`python -m pipeline.predict` and the MLflow model: a user's images get the classes evaluate gives the
+"""`python -m pipeline predict` and the MLflow model: a user's images get the classes evaluate gives the
 same test images, from files, folders, ZIPs and IDX files, with GTSRB's ROIs and accuracy from --labels;
 the logged model, fed raw uint8 pixels by a client without the project, gives the same classes too.
 Bad input is one error line, found before TensorFlow loads."""
@@ -25,10 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import predict, server, stage
+from pipeline.tracking import server
+from pipeline import cli
 from pipeline.datasets import get
 from pipeline.datasets.images import decode
-from pipeline.paths import RunPaths
+from pipeline.core.paths import RunPaths
 from tests.conftest import REPO, TINY_PROJECT_MODELS, copy_project, idx_bytes, run, tool_env
 from tests.test_gtsrb import HEADER, write_csv, write_official_layout, write_official_zips
 from tests.test_stage import vouch, write_params
@@ -40,9 +41,9 @@ GTSRB_TEST_IMAGES = 30
 
 def predict_in_process(project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                        *argv: str) -> tuple[int, str, str]:
-    """The command as `python -m pipeline.predict ARGV` runs it, in this process (TensorFlow loads once)."""
+    """The command as `python -m pipeline predict ARGV` runs it, in this process (TensorFlow loads once)."""
     monkeypatch.chdir(project)
-    status = stage.run("pipeline.predict", [str(a) for a in argv], predict.__doc__, predict.ARGUMENTS, tracked=False)
+    status = cli.run(["predict", *map(str, argv)])
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -351,7 +352,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (("cifar10", "lenet5_modern", "digit.png"), "error: cifar10: unknown dataset"),
     (("mnist", "lenet5_modern", "digit.png"),
      "error: models/mnist/lenet5_modern/seed_42/model.keras: missing, lenet5_modern is not trained on mnist with "
-     "seed 42; train it first: `python -m pipeline.train mnist lenet5_modern --seed 42` (or `dvc repro`)"),
+     "seed 42; train it first: `python -m pipeline train mnist lenet5_modern --seed 42` (or `dvc repro`)"),
     (("mnist", "lenet5_modern", "digit.png", "--seed", "7"),
      "error: models/mnist/lenet5_modern/seed_7/model.keras: missing, lenet5_modern is not trained on mnist with "
      "seed 7"),
@@ -368,7 +369,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
      "GTSRB_Final_Test_GT.zip"),
     (("mnist", "lenet5_modern", "empty"), "error: empty: no images found (1 other file(s)); expected PPM, PNG or JPEG"),
     (("mnist", "lenet5_modern", "bomb.zip"),
-     "error: bomb.zip: member 'bomb.png': compressed 1"),
+     "error: bomb.zip: entry 'bomb.png': compressed 1"),
     (("gtsrb", "lenet5_modern", "digits.idx"),
      "error: digits.idx: an IDX file, which holds mnist or fashion_mnist images; the gtsrb model takes image files"),
 ])
@@ -392,7 +393,7 @@ def test_a_bad_input_is_one_line_before_any_model_loads(project: Path, monkeypat
 
 @pytest.mark.timeout(300)
 def test_the_command_fails_in_one_line_without_loading_tensorflow(project: Path) -> None:
-    command = [sys.executable, "-X", "importtime", "-m", "pipeline.predict", "mnist", "lenet5_modern", "digit.png"]
+    command = [sys.executable, "-X", "importtime", "-m", "pipeline", "predict", "mnist", "lenet5_modern", "digit.png"]
     result = subprocess.run(command, cwd=project, capture_output=True, text=True,
                             env=tool_env(PIPELINE_TRACKING="off", PYTHONPATH=str(REPO)))
     assert result.returncode == 2, result.stderr

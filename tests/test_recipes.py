@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_params, parse_params
-from pipeline.preprocess import equalized, prepare
-from pipeline.schedules import Schedule, rate_at
-from pipeline.validate import ConfigError
+from pipeline.portable.preprocess import equalized, prepare
+from pipeline.training.schedules import Schedule, rate_at
+from pipeline.core.validate import ConfigError
 from tests.conftest import REPO
 
 PARAMS = load_params(REPO / "params.yaml")

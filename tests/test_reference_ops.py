@@ -1,4 +1,4 @@
-"""Check the NumPy reference ops (pipeline.reference_ops) against TensorFlow.
+"""Check the NumPy reference ops (tests.reference_ops) against TensorFlow.
 
 Forward and backward passes of convolution and pooling are compared with
 ``tf.nn.conv2d`` / ``tf.nn.max_pool2d`` / ``tf.nn.avg_pool2d`` and their
@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.designs import parse_design  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
-from pipeline.reference_ops import (  # noqa: E402
+from pipeline.designs.language import parse_design  # noqa: E402
+from pipeline.designs.keras_build import build_model  # noqa: E402
+from tests.reference_ops import (  # noqa: E402
     conv_backward,
     conv_forward,
     pool_backward,
@@ -309,7 +309,7 @@ def test_errors_name_argument_and_shapes(fn, args, kwargs, match):
 # --------------------------------------------------------------------------- #
 def lenet5_modern_first_block() -> keras.Model:
     """The first two layers (Conv2D 6@5x5 same ReLU -> MaxPooling2D 2x2) of lenet5_modern
-    on a 32x32x1 input, as the pipeline builds them (pipeline.models.build_model)."""
+    on a 32x32x1 input, as the pipeline builds them (pipeline.designs.keras_build.build_model)."""
     design = parse_design("lenet5_modern", {"builtin": "lenet5_modern"}, "models.lenet5_modern")
     model = build_model(design, (32, 32, 1), num_classes=10, seed=0)
     conv, pool = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)][:2]

@@ -1,4 +1,4 @@
-"""The parallel runner (`python -m pipeline.repro`) on a toy DVC project whose stages prove they overlap.
+"""The parallel runner (`python -m pipeline repro`) on a toy DVC project whose stages prove they overlap.
 
 The toy stages are small Python scripts, so these tests need DVC but not TensorFlow: two
 stages that must meet each other (each waits until the other has started) can only both
@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import compute, repro
+from pipeline.training import compute
+from pipeline.tools import repro
 from pipeline.config import load_params
-from pipeline.paths import RunPaths
+from pipeline.core.paths import RunPaths
 from tests.conftest import REPO, TINY_PROJECT_MODELS, copy_project, run, tool_env, write_mirror
 from tests.test_end_to_end import model_runs
 
@@ -79,7 +80,7 @@ def toy(tmp_path: Path) -> Path:
 
 
 def runner(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.repro", *args], cwd=project, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pipeline", "repro", *args], cwd=project, capture_output=True,
                           text=True, env=tool_env(PYTHONPATH=str(REPO), **env), timeout=600)
 
 
@@ -139,7 +140,7 @@ def test_a_stage_started_while_another_dvc_holds_the_lock_waits_for_it(toy: Path
     assert runner(toy, "a").returncode == 0
     (toy / "step.py").write_text((toy / "step.py").read_text() + "\n")  # everything is stale again
     held = zc.lockfile.LockFile(str(toy / ".dvc" / "tmp" / "lock"))  # as a `dvc` command in another shell would
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.repro", "-j", "2"], cwd=toy, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "repro", "-j", "2"], cwd=toy, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env=tool_env(PYTHONPATH=str(REPO)))
     try:
@@ -185,10 +186,10 @@ def test_thread_budgets_follow_the_designs_train_threads() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.train_settings("lenet5_modern", "mnist").threads == 1, "the shipped default packs LeNets one per core"
     assert params.train_settings("student_gtsrb", "gtsrb").threads == 2
-    stale = [("normalize@mnist", "python -m pipeline.normalize mnist", set()),
-             ("train@mnist-lenet5_modern-1", "python -m pipeline.train mnist lenet5_modern --seed 1", set()),
-             ("train@gtsrb-student_gtsrb-1", "python -m pipeline.train gtsrb student_gtsrb --seed 1", set()),
-             ("evaluate@gtsrb-student_gtsrb-1", "python -m pipeline.evaluate gtsrb student_gtsrb --seed 1", set())]
+    stale = [("normalize@mnist", "python -m pipeline normalize mnist", set()),
+             ("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", set()),
+             ("train@gtsrb-student_gtsrb-1", "python -m pipeline train gtsrb student_gtsrb --seed 1", set()),
+             ("evaluate@gtsrb-student_gtsrb-1", "python -m pipeline evaluate gtsrb student_gtsrb --seed 1", set())]
     stages, _ = repro.plan(stale, params, cores=2)
     assert [(s.threads, s.training) for s in stages] == [(1, False), (1, True), (2, True), (2, False)]
     capped, _ = repro.plan(stale, params, cores=1)
@@ -204,11 +205,11 @@ def test_the_longest_chain_of_work_starts_first_estimated_from_the_last_training
         record.parent.mkdir(parents=True)
         record.write_text(json.dumps({"train_seconds": seconds, "epochs_run": epochs}))
     gtsrb_epochs = params.train_settings("student_gtsrb", "gtsrb").epochs
-    stale = [("normalize@mnist", "python -m pipeline.normalize mnist", set()),
-             ("normalize@gtsrb", "python -m pipeline.normalize gtsrb", set()),
-             ("train@mnist-lenet5_modern-1", "python -m pipeline.train mnist lenet5_modern --seed 1", {"normalize@mnist"}),
-             ("train@gtsrb-student_gtsrb-1", "python -m pipeline.train gtsrb student_gtsrb --seed 1", {"normalize@gtsrb"}),
-             ("train@gtsrb-lenet5_classic-1", "python -m pipeline.train gtsrb lenet5_classic --seed 1",
+    stale = [("normalize@mnist", "python -m pipeline normalize mnist", set()),
+             ("normalize@gtsrb", "python -m pipeline normalize gtsrb", set()),
+             ("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", {"normalize@mnist"}),
+             ("train@gtsrb-student_gtsrb-1", "python -m pipeline train gtsrb student_gtsrb --seed 1", {"normalize@gtsrb"}),
+             ("train@gtsrb-lenet5_classic-1", "python -m pipeline train gtsrb lenet5_classic --seed 1",
               {"normalize@gtsrb"})]
     stages, _ = repro.plan(stale, params, cores=2)
     seconds = {stage.name: stage.seconds for stage in stages}
@@ -238,44 +239,20 @@ def one_thread_trainings(count: int, seconds: float, prefix: str = "train@mnist-
                         priority=seconds + repro.SHORT_STAGE_SECONDS) for seed in range(1, count + 1)]
 
 
-def test_one_thread_jobs_sharing_the_cores_end_as_a_fair_share_predicts() -> None:
-    assert repro.fluid_ends([(0, 12), (0, 12), (0, 12)], 2) == pytest.approx([18, 18, 18]), "3 on 2 cores: 2/3 each"
-    assert repro.fluid_ends([(0, 12), (0, 12), (12, 12)], 2) == pytest.approx([12, 12, 24]), "the third one after"
-    assert repro.fluid_ends([(0, 3), (0, 12), (0, 12)], 2) == pytest.approx([4.5, 13.5, 13.5])
-
-
-def test_three_seeds_on_two_cores_share_them_instead_of_leaving_one_idle() -> None:
-    runner = repro.Runner(one_thread_trainings(3, 60.0), 2, {})
-    assert len(runner.startable(now=0.0)) == 3, "all three now: 1.5 trainings' time, not 2"
-    assert len(repro.Runner(one_thread_trainings(3, 60.0), 1, {}).startable(now=0.0)) == 1, \
-        "on one core sharing ends nothing sooner: one after another"
-    assert len(repro.Runner(one_thread_trainings(9, 60.0), 2, {}).startable(now=0.0)) == 2 * repro.SHARING_LIMIT, \
-        "at most SHARING_LIMIT processes per core"
-    assert len(repro.Runner(one_thread_trainings(3, 60.0), 2, {}, share=False).startable(now=0.0)) == 2, \
-        "--no-share: never more threads than -j"
-
-
-def test_sharing_never_slows_the_longest_chain_nor_a_training_on_several_threads() -> None:
-    long = one_thread_trainings(1, 250.0, "train@gtsrb-lenet5_modern")
-    short = one_thread_trainings(2, 50.0)
-    started = repro.Runner(long + short, 2, {}).startable(now=0.0)
-    assert [stage.name for stage in started] == [long[0].name, short[0].name], \
-        "the second short one waits for a core rather than slow the long one down"
+def test_never_more_threads_in_flight_than_cores() -> None:
+    """Three seeds of a one-thread design on 2 cores: two now, the third when a core frees up."""
+    assert len(repro.Runner(one_thread_trainings(3, 60.0), 2, {}).startable(now=0.0)) == 2
+    assert len(repro.Runner(one_thread_trainings(3, 60.0), 1, {}).startable(now=0.0)) == 1
     two_threads = [replace(stage, threads=2) for stage in one_thread_trainings(3, 60.0)]
-    assert len(repro.Runner(two_threads, 2, {}).startable(now=0.0)) == 1, "a thread pool is never time-sliced"
-    runner = repro.Runner(one_thread_trainings(3, 60.0)[2:], 2, {})
-    for stage in one_thread_trainings(2, 60.0):
-        runner.running[stage.name] = repro.Job(stage, None, started=0.0)  # type: ignore[arg-type]
-    assert runner.startable(now=58.0) == [], "they end in 2 s: waiting for one costs little"
-    assert len(runner.startable(now=1.0)) == 1, "they have just started: sharing now ends all three sooner"
+    assert len(repro.Runner(two_threads, 2, {}).startable(now=0.0)) == 1
 
 
 def test_auto_threads_divide_the_cores_among_the_trainings_to_run() -> None:
     params = load_params(REPO / "params.yaml")
     design = replace(params.models["lenet5_modern"], train_overrides={"threads": "auto"})
     auto = replace(params, models={**params.models, "lenet5_modern": design})
-    one = [("train@mnist-lenet5_modern-1", "python -m pipeline.train mnist lenet5_modern --seed 1", set())]
-    three = one + [(f"train@mnist-lenet5_modern-{seed}", f"python -m pipeline.train mnist lenet5_modern --seed {seed}",
+    one = [("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", set())]
+    three = one + [(f"train@mnist-lenet5_modern-{seed}", f"python -m pipeline train mnist lenet5_modern --seed {seed}",
                     set()) for seed in (2, 3)]
     assert repro.plan(one, auto, cores=4)[1] == 4
     assert repro.plan(three, auto, cores=4)[1] == 1
@@ -339,15 +316,15 @@ def test_threads_and_device_are_recorded_in_the_mlflow_run(seeds_project: Path) 
 
 @pytest.mark.e2e
 def test_queued_experiments_with_auto_threads_share_the_cores(seeds_project: Path) -> None:
-    """`dvc queue start -j 2`: each queued experiment's `threads: auto` is the cores divided by the 2 workers."""
+    """`PIPELINE_AUTO_THREADS=N dvc queue start -j 2`: each queued experiment's `threads: auto` is N."""
     for epochs in (2, 3):
         run(["dvc", "exp", "run", "--queue", "-n", f"auto-{epochs}", "-S", "train.threads=auto",
              "-S", f"train.epochs={epochs}", "-S", "experiments.seeds=[42]",
              "-S", "experiments.models=[lenet5_modern]"], seeds_project)
-    run(["dvc", "queue", "start", "-j", "2"], seeds_project)
+    shared = str(max(1, compute.available_cores() // 2))
+    run(["dvc", "queue", "start", "-j", "2"], seeds_project, PIPELINE_AUTO_THREADS=shared)
     for epochs in (2, 3):
         run(["dvc", "queue", "logs", f"auto-{epochs}", "--follow"], seeds_project)
     threads = {name: found.data.params["train.threads"] for name in ("auto-2", "auto-3")
                for found in model_runs(seeds_project, "lenet5_modern", dvc_experiment=name)}
-    shared = str(max(1, compute.available_cores() // 2))  # recorded as resolved, not as "auto"
     assert threads == {"auto-2": shared, "auto-3": shared}

@@ -37,7 +37,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_command() -> list[str]:
-    return [sys.executable, "-m", "pipeline.train", "mnist", DESIGN]
+    return [sys.executable, "-m", "pipeline", "train", "mnist", DESIGN]
 
 
 def interrupt_after_epoch_line(repo: Path, epoch: int) -> str:
@@ -55,7 +55,7 @@ def interrupt_after_epoch_line(repo: Path, epoch: int) -> str:
 
 
 def weights_digest(model_file: Path) -> str:
-    from pipeline.models import load_model
+    from pipeline.training.compile import load_model
 
     digest = hashlib.sha256()
     for weights in load_model(model_file).get_weights():

@@ -21,9 +21,9 @@ from typing import Iterator
 import mlflow
 import pytest
 
-from pipeline import server
-from pipeline.paths import RunPaths
-from pipeline.server import free_port
+from pipeline.tracking import server
+from pipeline.core.paths import RunPaths
+from pipeline.tracking.server import free_port
 from tests.conftest import TINY_PROJECT_MODELS, copy_project, run, tiny_params, tool_env, write_mirror
 from tests.test_tracking_server import answers_the_check_only, server_cli, stand_in_server
 
@@ -190,7 +190,7 @@ def test_a_server_that_goes_away_mid_stage_loses_nothing(shared: Shared) -> None
     train_run = json.loads((machine / RunPaths("mnist", "student_b", SEED).model_dir / "run.json").read_text())
     assert train_run["run_id"].startswith("spooled-")  # it never reached a server
 
-    resync = run(["python", "-m", "pipeline.spool", "--to", shared.uri], machine)
+    resync = run(["python", "-m", "pipeline", "resync", "--to", shared.uri], machine)
     assert "resync: 3 of 3 kept runs logged" in resync.stdout
     client = mlflow.MlflowClient(shared.uri)
     runs = design_runs(client, "offline")

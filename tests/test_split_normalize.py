@@ -7,9 +7,9 @@ import pytest
 
 from pipeline.config import NormalizeParams
 from pipeline.datasets import RawData
-from pipeline.normalize import normalize_splits
-from pipeline.preprocess import LECUN_BACKGROUND, LECUN_FOREGROUND, pad_to, to_grayscale
-from pipeline.split import class_counts, split_dataset, split_indices
+from pipeline.stages.normalize import normalize_splits
+from pipeline.portable.preprocess import LECUN_BACKGROUND, LECUN_FOREGROUND, pad_to, to_grayscale
+from pipeline.stages.split import class_counts, split_dataset, split_indices
 
 
 def labels(per_class: int = 50, classes: int = 10) -> np.ndarray:

@@ -1,11 +1,10 @@
-"""The stages' shared entry point: a mistake the user can fix is one `error:` line and exit status 2,
-found before any work; a crash keeps its traceback and exit status 1."""
+"""The one entry (`python -m pipeline <command>`, pipeline/cli.py): a mistake the user can fix is one
+`error:` line and exit status 2, found before any work; a crash keeps its traceback and exit status 1."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import stage
+from pipeline import cli
 from tests.conftest import REPO, edit_params, tool_env, write_idx_dataset
 from tests.test_gtsrb import write_official_layout, write_official_zips
 
@@ -22,9 +21,6 @@ CONV = {"type": "conv", "filters": 4, "kernel": 3, "padding": "same"}
 POOL = {"type": "maxpool", "pool": 2}
 FLAT = {"type": "flatten"}
 CLASSES = {"type": "dense", "units": "classes", "activation": "softmax"}
-# Each stage's positional arguments, as its module passes them to stage.enter.
-ARGUMENTS = {"download": ["dataset"], "split": ["dataset"], "normalize": ["dataset"], "train": ["dataset", "design"],
-             "evaluate": ["dataset", "design"], "compare": []}
 
 
 @pytest.fixture
@@ -56,7 +52,7 @@ def vouch(folder: Path) -> None:
 
 
 def run_stage(name: str, *argv: str) -> int:
-    return stage.run(f"pipeline.{name}", argv, f"Stage {name}", ARGUMENTS[name])
+    return cli.run([name, *argv])
 
 
 def one_error(capsys: pytest.CaptureFixture) -> str:
@@ -170,10 +166,12 @@ def test_a_bad_gtsrb_csv_row_is_named_inside_its_archive(project: Path, tmp_path
 
 
 def test_a_crash_keeps_its_traceback_and_status_1(project: Path, tmp_path: Path) -> None:
-    (tmp_path / "crashing_stage.py").write_text("def main(args, params):\n    raise ZeroDivisionError('a bug')\n")
-    script = "from pipeline import stage; stage.enter('crashing_stage', 'A stage with a bug', 'dataset')"
-    result = subprocess.run([sys.executable, "-c", script, "mnist"], cwd=project, capture_output=True, text=True,
-                            env=tool_env(PIPELINE_TRACKING="off", PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}"))
+    (tmp_path / "crashing_stage.py").write_text('"""A stage with a bug."""\nARGUMENTS = ("dataset",)\n'
+                                                "def main(args, params):\n    raise ZeroDivisionError('a bug')\n")
+    script = ("import sys; from pipeline import cli, stages; stages.__path__.append(sys.argv[1]); "
+              "cli.main(['crashing_stage', 'mnist'])")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=project, capture_output=True,
+                            text=True, env=tool_env(PIPELINE_TRACKING="off", PYTHONPATH=str(REPO)))
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "ZeroDivisionError: a bug" in result.stderr
     assert "error:" not in result.stderr
@@ -184,7 +182,7 @@ def test_the_train_stage_checks_params_before_tensorflow_loads(project: Path) ->
     """As DVC runs it: one line, status 2, and TensorFlow never imported (the check takes milliseconds)."""
     write_params(project, **{"models.student_a.layers": [CONV, POOL, FLAT, CLASSES, CONV],
                              "experiments.models": ["student_a"]})
-    command = [sys.executable, "-X", "importtime", "-m", "pipeline.train", "mnist", "student_a"]
+    command = [sys.executable, "-X", "importtime", "-m", "pipeline", "train", "mnist", "student_a"]
     result = subprocess.run(command, cwd=project, capture_output=True, text=True,
                             env=tool_env(PIPELINE_TRACKING="off", PYTHONPATH=str(REPO)))
     assert result.returncode == 2, result.stderr
@@ -200,7 +198,7 @@ def test_the_train_stage_checks_params_before_tensorflow_loads(project: Path) ->
 @pytest.mark.timeout(300)
 def test_the_train_stage_without_its_input_is_one_line(project: Path) -> None:
     """Params are fine, TensorFlow loads, and the missing normalized data is a user error, not a traceback."""
-    result = subprocess.run([sys.executable, "-m", "pipeline.train", "mnist", "lenet5_modern"], cwd=project,
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "mnist", "lenet5_modern"], cwd=project,
                             capture_output=True, text=True, env=tool_env(PIPELINE_TRACKING="off",
                                                                          PYTHONPATH=str(REPO)))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -208,10 +206,32 @@ def test_the_train_stage_without_its_input_is_one_line(project: Path) -> None:
                                                       "that write it first (`dvc repro` runs every stage in order)")
 
 
-def test_every_stage_enters_through_the_shared_entry_point() -> None:
-    """Each stage module hands its command line to stage.enter with the arguments listed above."""
-    for name, arguments in ARGUMENTS.items():
-        source = (REPO / "pipeline" / f"{name}.py").read_text()
-        call = f"stage.enter(__spec__.name, __doc__{''.join(f', {a!r}' for a in arguments)}"
-        assert call.replace("'", '"') in source, name
-        assert "parse_args" not in source and "load_params" not in source, name
+REPRO_OWN = {("repro", "load_params("), ("repro", 'print(f"error:')}
+
+
+def test_every_command_enters_through_the_one_entry(capsys: pytest.CaptureFixture) -> None:
+    """Every stage in dvc.yaml and every make target runs `python -m pipeline <command>`, and no command
+    module parses its own command line, loads params or handles errors itself."""
+    commands = cli.commands()
+    assert {"download", "split", "normalize", "train", "evaluate", "compare", "predict", "repro", "ui", "server",
+            "resync", "architecture"} <= set(commands)
+    for text in ((REPO / "dvc.yaml").read_text(), (REPO / "Makefile").read_text()):
+        for line in text.splitlines():
+            if "python -m pipeline" in line and not line.lstrip().startswith("#"):
+                words = line.split("python -m pipeline")[1].split()
+                assert words and words[0] in commands, line
+    for name, module in commands.items():
+        source = (REPO / (module.replace(".", "/") + ".py")).read_text()
+        for forbidden in ("parse_args", "load_params(", "__main__", "sys.exit", "noqa: E402", 'print(f"error:'):
+            # repro reads params only when a TensorFlow stage is to run, and names the stage that failed
+            assert forbidden not in source or (name, forbidden) in REPRO_OWN, (name, forbidden)
+
+
+def test_an_unknown_command_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert cli.run(["trian", "mnist"]) == 2
+    assert capsys.readouterr().err.startswith("error: trian: not a command; the commands are architecture, compare,")
+
+
+def test_the_architecture_report_of_an_unknown_design_is_one_line(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_stage("architecture", "gtsrb", "student_gtsrbx") == 2
+    assert one_error(capsys).startswith("error: models.student_gtsrbx: missing; known designs: lenet5_modern,")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import stats
+from pipeline.analysis import stats
 
 
 def correct_where(wrong: list[int], images: int = 20) -> np.ndarray:

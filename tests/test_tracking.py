@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline import tracking
+from pipeline.tracking import client
 from pipeline.config import load_params
 from tests.conftest import REPO
 
@@ -166,11 +167,11 @@ def test_a_store_mlflow_cannot_open_is_a_clear_error(store: mlflow.MlflowClient,
 
 def test_tracking_off_starts_no_worker_and_has_no_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIPELINE_TRACKING", "off")
-    monkeypatch.setattr(tracking, "_worker", None)
+    monkeypatch.setattr(client, "_worker", None)
     tracking.warm_up()
     with tracking.stage_run(PARAMS, "mnist", "train") as run:
         tracking.log_metrics({"loss": 1.0})
-    assert run.id is None and tracking._worker is None
+    assert run.id is None and client._worker is None
 
 
 def in_experiment(monkeypatch: pytest.MonkeyPatch, name: str | None) -> None:
@@ -180,9 +181,9 @@ def in_experiment(monkeypatch: pytest.MonkeyPatch, name: str | None) -> None:
         monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     else:
         monkeypatch.setenv("DVC_EXP_NAME", name)
-    if tracking._worker is not None:
-        tracking._worker.process.stdin.close()  # it exits when its input closes
-        tracking._worker = None
+    if client._worker is not None:
+        client._worker.process.stdin.close()  # it exits when its input closes
+        client._worker = None
 
 
 def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_run_as_it_was(

@@ -21,9 +21,11 @@ import mlflow
 import pytest
 import requests
 
-from pipeline import server, spool, tracking
+from pipeline.tracking import server
+from pipeline.tracking import spool
+from pipeline import tracking
 from pipeline.config import load_params
-from pipeline.server import free_port
+from pipeline.tracking.server import free_port
 from tests.conftest import REPO, tool_env
 from tests.test_tracking import model_folder
 
@@ -122,10 +124,10 @@ def test_the_local_store_and_tracking_off_are_not_checked(monkeypatch) -> None:
 
 
 def test_a_stage_whose_server_is_down_stops_before_any_work_with_one_line(tmp_path: Path) -> None:
-    """`python -m pipeline.split` as dvc repro runs it: exit status 2, the URI and what to do, no output."""
+    """`python -m pipeline split` as dvc repro runs it: exit status 2, the URI and what to do, no output."""
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     uri = f"http://127.0.0.1:{free_port()}"
-    result = subprocess.run([sys.executable, "-m", "pipeline.split", "mnist"], cwd=tmp_path, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pipeline", "split", "mnist"], cwd=tmp_path, capture_output=True,
                             text=True, env=tool_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO)), timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: MLFLOW_TRACKING_URI={uri}: no server answers (")
@@ -157,10 +159,10 @@ def test_a_gone_server_is_told_apart_from_a_refused_request() -> None:
 # ---- `make server` with the SQLite backend, and the spool ---------------------------------------------
 
 def server_cli(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "pipeline.server", *map(str, args)], cwd=REPO, env=tool_env(),
+    result = subprocess.run([sys.executable, "-m", "pipeline", "server", *map(str, args)], cwd=REPO, env=tool_env(),
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f"pipeline.server {' '.join(map(str, args))} failed ({result.returncode}):\n"
+        raise AssertionError(f"pipeline.tracking.server {' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
 
@@ -233,7 +235,7 @@ def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back
     summary.write_text("replaced by a later run\n")  # the kept copy is what resync logs
 
     server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)
-    resync = subprocess.run([sys.executable, "-m", "pipeline.spool"], cwd=tmp_path, capture_output=True, text=True,
+    resync = subprocess.run([sys.executable, "-m", "pipeline", "resync"], cwd=tmp_path, capture_output=True, text=True,
                             env=tool_env(**env, PYTHONPATH=str(REPO)), timeout=600)
     assert resync.returncode == 0, resync.stderr
     assert "resync: 2 of 2 kept runs logged" in resync.stdout

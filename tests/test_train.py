@@ -13,8 +13,8 @@ from dataclasses import replace
 import pytest
 
 from pipeline.config import load_params
-from pipeline.designs import AugmentSettings
-from pipeline.train import batches, training_batches
+from pipeline.training.recipe import AugmentSettings
+from pipeline.training.loop import batches, training_batches
 from tests.conftest import REPO
 
 SETTINGS = load_params(REPO / "params.yaml").train
@@ -113,7 +113,7 @@ def test_flip_mirrors_left_right_when_asked_only() -> None:
 
 def onednn_enabled_in_a_stage(**env: str) -> bool:
     """Whether TensorFlow runs its oneDNN kernels in a fresh process that imports the train stage."""
-    probe = ("import pipeline.train; from tensorflow.python.util import _pywrap_util_port as port; "
+    probe = ("import pipeline.stages.train; from tensorflow.python.util import _pywrap_util_port as port; "
              "print(port.IsMklEnabled())")
     clean = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**clean, **env},

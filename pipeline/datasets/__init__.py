@@ -2,7 +2,8 @@
 they are checked and read, and what its classes are called.
 
 Adding a dataset means writing one module that builds a `DatasetSpec`, registering it in
-`REGISTRY` below, and adding its block to params.yaml.
+`REGISTRY` below, and adding its block to params.yaml. Also here: reading the official formats
+(IDX, GTSRB's PPMs and CSVs), image decoding, and archive safety. May import: core.
 """
 
 from __future__ import annotations

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import validate as v
-from pipeline.archive import safe_extract_zip
+from pipeline.core import validate as v
+from pipeline.datasets.archive import safe_extract_zip
 from pipeline.datasets import DatasetSpec, RawData, RemoteFile
-from pipeline.errors import MissingInputError
+from pipeline.core.errors import MissingInputError
 from pipeline.datasets.gtsrb_reader import (CLASS_NAMES, NUM_CLASSES, GtsrbFormatError, read_test_set,
                                             read_training_set)
 
-log = logging.getLogger("pipeline.datasets.gtsrb")
+log = logging.getLogger(__name__)
 
 TRAIN_ZIP = "GTSRB_Final_Training_Images.zip"
 TEST_ZIP = "GTSRB_Final_Test_Images.zip"

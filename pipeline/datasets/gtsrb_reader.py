@@ -17,8 +17,8 @@ exclusive; this is also how the usual GTSRB code crops.
 
 Speed: PPMs are parsed from their bytes with NumPy (no per-image PIL decoder), a chunk of
 images is resized with a few Pillow calls that reproduce ``Image.resize(...,
-BILINEAR)`` bit for bit (pipeline/datasets/images.py, which pipeline.predict uses too), and
-chunks run in a process pool. The result does not depend on the number of workers.
+BILINEAR)`` bit for bit (pipeline/datasets/images.py, which pipeline.stages.predict uses too), and
+chunks are decoded one after another, in this process.
 
 Bad input raises `GtsrbFormatError` naming the file, the CSV line and what was expected;
 nothing is skipped silently. A dataset with a corrupt image, a wrong label or an ROI that
@@ -29,11 +29,8 @@ or mislabelled set is worse than stopping.
 from __future__ import annotations
 
 import math
-import mmap
-import multiprocessing
 import os
 import re
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, NoReturn, Sequence
@@ -41,14 +38,13 @@ from typing import NamedTuple, NoReturn, Sequence
 import numpy as np
 
 from pipeline.datasets.images import ImageFormatError, crop_and_resize, decode_ppm
-from pipeline.errors import DataError, MissingInputError
-from pipeline.progress import bar
+from pipeline.core.errors import DataError, MissingInputError
+from pipeline.core.progress import bar
 
 NUM_CLASSES = 43
 # groups = class * GROUP_STRIDE + track: unique across classes for any 5-digit track id.
 GROUP_STRIDE = 100_000
-# Up to this many images, `workers=None` decodes in the calling process.
-SINGLE_PROCESS_MAX = 2000
+CHUNK = 1024  # images per resize call
 CSV_COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
 
 # The standard short names used in the GTSRB literature, in ClassId order.
@@ -168,7 +164,7 @@ class CsvRow(NamedTuple):
 
 
 def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bool = True,
-                      grayscale: bool = False, workers: int | None = None,
+                      grayscale: bool = False,
                       progress: bool = True) -> GtsrbSplit:
     """Read the official training set under `root` (the folder holding ``GTSRB/``).
 
@@ -206,7 +202,7 @@ def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bo
             raise GtsrbFormatError(f"{csv_path}: no data rows (empty class folder); expected one row per image",
                                    csv_path, 1)
         _check_listing(folder, csv_path, rows, listing)
-        # Plain string paths: pathlib costs ~10 us per join, noticeable over 39,209 images.
+        # Plain string paths: a pathlib join per image adds up over tens of thousands of images.
         path_prefix, file_prefix = _prefixes(folder, root)
         csv_name = str(csv_path)
         for row in sorted(rows, key=lambda r: r.filename):  # class folders are sorted: all files end up sorted
@@ -224,12 +220,12 @@ def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bo
             groups.append(class_id * GROUP_STRIDE + int(match.group(1)))
             files.append(file_prefix + row.filename)
 
-    images = _decode_all(items, size, crop_roi, grayscale, workers, progress, "GTSRB train")
+    images = _decode_all(items, size, crop_roi, grayscale, progress, "GTSRB train")
     return GtsrbSplit(images, np.asarray(labels, np.int64), np.asarray(groups, np.int64), files)
 
 
 def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] | None = None, size: int = 32,
-                  crop_roi: bool = True, grayscale: bool = False, workers: int | None = None,
+                  crop_roi: bool = True, grayscale: bool = False,
                   progress: bool = True) -> GtsrbSplit:
     """Read the official test images under `root`, labelled by `gt_csv`.
 
@@ -258,7 +254,7 @@ def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] |
     rows = sorted(rows, key=lambda r: r.filename)
     path_prefix, file_prefix = _prefixes(images_dir, root)
     items = [_Item(path_prefix + r.filename, r.width, r.height, r.roi, f"{gt_csv} line {r.line}") for r in rows]
-    images = _decode_all(items, size, crop_roi, grayscale, workers, progress, "GTSRB test")
+    images = _decode_all(items, size, crop_roi, grayscale, progress, "GTSRB test")
     return GtsrbSplit(images, np.asarray([r.class_id for r in rows], np.int64), np.arange(len(rows), dtype=np.int64),
                       [file_prefix + r.filename for r in rows])
 
@@ -430,87 +426,20 @@ def _check_listing(folder: Path, csv_path: Path, rows: list[CsvRow], listing: se
 # --------------------------------------------------------------------------- decoding
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _decode_all(items: list[_Item], size: int, crop_roi: bool, grayscale: bool, workers: int | None,
-                progress: bool, desc: str) -> np.ndarray:
+def _decode_all(items: list[_Item], size: int, crop_roi: bool, grayscale: bool, progress: bool,
+                desc: str) -> np.ndarray:
     """Decode `items` into an N x size x size x C array, in order."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     n = len(items)
-    if workers is None:
-        # Starting workers costs ~0.1 s: not worth it for a few thousand images or less.
-        workers = _cpu_count() if n > SINGLE_PROCESS_MAX else 1
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    shape = (n, size, size, 1 if grayscale else 3)
-    # Chunks of up to 1024 images: each Pillow call then resizes many crops at once, and
-    # 2 workers still get 8+ chunks each on the full training set to balance the load.
-    chunk = max(1, min(1024, math.ceil(n / (workers * 8))))
-    ranges = [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
-    workers = max(1, min(workers, len(ranges)))
-    # Worker processes need fork: they inherit `items` and write into a shared output buffer,
-    # so nothing is pickled but exceptions. Passing 120 MB of results and 39,209 items
-    # through pipes instead cost as much as the decoding on 2 cores.
-    if "fork" not in multiprocessing.get_all_start_methods():
-        workers = 1
+    out = np.empty((n, size, size, 1 if grayscale else 3), np.uint8)
+    # Chunks of up to 1024 images: each Pillow call then resizes many crops at once.
     with bar(n, desc, "img", disable=not progress) as pbar:
-        if workers == 1:
-            out = np.empty(shape, np.uint8)
-            for start, stop in ranges:
-                out[start:stop] = _decode_chunk(items[start:stop], size, crop_roi, grayscale)
-                pbar.update(stop - start)
-            return out
-        # Anonymous shared memory, inherited by the forked workers; freed with its last reference.
-        buffer = mmap.mmap(-1, max(1, math.prod(shape)))
-        shared = np.frombuffer(buffer, np.uint8, math.prod(shape)).reshape(shape)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
-                                 initargs=(items, shared, size, crop_roi, grayscale)) as pool:
-            futures: list[Future] = [pool.submit(_decode_range, start, stop) for start, stop in ranges]
-            try:
-                for future in futures:  # in order: the first bad image raises
-                    pbar.update(future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    return _move_out(shared, buffer)
-
-
-def _move_out(shared: np.ndarray, buffer: mmap.mmap) -> np.ndarray:
-    """The result as an ordinary array: a shared mapping would stay shared with any process
-    forked later. Copied slice by slice, each slice's shared pages released (Linux) right
-    after, so the peak memory is about one copy of the images, not two."""
-    out = np.empty(shared.shape, np.uint8)
-    source, target = shared.reshape(-1), out.reshape(-1)
-    step = 1024 * mmap.PAGESIZE
-    for start in range(0, source.size, step):
-        target[start:start + step] = source[start:start + step]
-        if hasattr(mmap, "MADV_REMOVE"):
-            buffer.madvise(mmap.MADV_REMOVE, start, min(step, len(buffer) - start))
+        for start in range(0, n, CHUNK):
+            stop = min(start + CHUNK, n)
+            out[start:stop] = _decode_chunk(items[start:stop], size, crop_roi, grayscale)
+            pbar.update(stop - start)
     return out
-
-
-# What a worker process decodes and where it writes; set once per worker by `_start_worker`.
-_worker_job: tuple[list[_Item], np.ndarray, int, bool, bool] | None = None
-
-
-def _start_worker(items: list[_Item], shared: np.ndarray, size: int, crop_roi: bool, grayscale: bool) -> None:
-    global _worker_job
-    _worker_job = (items, shared, size, crop_roi, grayscale)
-
-
-def _decode_range(start: int, stop: int) -> int:
-    """In a worker: decode items[start:stop] into the shared output; return how many."""
-    assert _worker_job is not None, "called outside a worker started by _decode_all"
-    items, shared, size, crop_roi, grayscale = _worker_job
-    shared[start:stop] = _decode_chunk(items[start:stop], size, crop_roi, grayscale)
-    return stop - start
 
 
 def _decode_chunk(items: Sequence[_Item], size: int, crop_roi: bool, grayscale: bool) -> np.ndarray:
@@ -523,8 +452,8 @@ def _decode_item(item: _Item) -> np.ndarray:
     """One image's pixels, checked against its CSV row."""
     where = f"{item.path} ({item.origin})"
     try:
-        # Room for the raster its CSV row announces plus a header: one read() for almost every file.
-        pixels = decode_ppm(_read_bytes(item.path, item.width * item.height * 3 + 1024), where)
+        with open(item.path, "rb") as handle:
+            pixels = decode_ppm(handle.read(), where)
     except ImageFormatError as error:
         raise GtsrbFormatError(str(error), item.path) from None
     check_size(pixels, item.width, item.height, where, item.path)
@@ -536,18 +465,3 @@ def check_size(pixels: np.ndarray, width: int, height: int, where: str, path: st
     if pixels.shape[1::-1] != (width, height):
         raise GtsrbFormatError(f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}; expected {width}x{height} "
                                f"as its CSV row says", path)
-
-
-def _read_bytes(path: str, size_hint: int) -> bytes:
-    """The whole file. os.read costs half of open().read() on these small files (~8 us)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    try:
-        data = os.read(fd, size_hint)
-        if len(data) < size_hint:  # end of file reached
-            return data
-        blocks = [data]
-        while block := os.read(fd, 1 << 20):
-            blocks.append(block)
-        return b"".join(blocks)
-    finally:
-        os.close(fd)

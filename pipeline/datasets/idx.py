@@ -4,7 +4,7 @@ An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of
 dimensions), one big-endian uint32 per dimension, then the data. Every field is checked,
 so a corrupt or truncated file fails with a message naming it instead of producing
 garbage arrays. What to do about it depends on where the file came from, which the split
-stage knows (`pipeline.download.damaged_file_advice`).
+stage knows (`pipeline.datasets.manifest.damaged_file_advice`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError, MissingInputError
+from pipeline.core.errors import DataError, MissingInputError
 
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"

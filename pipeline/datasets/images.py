@@ -1,6 +1,6 @@
 """Image files to pixels: decoding, cropping and resizing, one home for training and prediction.
 
-The split stage decodes GTSRB's images through it (gtsrb_reader.py) and pipeline.predict a
+The split stage decodes GTSRB's images through it (gtsrb_reader.py) and pipeline.stages.predict a
 user's images, so an image is cropped and resized for a prediction exactly as the training
 images were. Formats are told apart by their content, not their names: binary PPM/PGM
 (Netpbm P6/P5, GTSRB's format) is parsed with NumPy (no per-image decoder: 39,209 of them
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 # File names read as images in folders and archives (their content still decides the format).
 IMAGE_SUFFIXES = (".ppm", ".pgm", ".png", ".jpg", ".jpeg")
@@ -133,8 +133,8 @@ def luma(rgb: np.ndarray) -> np.ndarray:
 # when enlarging small crops (15 -> 32 px; BOX would be nearest-neighbour), free of the
 # ringing of BICUBIC/LANCZOS, and the cheapest of the antialiased filters.
 #
-# Speed: one `Image.resize` call per image costs ~50 us of Python overhead for a 32x32
-# result, more than the arithmetic. Pillow resizes separably, a horizontal pass (rounded
+# Speed: one `Image.resize` call per image costs more Python overhead than arithmetic for a 32x32
+# result. Pillow resizes separably, a horizontal pass (rounded
 # to uint8) then a vertical one, and a pass that leaves one axis unchanged is skipped. A
 # horizontal pass never mixes rows, so all crops of one width are stacked into one tall
 # image and resized horizontally in a single call; then all intermediates of one height

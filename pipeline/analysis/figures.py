@@ -1,0 +1,126 @@
+"""Matplotlib figures for evaluation: learning curves, confusion matrices, image grids.
+
+Each function returns a Figure; `save` writes it atomically as PNG and closes it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on CI or servers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pipeline.core import files  # noqa: E402
+
+CORRECT, WRONG = "#1a7f37", "#cf222e"
+
+
+def save(figure: Figure, path: str | os.PathLike[str]) -> None:
+    with files.atomic_file(path) as handle:
+        figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def learning_curves(history: Sequence[dict[str, float]], title: str) -> Figure:
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        axis.plot(epochs, [row[metric] for row in history], "o-", label="train")
+        axis.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    return figure
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str, normalize: bool) -> Figure:
+    """Counts, or rows normalized to recall (each true class sums to 1)."""
+    values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
+    n = len(class_names)
+    size = max(5.0, 0.28 * n + 2)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    labels = [name if len(name) <= 18 else name[:17] + "…" for name in class_names]
+    axis.set_xticks(range(n), labels, rotation=90, fontsize=7 if n > 15 else 9)
+    axis.set_yticks(range(n), labels, fontsize=7 if n > 15 else 9)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if n <= 15:  # numbers in cells are unreadable beyond that
+        threshold = values.max() / 2
+        for i in range(n):
+            for j in range(n):
+                text = f"{values[i, j]:.2f}" if normalize else str(int(values[i, j]))
+                axis.text(j, i, text, ha="center", va="center", fontsize=7,
+                          color="white" if values[i, j] > threshold else "black")
+    axis.set_title(title)
+    return figure
+
+
+def image_grid(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
+               class_names: Sequence[str], title: str) -> Figure:
+    """Images with predicted class and confidence over the true class; green right, red wrong."""
+    count = len(images)
+    columns = min(8, max(count, 1))
+    rows = max(1, int(np.ceil(count / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        image = images[index]
+        axis.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
+                    vmin=0, vmax=255)
+        ok = predicted[index] == true[index]
+        axis.set_title(f"{_short(class_names[predicted[index]])} {confidence[index]:.0%}\ntrue: "
+                       f"{_short(class_names[true[index]])}", fontsize=7, color=CORRECT if ok else WRONG)
+    figure.suptitle(title)
+    return figure
+
+
+def filters(kernels: np.ndarray, title: str) -> Figure:
+    """First-layer kernels (kh, kw, c_in, c_out): one tile per output channel."""
+    count = kernels.shape[-1]
+    columns = min(8, count)
+    rows = int(np.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < count:
+            kernel = kernels[..., index]
+            kernel = kernel.mean(axis=-1) if kernel.shape[-1] != 3 else kernel
+            low, high = kernel.min(), kernel.max()
+            axis.imshow((kernel - low) / (high - low + 1e-12), cmap="gray" if kernel.ndim == 2 else None)
+            axis.set_title(str(index), fontsize=7)
+    figure.suptitle(title)
+    return figure
+
+
+def feature_maps(image: np.ndarray, maps: np.ndarray, title: str) -> Figure:
+    """The input image followed by each channel of one layer's activation (h, w, c)."""
+    count = maps.shape[-1] + 1
+    columns = min(9, count)
+    rows = int(np.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.5 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index == 0:
+            axis.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+            axis.set_title("input", fontsize=7)
+        elif index < count:
+            axis.imshow(maps[..., index - 1], cmap="viridis")
+            axis.set_title(str(index - 1), fontsize=7)
+    figure.suptitle(title)
+    return figure
+
+
+def _short(name: str, limit: int = 16) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"

@@ -1,0 +1,253 @@
+"""params.yaml -> validated, typed configuration.
+
+Every stage starts with `load_params()` (through `pipeline.cli`), so a wrong key, type or
+value fails before any work starts, with an error that names the exact key, the value and
+what was expected. Unknown keys are errors: a typo must not be silently ignored. Designs are
+checked too: every student design against the course rule, and every design in
+`experiments.models` against the input shape of every dataset in `experiments.datasets`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import datasets, designs
+from pipeline.core import validate as v
+from pipeline.core.validate import ConfigError
+from pipeline.training import recipe
+
+PARAMS_FILE = "params.yaml"
+NORMALIZE_MODES = ("unit", "lecun", "standardize")
+EQUALIZERS = ("none", "histogram", "clahe")  # pipeline/portable/preprocess.py
+SEED_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    mirror: str | None  # folder or URL with one subfolder per dataset key
+    accept_local_repacks: bool  # see pipeline/stages/download.py: local copies verified by their own MD5SUMS
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    key: str
+    val_fraction: float
+    source: str | None  # a folder holding this dataset's files, tried first
+    options: dict[str, Any]  # dataset-specific options (see each dataset module)
+
+
+@dataclass(frozen=True)
+class NormalizeParams:
+    mode: str
+    pad_to: int | None
+    grayscale: bool
+    equalize: str  # none | histogram | clahe (pipeline/portable/preprocess.py)
+
+    def describe(self) -> str:
+        """The preprocessing in a few words, for reports."""
+        steps = [] if self.equalize == "none" else [{"clahe": "CLAHE", "histogram": "histogram equalization"}[
+            self.equalize]]
+        steps += ["grayscale"] if self.grayscale else []
+        return ", ".join(steps + [f"{self.mode} scaling"])
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    sample_images: int
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    download: DownloadParams
+    datasets: dict[str, DatasetParams]
+    normalize: NormalizeParams  # the defaults; normalize_for() applies a dataset's own overrides
+    normalize_overrides: dict[str, dict[str, Any]]
+    train: recipe.TrainSettings  # the shared block; train_settings() gives a design's recipe on a dataset
+    train_per_dataset: dict[str, dict[str, Any]]  # train.per_dataset.<dataset>: partial train blocks
+    models: dict[str, designs.Design]
+    evaluate: EvaluateParams
+    experiment_datasets: tuple[str, ...]
+    experiment_models: tuple[str, ...]
+    experiment_seeds: tuple[int, ...]  # training seeds; `seed` above is the data split's
+    raw: dict[str, Any]  # the file as parsed, for logging
+
+    def dataset(self, key: str) -> DatasetParams:
+        if key not in datasets.REGISTRY:
+            raise ConfigError(f"{key}: unknown dataset; known datasets: {', '.join(datasets.REGISTRY)}")
+        if key not in self.datasets:
+            raise ConfigError(f"datasets.{key}: missing; add a block for it to {PARAMS_FILE}")
+        return self.datasets[key]
+
+    def normalize_for(self, dataset: str) -> NormalizeParams:
+        """`normalize:` with `normalize.per_dataset.<dataset>` applied."""
+        return NormalizeParams(**{**self.normalize.__dict__, **self.normalize_overrides.get(dataset, {})})
+
+    def design(self, name: str) -> designs.Design:
+        if name not in self.models:
+            raise ConfigError(f"models.{name}: missing; known designs: {', '.join(self.models)}")
+        return self.models[name]
+
+    def train_settings(self, name: str, dataset: str) -> recipe.TrainSettings:
+        """Design `name`'s recipe on `dataset`: the shared `train:` block, then its
+        `per_dataset.<dataset>` values, then the design's own `train:` block, then that block's
+        `per_dataset.<dataset>` values (the more specific wins)."""
+        return recipe.merged_recipe(self.train, self.train_per_dataset, self.design(name), dataset)
+
+    def input_shape(self, key: str) -> tuple[int, int, int]:
+        """(height, width, channels) of the images the models of dataset `key` get: the dataset's
+        images as split writes them, then normalize's grayscale and pad_to (see pipeline/stages/normalize.py)."""
+        height, width, channels = datasets.REGISTRY[key].image_shape(self.dataset(key).options)
+        if self.normalize.grayscale:
+            channels = 1
+        if self.normalize.pad_to is not None:
+            height, width = max(height, self.normalize.pad_to), max(width, self.normalize.pad_to)
+        return height, width, channels
+
+    def recipe(self, name: str, dataset: str) -> str:
+        """How design `name` is trained on `dataset`, preprocessing included, in one line (compare's reports)."""
+        return f"{self.normalize_for(dataset).describe()}; {self.train_settings(name, dataset).describe()}"
+
+    def check_design(self, name: str, dataset: str) -> None:
+        """Refuse design `name` if the images of `dataset` cannot go through it (see designs.check_shapes)."""
+        designs.check_shapes(self.design(name), self.input_shape(dataset), datasets.REGISTRY[dataset].num_classes,
+                             dataset)
+
+    def run_seed(self, seed: int | None) -> int:
+        """The training seed a command means: the one given, else the first of experiments.seeds."""
+        return self.experiment_seeds[0] if seed is None else v.integer(seed, "--seed", 0, SEED_MAX)
+
+
+def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the project root, where params.yaml lives") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(_yaml_problem(path, error)) from None
+    try:
+        return parse_params(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: where it is (PyYAML's own message takes five), and what is wrong."""
+    mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
+    where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+    problem = ", ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+    return f"{where}: not valid YAML ({problem or error}); fix the syntax there"
+
+
+def parse_params(raw: Any) -> Params:
+    top = v.keys(raw, "", required=("seed", "download", "datasets", "normalize", "train", "models", "evaluate",
+                                     "experiments"))
+    seed = v.integer(top["seed"], "seed", 0, SEED_MAX)
+
+    block = v.keys(top["download"], "download", required=("mirror", "accept_local_repacks", "timeout_seconds"))
+    download = DownloadParams(
+        mirror=v.optional_text(block["mirror"], "download.mirror"),
+        accept_local_repacks=v.boolean(block["accept_local_repacks"], "download.accept_local_repacks"),
+        timeout_seconds=v.number(block["timeout_seconds"], "download.timeout_seconds", 0, 3600, low_open=True),
+    )
+
+    dataset_blocks = v.mapping(top["datasets"], "datasets")
+    parsed_datasets = {key: _parse_dataset(key, value) for key, value in dataset_blocks.items()}
+
+    block = v.keys(top["normalize"], "normalize", required=NORMALIZE_KEYS, optional=("per_dataset",))
+    normalize = NormalizeParams(**_parse_normalize(block, "normalize"))
+    overrides = {}
+    per_dataset = v.mapping(block.get("per_dataset") or {}, "normalize.per_dataset")
+    _check_datasets_named(per_dataset, "normalize.per_dataset", parsed_datasets)
+    for key, value in per_dataset.items():
+        where = f"normalize.per_dataset.{key}"
+        overrides[key] = _parse_normalize(v.keys(value, where, optional=NORMALIZE_KEYS), where)
+
+    shared, train_per_dataset = recipe.parse_train(top["train"], "train")
+    train = recipe.TrainSettings(**shared)
+    _check_datasets_named(train_per_dataset, "train.per_dataset", parsed_datasets)
+
+    model_blocks = v.mapping(top["models"], "models")
+    if not model_blocks:
+        raise v.fail("models", "must declare at least one design", {})
+    models = {name: _parse_design(name, value) for name, value in model_blocks.items()}
+    for design in models.values():
+        _check_datasets_named(design.train_per_dataset, f"models.{design.name}.train.per_dataset", parsed_datasets)
+        for dataset in parsed_datasets:
+            recipe.check_recipe(design, recipe.merged_recipe(train, train_per_dataset, design, dataset), dataset)
+
+    block = v.keys(top["evaluate"], "evaluate", required=("batch_size", "sample_images"))
+    evaluate = EvaluateParams(
+        batch_size=v.integer(block["batch_size"], "evaluate.batch_size", 1),
+        sample_images=v.integer(block["sample_images"], "evaluate.sample_images", 1, 100),
+    )
+
+    block = v.keys(top["experiments"], "experiments", required=("datasets", "models", "seeds"))
+    experiment_datasets = v.string_list(block["datasets"], "experiments.datasets", list(parsed_datasets))
+    experiment_models = v.string_list(block["models"], "experiments.models", list(models))
+    experiment_seeds = v.integer_list(block["seeds"], "experiments.seeds", 0, SEED_MAX)
+
+    params = Params(seed, download, parsed_datasets, normalize, overrides, train, train_per_dataset, models, evaluate, experiment_datasets,
+                    experiment_models, experiment_seeds, raw)
+    for name, design in models.items():
+        if design.student:
+            designs.check_course_rule(designs.declared_layers(design), name)
+    for dataset in experiment_datasets:
+        for name in experiment_models:
+            params.check_design(name, dataset)
+    return params
+
+
+def _parse_design(name: str, value: Any) -> designs.Design:
+    """A design (pipeline.designs) with its own recipe block (`models.<name>.train`, pipeline.training.recipe)."""
+    where = f"models.{name}"
+    design = designs.parse_design(name, value, where)
+    if "train" in value:
+        overrides, per_dataset = recipe.parse_train(value["train"], v.join(where, "train"), partial=True)
+        design = dataclasses.replace(design, train_overrides=overrides, train_per_dataset=per_dataset)
+    return design
+
+
+def _check_datasets_named(per_dataset: Any, where: str, declared: dict[str, DatasetParams]) -> None:
+    """Each key of a `per_dataset` block must be a dataset this file declares."""
+    for key in per_dataset:
+        if key not in declared:
+            raise ConfigError(f"{where}.{key}: not a dataset of this file; declared datasets: {', '.join(declared)}")
+
+
+NORMALIZE_KEYS = ("mode", "pad_to", "grayscale", "equalize")
+_NORMALIZE_CHECKS = {
+    "mode": lambda x, w: v.choice(x, w, NORMALIZE_MODES),
+    "pad_to": lambda x, w: None if x is None else v.integer(x, w, 1, 1024),
+    "grayscale": v.boolean,
+    "equalize": lambda x, w: v.choice(x, w, EQUALIZERS),
+}
+
+
+def _parse_normalize(block: Any, where: str) -> dict[str, Any]:
+    return {key: _NORMALIZE_CHECKS[key](block[key], f"{where}.{key}") for key in block if key != "per_dataset"}
+
+
+def _parse_dataset(key: str, value: Any) -> DatasetParams:
+    where = f"datasets.{key}"
+    if key not in datasets.REGISTRY:
+        raise ConfigError(f"{where}: unknown dataset; known datasets: {', '.join(datasets.REGISTRY)}")
+    spec = datasets.REGISTRY[key]
+    block = v.keys(value, where, required=("val_fraction", "source"), optional=spec.options)
+    options = {name: (check(block[name], f"{where}.{name}") if name in block else default)
+               for name, (check, default) in spec.options.items()}
+    return DatasetParams(
+        key=key,
+        val_fraction=v.number(block["val_fraction"], f"{where}.val_fraction", 0.0, 1.0, low_open=True, high_open=True),
+        source=v.optional_text(block["source"], f"{where}.source"),
+        options=options,
+    )

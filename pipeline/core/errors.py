@@ -1,0 +1,32 @@
+"""Errors a user can fix, told apart from crashes.
+
+Every stage enters through `pipeline.cli`, which prints a `UserError` as
+`error: <file or key>: <what is wrong>; <what to do>` (no traceback) and exits with status 2;
+any other exception is a crash and keeps its traceback and status 1. Raise a `UserError`
+(or a subclass) for whatever the user can put right: bad params, bad or missing data, a failed
+download, a refused archive, a design that cannot be built. Messages start with the file or the
+params key and end with what to do.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class UserError(Exception):
+    """Something the user can fix; the message names the file or key, what is wrong and what to do."""
+
+
+class DataError(UserError, ValueError):
+    """A data file is corrupt or not in its format; `path` is that file (None if not one file)."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+    def __reduce__(self):  # keep `path` when raised in a worker process
+        return (type(self), (self.args[0], self.path))
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file a stage reads is not there: a stage before it has not run, or a source lacks it."""

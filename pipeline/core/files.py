@@ -1,0 +1,158 @@
+"""Where the project lives, and writing files so that a crash never leaves half of one.
+
+Every stage output goes through `atomic_file` or `atomic_directory`: the data is written
+to a temporary sibling and renamed into place only when complete, so an output is either
+whole or absent, never half-written. Absent, not the previous version: `dvc repro` deletes a
+stage's outputs before it runs the stage (all but `persist: true` ones, such as data/raw), so
+after a failed stage they are missing. DVC's cache keeps the last version of every cached
+output, and `dvc checkout <stage>` puts it back; outputs declared `cache: false` are not in the
+cache but in git (`git checkout -- <path>`). Run outside DVC (`python -m pipeline.<stage>`),
+a stage replaces each output only once its new version is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.core import paths
+from pipeline.core.errors import MissingInputError
+
+# Queued `dvc exp run` executes in <repo>/.dvc/tmp/exps/<tmpdir>/ (and sets DVC_ROOT to it):
+# the tracking store and relative data paths must still resolve to the real repository.
+_EXP_TEMP_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def project_root() -> Path:
+    """The repository the user works in, even from inside a queued experiment's temp copy."""
+    root = os.environ.get("DVC_ROOT")
+    if not root:
+        try:
+            root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            root = os.getcwd()
+    root = os.path.abspath(root)
+    if _EXP_TEMP_MARKER in root + os.sep:
+        root = root[: (root + os.sep).index(_EXP_TEMP_MARKER)]
+    return Path(root)
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A user path from params: absolute as given, relative to the project root otherwise."""
+    path = Path(os.path.expanduser(os.fspath(path)))
+    return path if path.is_absolute() else Path(os.path.normpath(project_root() / path))
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary sibling of `target` for writing; rename it over `target` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private to their writer
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces `target` whole."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    with atomic_file(path, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
+        handle.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with _input(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def save_arrays(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
+    """An uncompressed .npz, loadable with `np.load(path, allow_pickle=False)`."""
+    for name, array in arrays.items():
+        if array.dtype == object:
+            raise TypeError(f"{name}: object arrays would need pickle; refusing")
+    with atomic_file(path) as handle:
+        np.savez(handle, **arrays)
+
+
+def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    with _input(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def load_split(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a normalized split (train, val or test), as the normalize stage wrote them."""
+    arrays = load_arrays(paths.NORMALIZED / dataset / f"{name}.npz")
+    return arrays["x"], arrays["y"]
+
+
+def _input(path: str | os.PathLike[str], mode: str = "r", encoding: str | None = None) -> Any:
+    """`open` for a file a stage reads, failing with what to do when an earlier stage has not written it."""
+    try:
+        return open(path, mode, encoding=encoding)
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: missing; run the stages that write it first (`dvc repro` runs every "
+                                f"stage in order)") from None
+
+
+def md5_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

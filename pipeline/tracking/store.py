@@ -1,0 +1,121 @@
+"""Where the tracking store is, whether tracking is on, and whether a tracking server answers.
+
+The store is `sqlite:///<root>/mlflow.db` with artifacts under `<root>/mlruns/`, where <root> is the
+user's repository even when a queued `dvc exp run` executes in a temporary copy
+(`files.project_root`), so every run lands in the store `make ui` serves. `MLFLOW_TRACKING_URI`
+overrides it (e.g. a shared server); `PIPELINE_TRACKING=off` turns tracking off.
+A server is checked before a stage does any work (`check_server`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core import files
+from pipeline.core.errors import UserError
+
+if TYPE_CHECKING:
+    import ssl
+
+
+def enabled() -> bool:
+    return os.environ.get("PIPELINE_TRACKING", "on").lower() not in ("off", "0", "false", "no")
+
+
+def project_store_uri() -> str:
+    return f"sqlite:///{files.project_root() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or project_store_uri()
+
+
+def artifact_root() -> Path:
+    return files.project_root() / "mlruns"
+
+
+def mlflow_api() -> Any:
+    import mlflow  # imported lazily: it costs seconds, and data-only code paths do not need it
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+# --- A tracking server: checked before a stage works, so a stage never trains for an hour and then fails to log.
+
+class TrackingServerError(UserError):
+    """The tracking server MLFLOW_TRACKING_URI names does not answer, or refuses."""
+
+
+SERVER_CHECK_TIMEOUT = 15.0  # seconds
+
+
+def check_server() -> None:
+    """Raise TrackingServerError, naming the URI and what to check, unless the tracking server stages
+    log to answers an MLflow request. Stores that are not servers (the project's SQLite file) pass."""
+    uri = tracking_uri()
+    if enabled() and urllib.parse.urlparse(uri).scheme in ("http", "https"):
+        problem = server_problem(uri)
+        if problem is not None:
+            raise TrackingServerError(f"MLFLOW_TRACKING_URI={uri}: {problem}; or set PIPELINE_TRACKING=off to run "
+                                      f"without tracking")
+
+
+def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | None:
+    """What is wrong with the MLflow server at `uri` and what to check, or None when it answers.
+
+    It must answer a request that reads its database (searching experiments), not only /health:
+    a server whose database is down still says OK there. Plain urllib, not MLflow's client: a stage
+    checks before MLflow has loaded (seconds), and MLflow's client would retry for minutes."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers=_server_credentials())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=_tls_context(uri)) as response:
+            json.load(response)
+    except urllib.error.HTTPError as error:
+        status = f"HTTP {error.code} {error.reason}"
+        if error.code in (401, 403):
+            return (f"the server refused ({status}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+                    f"or MLFLOW_TRACKING_TOKEN")
+        if error.code >= 500:
+            return f"the server answers but fails ({status}); check its log and its database (`make server-status`)"
+        return f"no MLflow tracking server answers there ({status}); check the URI (http://host:port)"
+    except OSError as error:  # URLError, refused, unreachable, timed out, TLS
+        reason = getattr(error, "reason", error)
+        return (f"no server answers ({reason}); start it (`make server`) or check the host and port, "
+                f"or unset MLFLOW_TRACKING_URI to log into this project's mlflow.db")
+    except ValueError:
+        return "something answers, but not as an MLflow tracking server; check the URI (http://host:port)"
+    return None
+
+
+def _server_credentials() -> dict[str, str]:
+    """The HTTP headers MLflow's client sends from the same environment variables."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
+def _tls_context(uri: str) -> ssl.SSLContext | None:
+    """As MLflow's client verifies an https server: MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS."""
+    if not uri.startswith("https:"):
+        return None
+    import ssl  # only for https servers: not worth importing for every stage
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+        return ssl._create_unverified_context()  # the user asked for it, as MLflow's client honours it
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+
+
