@@ -21,8 +21,9 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from pipeline import stages, tools, tracking
 from pipeline.config import Params, load_params
@@ -60,8 +61,11 @@ def run(argv: Sequence[str]) -> int:
         print(_usage(available), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else USER_ERROR_STATUS
     if argv[0] not in available:
-        print(f"error: {argv[0]}: not a command; the commands are {', '.join(sorted(available))} "
-              f"(python -m pipeline <command> --help)", file=sys.stderr)
+        print(
+            f"error: {argv[0]}: not a command; the commands are {', '.join(sorted(available))} "
+            f"(python -m pipeline <command> --help)",
+            file=sys.stderr,
+        )
         return USER_ERROR_STATUS
     module = importlib.import_module(available[argv[0]])
     args = _parser(argv[0], module).parse_args(argv[1:])
@@ -95,13 +99,16 @@ def _usage(available: dict[str, str]) -> str:
     lines = ["usage: python -m pipeline <command> [ARGS]   (python -m pipeline <command> --help)", ""]
     for package in COMMAND_PACKAGES:
         lines.append(f"{package.__name__.split('.')[-1]}:")
-        lines += [f"  {name}" for name, module in sorted(available.items()) if module.startswith(f"{package.__name__}.")]
+        lines += [
+            f"  {name}" for name, module in sorted(available.items()) if module.startswith(f"{package.__name__}.")
+        ]
     return "\n".join(lines)
 
 
 def _parser(name: str, module: ModuleType) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline {name}",
-                                     description=(module.__doc__ or name).strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipeline {name}", description=(module.__doc__ or name).strip().splitlines()[0]
+    )
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
     for argument in getattr(module, "ARGUMENTS", ()):

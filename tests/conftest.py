@@ -18,8 +18,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 # What a copy of the project needs to run `dvc repro` (everything git tracks that the stages use).
-PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/README.md",
-                 "mlruns/README.md")
+PROJECT_FILES = (
+    "pipeline",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    "data/README.md",
+    "mlruns/README.md",
+)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -37,7 +44,7 @@ def learnable_digits(count: int, seed: int, size: int = 28, classes: int = 10) -
     for index, label in enumerate(labels):
         row = 3 + (label % 5) * 5
         col = 4 if label < 5 else 16
-        images[index, row:row + 3, col:col + 8] = 255
+        images[index, row : row + 3, col : col + 8] = 255
     return images, labels.astype(np.uint8)
 
 
@@ -46,8 +53,12 @@ def write_idx_dataset(folder: Path, train: int = 300, test: int = 100, seed: int
     folder.mkdir(parents=True, exist_ok=True)
     train_x, train_y = learnable_digits(train, seed)
     test_x, test_y = learnable_digits(test, seed + 1)
-    payloads = {"train-images-idx3-ubyte.gz": train_x, "train-labels-idx1-ubyte.gz": train_y,
-                "t10k-images-idx3-ubyte.gz": test_x, "t10k-labels-idx1-ubyte.gz": test_y}
+    payloads = {
+        "train-images-idx3-ubyte.gz": train_x,
+        "train-labels-idx1-ubyte.gz": train_y,
+        "t10k-images-idx3-ubyte.gz": test_x,
+        "t10k-labels-idx1-ubyte.gz": test_y,
+    }
     md5s = {}
     for name, array in payloads.items():
         data = gzip.compress(idx_bytes(array), mtime=0)
@@ -82,9 +93,14 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_params(mirror: Path) -> dict[str, object]:
     """The params changes of a tiny project: MNIST from `mirror` (write_mirror), two designs, 1 epoch."""
-    return {"download.mirror": str(mirror), "train.epochs": 1, "train.batch_size": 32,
-            "experiments.datasets": ["mnist"], "experiments.models": list(TINY_PROJECT_MODELS),
-            "evaluate.sample_images": 8}
+    return {
+        "download.mirror": str(mirror),
+        "train.epochs": 1,
+        "train.batch_size": 32,
+        "experiments.datasets": ["mnist"],
+        "experiments.models": list(TINY_PROJECT_MODELS),
+        "evaluate.sample_images": 8,
+    }
 
 
 def copy_project(target: Path, params_changes: dict[str, object]) -> Path:
@@ -135,8 +151,7 @@ def edit_params(path: Path, changes: dict[str, object]) -> None:
 
 def tool_env(**extra: str) -> dict[str, str]:
     """The environment stages run in: this venv first on PATH, no inherited tracking overrides."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env

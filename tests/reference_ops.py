@@ -31,7 +31,8 @@ passes, to scatter-add window gradients); nothing loops over images or pixels.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -44,8 +45,8 @@ __all__ = [
     "same_padding",
 ]
 
-Padding = Union[str, Sequence[int]]
-Activation = Union[Callable[[np.ndarray], np.ndarray], str, None]
+Padding = str | Sequence[int]
+Activation = Callable[[np.ndarray], np.ndarray] | str | None
 PoolMode = Literal["max", "avg"]
 
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -63,9 +64,7 @@ def _as_float(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
     """Return ``x`` as a floating array, raising ValueError if its rank is wrong."""
     arr = np.asarray(x)
     if arr.ndim != ndim:
-        raise ValueError(
-            f"{name} must be a {ndim}-D array, got shape {arr.shape} (ndim={arr.ndim})"
-        )
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {arr.shape} (ndim={arr.ndim})")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     return arr
@@ -78,13 +77,8 @@ def _pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int
     try:
         a, b = value  # type: ignore[misc]
     except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be an int or a pair of ints, got {value!r}"
-        ) from None
-    if not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
-        for v in (a, b)
-    ):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum for v in (a, b)):
         raise ValueError(f"{name} must contain ints >= {minimum}, got {value!r}")
     return int(a), int(b)
 
@@ -106,10 +100,7 @@ def _resolve_padding(
             return same_padding(h, kh, sh), same_padding(w, kw, sw)
         if mode == "valid":
             return (0, 0), (0, 0)
-        raise ValueError(
-            f"padding must be 'same', 'valid' or a (ph, pw) tuple of ints >= 0, "
-            f"got {padding!r}"
-        )
+        raise ValueError(f"padding must be 'same', 'valid' or a (ph, pw) tuple of ints >= 0, got {padding!r}")
     ph, pw = _pair(padding, "padding", minimum=0)
     return (ph, ph), (pw, pw)
 
@@ -122,15 +113,11 @@ def _resolve_activation(activation: Activation) -> Callable[[np.ndarray], np.nda
             return _ACTIVATIONS[activation.lower()]
         except KeyError:
             raise ValueError(
-                f"activation must be a callable, None or one of "
-                f"{sorted(_ACTIVATIONS)}, got {activation!r}"
+                f"activation must be a callable, None or one of {sorted(_ACTIVATIONS)}, got {activation!r}"
             ) from None
     if callable(activation):
         return activation
-    raise ValueError(
-        f"activation must be a callable, None or one of {sorted(_ACTIVATIONS)}, "
-        f"got {activation!r}"
-    )
+    raise ValueError(f"activation must be a callable, None or one of {sorted(_ACTIVATIONS)}, got {activation!r}")
 
 
 def _check_conv_args(
@@ -144,14 +131,10 @@ def _check_conv_args(
     kh, kw, c_in, c_new = W.shape
     if c_in != c_prev:
         raise ValueError(
-            f"W must have shape (kh, kw, c_prev={c_prev}, c_new) to match A_prev "
-            f"{A_prev.shape}, got {W.shape}"
+            f"W must have shape (kh, kw, c_prev={c_prev}, c_new) to match A_prev {A_prev.shape}, got {W.shape}"
         )
     if b.shape not in ((1, 1, 1, c_new), (c_new,)):
-        raise ValueError(
-            f"b must have shape (1, 1, 1, {c_new}) (or ({c_new},)) to match W "
-            f"{W.shape}, got {b.shape}"
-        )
+        raise ValueError(f"b must have shape (1, 1, 1, {c_new}) (or ({c_new},)) to match W {W.shape}, got {b.shape}")
     if kh == 0 or kw == 0:
         raise ValueError(f"W must have a non-empty kernel, got shape {W.shape}")
     sh, sw = _pair(stride, "stride", minimum=1)

@@ -9,10 +9,10 @@ from pathlib import Path
 import keras
 import pytest
 
-from pipeline.designs import report as architecture
 from pipeline import cli, designs
-from pipeline.designs.report import architecture_report, format_report
+from pipeline.designs import report as architecture
 from pipeline.designs.keras_build import build_model
+from pipeline.designs.report import architecture_report, format_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +52,10 @@ def test_activation_memory_for_the_batch():
     totals = report["totals"]
     assert totals["forward_peak_bytes"] == (8 * 8 * 3 + 6 * 6 * 4) * 2 * 4  # input + conv output
     assert totals["training_activation_bytes"] == sum(r["backprop_bytes"] for r in report["layers"])
-    assert architecture_report(small_model(), batch_size=4)["totals"]["training_activation_bytes"] == \
-        2 * totals["training_activation_bytes"]
+    assert (
+        architecture_report(small_model(), batch_size=4)["totals"]["training_activation_bytes"]
+        == 2 * totals["training_activation_bytes"]
+    )
 
 
 def test_receptive_field_of_lenet5_modern():

@@ -19,8 +19,9 @@ GOOD_FILES = {
 }
 
 
-def make_zip(path: Path, files: dict[str, bytes], dirs: tuple[str, ...] = (),
-             compression: int = zipfile.ZIP_DEFLATED) -> Path:
+def make_zip(
+    path: Path, files: dict[str, bytes], dirs: tuple[str, ...] = (), compression: int = zipfile.ZIP_DEFLATED
+) -> Path:
     with zipfile.ZipFile(path, "w", compression) as zf:
         for name in dirs:
             zf.writestr(zipfile.ZipInfo(name), b"")  # a name ending in '/' is a folder entry
@@ -60,16 +61,19 @@ def test_windows_separators_and_dot_components_are_normalised(tmp_path):
     assert (target / "b" / "c.txt").read_bytes() == b"c"
 
 
-@pytest.mark.parametrize("entry", [
-    "../evil.txt",
-    "GTSRB/../../evil.txt",
-    "..\\evil.txt",
-    "GTSRB\\..\\..\\evil.txt",
-    "/tmp/evil.txt",
-    "\\evil.txt",
-    "C:\\evil.txt",
-    "c:evil.txt",
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "../evil.txt",
+        "GTSRB/../../evil.txt",
+        "..\\evil.txt",
+        "GTSRB\\..\\..\\evil.txt",
+        "/tmp/evil.txt",
+        "\\evil.txt",
+        "C:\\evil.txt",
+        "c:evil.txt",
+    ],
+)
 def test_refuses_entries_that_leave_the_target(tmp_path, entry):
     zip_path = make_zip(tmp_path / "evil.zip", {"GTSRB/fine.txt": b"fine", entry: b"pwned"})
     with pytest.raises(UnsafeArchiveError) as raised:
@@ -82,9 +86,14 @@ def test_refuses_entries_that_leave_the_target(tmp_path, entry):
     assert not (tmp_path.parent / "evil.txt").exists()
 
 
-@pytest.mark.parametrize("mode, what", [(stat.S_IFLNK | 0o777, "symbolic link"),
-                                        (stat.S_IFIFO | 0o644, "special file"),
-                                        (stat.S_IFCHR | 0o644, "special file")])
+@pytest.mark.parametrize(
+    "mode, what",
+    [
+        (stat.S_IFLNK | 0o777, "symbolic link"),
+        (stat.S_IFIFO | 0o644, "special file"),
+        (stat.S_IFCHR | 0o644, "special file"),
+    ],
+)
 def test_refuses_links_and_special_files(tmp_path, mode, what):
     zip_path = tmp_path / "link.zip"
     with zipfile.ZipFile(zip_path, "w") as zf:

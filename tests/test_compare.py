@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import ttest_ind
 
-from pipeline.stages import compare
-from pipeline.core import files
-from pipeline.core import paths
 from pipeline.analysis import stats
+from pipeline.core import files, paths
+from pipeline.stages import compare
 
 IMAGES = 400
 LABELS = np.arange(IMAGES) % 10
@@ -23,11 +22,27 @@ def write_run(dataset: str, design: str, seed: int, wrong: np.ndarray, latency_m
     run = paths.RunPaths(dataset, design, seed)
     predicted = LABELS.copy()
     predicted[wrong] = (LABELS[wrong] + 1) % 10
-    files.write_json(run.metrics_dir / "train.json", {"params": 1000, "macs_per_image": 5000, "epochs_run": 2,
-                                                      "train_seconds": 10.0 + seed, "best_val_accuracy": 0.9})
-    files.write_json(run.metrics_dir / "evaluate.json", {
-        "test_accuracy": 1 - len(wrong) / IMAGES, "test_loss": 0.1 + len(wrong) / IMAGES, "test_macro_f1": 0.9,
-        "predict_latency_ms": latency_ms, "predict_images_per_second": 5000.0, "model_bytes": 12345})
+    files.write_json(
+        run.metrics_dir / "train.json",
+        {
+            "params": 1000,
+            "macs_per_image": 5000,
+            "epochs_run": 2,
+            "train_seconds": 10.0 + seed,
+            "best_val_accuracy": 0.9,
+        },
+    )
+    files.write_json(
+        run.metrics_dir / "evaluate.json",
+        {
+            "test_accuracy": 1 - len(wrong) / IMAGES,
+            "test_loss": 0.1 + len(wrong) / IMAGES,
+            "test_macro_f1": 0.9,
+            "predict_latency_ms": latency_ms,
+            "predict_images_per_second": 5000.0,
+            "model_bytes": 12345,
+        },
+    )
     with files.atomic_file(run.history, "w") as handle:
         handle.write("epoch,val_accuracy\n1,0.8\n2,0.9\n")
     with files.atomic_file(run.predictions, "w") as handle:
@@ -124,8 +139,12 @@ def test_one_seed_has_no_spread_and_a_lone_best_keeps_a_plain_rank_1(project: Pa
 def test_figures_draw_every_design(project: Path) -> None:
     rows = compare.collect(("mnist",), ("weak", "close", "strong"), (1, 2))["mnist"]["designs"]
     pngs = compare.report_figures("mnist", rows)
-    assert set(pngs) == {"mnist_accuracy_vs_params.png", "mnist_accuracy_vs_latency.png", "mnist_seed_spread.png",
-                         "mnist_val_accuracy.png"}
+    assert set(pngs) == {
+        "mnist_accuracy_vs_params.png",
+        "mnist_accuracy_vs_latency.png",
+        "mnist_seed_spread.png",
+        "mnist_val_accuracy.png",
+    }
     errorbars = pngs["mnist_accuracy_vs_latency.png"].axes[0].containers
     assert len(errorbars) == 3  # one interval per design
     spread = pngs["mnist_seed_spread.png"].axes[0]

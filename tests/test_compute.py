@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.core import process
-from pipeline.training import compute
 from pipeline.core.errors import UserError
+from pipeline.training import compute
 from tests.conftest import REPO
 
 
@@ -21,8 +21,7 @@ def test_explicit_threads_are_used_as_given(monkeypatch: pytest.MonkeyPatch) -> 
     assert compute.resolve_threads(2) == 2
 
 
-def test_auto_threads_take_the_runners_count_else_the_cores_of_a_lone_training(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_threads_take_the_runners_count_else_the_cores_of_a_lone_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(compute.AUTO_THREADS_VARIABLE, "3")
     assert compute.resolve_threads("auto") == 3
     monkeypatch.delenv(compute.AUTO_THREADS_VARIABLE)
@@ -51,16 +50,20 @@ except RuntimeError as error:
     assert refused.startswith("refused: cannot set TensorFlow to 2 threads: its runtime already started")
 
 
-@pytest.mark.parametrize("visible, nodes, cuda_libraries, expected", [
-    (None, [], True, False),                     # no driver: this machine
-    (None, ["/dev/nvidia0"], False, False),      # a GPU, but TensorFlow's CPU-only wheels
-    ("-1", ["/dev/nvidia0"], True, False),       # hidden by CUDA_VISIBLE_DEVICES
-    ("", ["/dev/nvidia0"], True, False),
-    (None, ["/dev/nvidia0"], True, True),
-    ("0", ["/dev/nvidia0"], True, True),
-])
+@pytest.mark.parametrize(
+    "visible, nodes, cuda_libraries, expected",
+    [
+        (None, [], True, False),  # no driver: this machine
+        (None, ["/dev/nvidia0"], False, False),  # a GPU, but TensorFlow's CPU-only wheels
+        ("-1", ["/dev/nvidia0"], True, False),  # hidden by CUDA_VISIBLE_DEVICES
+        ("", ["/dev/nvidia0"], True, False),
+        (None, ["/dev/nvidia0"], True, True),
+        ("0", ["/dev/nvidia0"], True, True),
+    ],
+)
 def test_the_gpu_probe_needs_a_driver_the_cuda_wheels_and_a_visible_device(
-        monkeypatch: pytest.MonkeyPatch, visible, nodes, cuda_libraries, expected) -> None:
+    monkeypatch: pytest.MonkeyPatch, visible, nodes, cuda_libraries, expected
+) -> None:
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
@@ -85,8 +88,9 @@ print(pipeline.gpu_present(), port.IsMklEnabled(), loop.batches(x, y, 2).options
       tf.config.threading.get_intra_op_parallelism_threads())
 """
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().splitlines()[-1] == "False True False 1"
 
 
@@ -100,7 +104,8 @@ def test_with_a_gpu_tf_data_tunes_itself(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_bfloat16_on_a_cpu_without_its_instructions_is_said_to_be_emulated(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(compute, "gpu_present", lambda: False)
     with caplog.at_level(logging.WARNING, logger="pipeline.training.compute"):
         monkeypatch.setattr(compute, "cpu_flags", lambda: {"avx2", "avx512f"})

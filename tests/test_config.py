@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from pipeline.config import load_params, parse_params
-from pipeline.tracking.client import flatten
 from pipeline.core.validate import ConfigError
+from pipeline.tracking.client import flatten
 from tests.conftest import REPO
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -52,35 +52,47 @@ def test_a_command_trains_the_seed_given_else_the_first_configured_one() -> None
         params.run_seed(-1)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"seed": "42"}, "seed: must be an int from 0 to 2147483647, got '42'"),
-    ({"seed": -1}, "seed: must be an int from 0 to 2147483647, got -1"),
-    ({"train__epochs": 0}, "train.epochs: must be"),
-    ({"train__learning_rate": "fast"}, "train.learning_rate: must be a number"),
-    ({"train__optimizer": "adagrad"}, "train.optimizer: must be one of"),
-    ({"train__epoch": 3}, "train.epoch: unknown key; allowed keys here: epochs"),
-    ({"train__threads": 0}, "train.threads: must be a positive int (TensorFlow's threads) or auto (cores / "
-                            "trainings side by side), got 0"),
-    ({"train__threads": True}, "train.threads: must be a positive int"),
-    ({"models__student_gtsrb__train__threads": "max"}, "models.student_gtsrb.train.threads: must be a positive int"),
-    ({"train__precision": "float16"}, "train.precision: must be one of float32, mixed_bfloat16, got 'float16'"),
-    ({"normalize__mode": "minmax"}, "normalize.mode: must be one of unit, lecun, standardize, got 'minmax'"),
-    ({"normalize__grayscale": "yes"}, "normalize.grayscale: must be true or false, got 'yes'"),
-    ({"datasets__mnist__val_fraction": 1.0}, "datasets.mnist.val_fraction: must be a number in (0.0, 1.0), got 1.0"),
-    ({"datasets__gtsrb__image_size": 4}, "datasets.gtsrb.image_size: must be an int from 8 to 256, got 4"),
-    ({"datasets__mnist__crop_roi": True}, "datasets.mnist.crop_roi: unknown key"),
-    ({"datasets__cifar10": {"val_fraction": 0.1, "source": None}}, "datasets.cifar10: unknown dataset"),
-    ({"download__mirror": ...}, "download.mirror: missing; this key is required"),
-    ({"experiments__models": ["lenet5_modern", "lenet6"]}, "experiments.models.1: must be one of"),
-    ({"experiments__datasets": []}, "experiments.datasets: must be a non-empty list, got []"),
-    ({"experiments__seeds": []}, "experiments.seeds: must be a non-empty list of ints, got []"),
-    ({"experiments__seeds": 42}, "experiments.seeds: must be a non-empty list of ints, got 42"),
-    ({"experiments__seeds": [1, "2"]}, "experiments.seeds.1: must be an int from 0 to 2147483647, got '2'"),
-    ({"experiments__seeds": [3, 1, 3]}, "experiments.seeds: must not repeat an entry, got [3]"),
-    ({"experiments__seeds": ...}, "experiments.seeds: missing; this key is required"),
-    ({"evaluate__sample_images": 0}, "evaluate.sample_images: must be an int from 1 to 100, got 0"),
-    ({"colour": "red"}, "colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seed": "42"}, "seed: must be an int from 0 to 2147483647, got '42'"),
+        ({"seed": -1}, "seed: must be an int from 0 to 2147483647, got -1"),
+        ({"train__epochs": 0}, "train.epochs: must be"),
+        ({"train__learning_rate": "fast"}, "train.learning_rate: must be a number"),
+        ({"train__optimizer": "adagrad"}, "train.optimizer: must be one of"),
+        ({"train__epoch": 3}, "train.epoch: unknown key; allowed keys here: epochs"),
+        (
+            {"train__threads": 0},
+            "train.threads: must be a positive int (TensorFlow's threads) or auto (cores / "
+            "trainings side by side), got 0",
+        ),
+        ({"train__threads": True}, "train.threads: must be a positive int"),
+        (
+            {"models__student_gtsrb__train__threads": "max"},
+            "models.student_gtsrb.train.threads: must be a positive int",
+        ),
+        ({"train__precision": "float16"}, "train.precision: must be one of float32, mixed_bfloat16, got 'float16'"),
+        ({"normalize__mode": "minmax"}, "normalize.mode: must be one of unit, lecun, standardize, got 'minmax'"),
+        ({"normalize__grayscale": "yes"}, "normalize.grayscale: must be true or false, got 'yes'"),
+        (
+            {"datasets__mnist__val_fraction": 1.0},
+            "datasets.mnist.val_fraction: must be a number in (0.0, 1.0), got 1.0",
+        ),
+        ({"datasets__gtsrb__image_size": 4}, "datasets.gtsrb.image_size: must be an int from 8 to 256, got 4"),
+        ({"datasets__mnist__crop_roi": True}, "datasets.mnist.crop_roi: unknown key"),
+        ({"datasets__cifar10": {"val_fraction": 0.1, "source": None}}, "datasets.cifar10: unknown dataset"),
+        ({"download__mirror": ...}, "download.mirror: missing; this key is required"),
+        ({"experiments__models": ["lenet5_modern", "lenet6"]}, "experiments.models.1: must be one of"),
+        ({"experiments__datasets": []}, "experiments.datasets: must be a non-empty list, got []"),
+        ({"experiments__seeds": []}, "experiments.seeds: must be a non-empty list of ints, got []"),
+        ({"experiments__seeds": 42}, "experiments.seeds: must be a non-empty list of ints, got 42"),
+        ({"experiments__seeds": [1, "2"]}, "experiments.seeds.1: must be an int from 0 to 2147483647, got '2'"),
+        ({"experiments__seeds": [3, 1, 3]}, "experiments.seeds: must not repeat an entry, got [3]"),
+        ({"experiments__seeds": ...}, "experiments.seeds: missing; this key is required"),
+        ({"evaluate__sample_images": 0}, "evaluate.sample_images: must be an int from 1 to 100, got 0"),
+        ({"colour": "red"}, "colour: unknown key"),
+    ],
+)
 def test_mistakes_name_the_key_the_value_and_the_expectation(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_params(edited(**changes))
@@ -99,8 +111,10 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
     path.write_text("seed: 1\ntrain: [unclosed\n")
     with pytest.raises(ConfigError) as error:
         load_params(path)
-    assert str(error.value) == (f"{path} line 2: not valid YAML (while parsing a flow sequence, expected ',' or ']', "
-                                f"but got '<stream end>'); fix the syntax there")  # one line, not PyYAML's five
+    assert str(error.value) == (
+        f"{path} line 2: not valid YAML (while parsing a flow sequence, expected ',' or ']', "
+        f"but got '<stream end>'); fix the syntax there"
+    )  # one line, not PyYAML's five
     with pytest.raises(ConfigError, match="not found; run from the project root"):
         load_params(tmp_path / "missing.yaml")
     path.write_text(yaml.safe_dump(edited(train__batch_size=0)))
@@ -116,11 +130,16 @@ def test_design_train_overrides_merge_over_the_shared_block() -> None:
 
 
 def test_a_recipe_per_dataset_wins_over_the_general_one_and_the_design_over_the_shared_block() -> None:
-    params = parse_params(edited(
-        train__per_dataset={"gtsrb": {"epochs": 30, "augment": {"rotation": 10}}, "mnist": {"batch_size": 64}},
-        models__lenet5_modern={"builtin": "lenet5_modern"},
-        models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {
-            "epochs": 5, "learning_rate": 0.003, "per_dataset": {"gtsrb": {"learning_rate": 0.01}}}}))
+    params = parse_params(
+        edited(
+            train__per_dataset={"gtsrb": {"epochs": 30, "augment": {"rotation": 10}}, "mnist": {"batch_size": 64}},
+            models__lenet5_modern={"builtin": "lenet5_modern"},
+            models__lenet5_d2l={
+                "builtin": "lenet5_d2l",
+                "train": {"epochs": 5, "learning_rate": 0.003, "per_dataset": {"gtsrb": {"learning_rate": 0.01}}},
+            },
+        )
+    )
     gtsrb, mnist = params.train_settings("lenet5_d2l", "gtsrb"), params.train_settings("lenet5_d2l", "mnist")
     assert (gtsrb.epochs, gtsrb.learning_rate, gtsrb.augment.rotation, gtsrb.batch_size) == (5, 0.01, 10, 128)
     assert (mnist.epochs, mnist.learning_rate, mnist.augment.rotation, mnist.batch_size) == (5, 0.003, 0, 64)
@@ -130,19 +149,35 @@ def test_a_recipe_per_dataset_wins_over_the_general_one_and_the_design_over_the_
 
 
 def test_per_dataset_recipes_are_checked_like_the_rest() -> None:
-    with pytest.raises(ConfigError, match=r"^train.per_dataset.cifar10: not a dataset of this file; declared "
-                                          r"datasets: mnist, fashion_mnist, gtsrb$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^train.per_dataset.cifar10: not a dataset of this file; declared "
+        r"datasets: mnist, fashion_mnist, gtsrb$",
+    ):
         parse_params(edited(train__per_dataset={"cifar10": {"epochs": 3}}))
-    with pytest.raises(ConfigError, match=r"^models.lenet5_d2l.train.per_dataset.gtsrb.epochs: must be a positive "
-                                          r"int, got 0$"):
-        parse_params(edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {"per_dataset": {
-            "gtsrb": {"epochs": 0}}}}))
+    with pytest.raises(
+        ConfigError,
+        match=r"^models.lenet5_d2l.train.per_dataset.gtsrb.epochs: must be a positive "
+        r"int, got 0$",
+    ):
+        parse_params(
+            edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {"per_dataset": {"gtsrb": {"epochs": 0}}}})
+        )
     with pytest.raises(ConfigError, match=r"^train.per_dataset.mnist.per_dataset: unknown key"):
         parse_params(edited(train__per_dataset={"mnist": {"per_dataset": {}}}))
-    with pytest.raises(ConfigError, match=r"^models.lenet5_d2l.train.per_dataset.mnist: warmup_epochs \(4\) must "
-                                          r"be fewer than epochs \(3\)"):
-        parse_params(edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {
-            "schedule": "cosine", "warmup_epochs": 4, "per_dataset": {"mnist": {"epochs": 3}}}}))
+    with pytest.raises(
+        ConfigError,
+        match=r"^models.lenet5_d2l.train.per_dataset.mnist: warmup_epochs \(4\) must "
+        r"be fewer than epochs \(3\)",
+    ):
+        parse_params(
+            edited(
+                models__lenet5_d2l={
+                    "builtin": "lenet5_d2l",
+                    "train": {"schedule": "cosine", "warmup_epochs": 4, "per_dataset": {"mnist": {"epochs": 3}}},
+                }
+            )
+        )
 
 
 def test_flatten_gives_the_dotted_keys_dvc_and_mlflow_show() -> None:

@@ -37,33 +37,78 @@ def with_change(path: str, value: Any) -> dict:
 DELETE = object()
 
 
-@pytest.mark.parametrize("path, value, message", [
-    ("models.student_a.layers.3.kernel", 0, "models.student_a.layers.3.kernel: must be a positive int, got 0"),
-    ("models.student_a.layers.0.kernel", [3, 0], "models.student_a.layers.0.kernel.1: must be a positive int, got 0"),
-    ("models.student_a.layers.0.kernel", "3x3",
-     "models.student_a.layers.0.kernel: must be an int or a [height, width] pair of ints, got '3x3'"),
-    ("models.student_a.layers.0.filtres", 32, "models.student_a.layers.0.filtres: unknown key; allowed keys here:"),
-    ("models.student_a.layers.0.filters", DELETE, "models.student_a.layers.0.filters: missing; this key is required"),
-    ("models.student_a.layers.1.type", "maxpooling", "models.student_a.layers.1.type: must be one of conv, maxpool,"),
-    ("models.student_a.layers.2", "conv", "models.student_a.layers.2: must be a mapping of keys to values, got 'conv'"),
-    ("models.student_a.layers.6.rate", 1.5, "models.student_a.layers.6.rate: must be a number in [0.0, 1.0), got 1.5"),
-    ("models.student_a.layers.9.units", "class",
-     "models.student_a.layers.9.units: must be a positive int or the word classes, got 'class'"),
-    ("models.student_a.layers.7.activation", "relu6", "models.student_a.layers.7.activation: must be one of linear,"),
-    ("models.student_a.layers.7.initializer", "he", "models.student_a.layers.7.initializer: must be one of"),
-    ("models.student_a.layers.0.padding", "full", "models.student_a.layers.0.padding: must be one of valid, same"),
-    ("models.student_b.layers.1.momentum", 1.0, "models.student_b.layers.1.momentum: must be a number in [0.0, 1.0)"),
-    ("models.student_b.layers.0.use_bias", "no", "models.student_b.layers.0.use_bias: must be true or false"),
-    ("models.student_a.layers", [], "models.student_a.layers: must be a non-empty list of layers, got []"),
-    ("models.student_a.student", "yes", "models.student_a.student: must be true or false, got 'yes'"),
-    ("models.student_a.builtin", "lenet5_modern", "models.student_a: must have exactly one of builtin"),
-    ("models.lenet5_modern.builtin", "lenet6", "models.lenet5_modern.builtin: must be one of lenet5_modern,"),
-    ("models.lenet5_modern.output", "softmax", "models.lenet5_modern.output: only lenet5_classic has an output option"),
-    ("models.lenet5_classic.output", "mse", "models.lenet5_classic.output: must be one of rbf, softmax, got 'mse'"),
-    ("models.lenet5_d2l.train.learning_rate", 0, "models.lenet5_d2l.train.learning_rate: must be a number in (0.0,"),
-    ("models.lenet5_d2l.train.epoch", 3, "models.lenet5_d2l.train.epoch: unknown key"),
-    ("models.lenet5_d2l.layer", [], "models.lenet5_d2l.layer: unknown key"),
-])
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("models.student_a.layers.3.kernel", 0, "models.student_a.layers.3.kernel: must be a positive int, got 0"),
+        (
+            "models.student_a.layers.0.kernel",
+            [3, 0],
+            "models.student_a.layers.0.kernel.1: must be a positive int, got 0",
+        ),
+        (
+            "models.student_a.layers.0.kernel",
+            "3x3",
+            "models.student_a.layers.0.kernel: must be an int or a [height, width] pair of ints, got '3x3'",
+        ),
+        ("models.student_a.layers.0.filtres", 32, "models.student_a.layers.0.filtres: unknown key; allowed keys here:"),
+        (
+            "models.student_a.layers.0.filters",
+            DELETE,
+            "models.student_a.layers.0.filters: missing; this key is required",
+        ),
+        (
+            "models.student_a.layers.1.type",
+            "maxpooling",
+            "models.student_a.layers.1.type: must be one of conv, maxpool,",
+        ),
+        (
+            "models.student_a.layers.2",
+            "conv",
+            "models.student_a.layers.2: must be a mapping of keys to values, got 'conv'",
+        ),
+        (
+            "models.student_a.layers.6.rate",
+            1.5,
+            "models.student_a.layers.6.rate: must be a number in [0.0, 1.0), got 1.5",
+        ),
+        (
+            "models.student_a.layers.9.units",
+            "class",
+            "models.student_a.layers.9.units: must be a positive int or the word classes, got 'class'",
+        ),
+        (
+            "models.student_a.layers.7.activation",
+            "relu6",
+            "models.student_a.layers.7.activation: must be one of linear,",
+        ),
+        ("models.student_a.layers.7.initializer", "he", "models.student_a.layers.7.initializer: must be one of"),
+        ("models.student_a.layers.0.padding", "full", "models.student_a.layers.0.padding: must be one of valid, same"),
+        (
+            "models.student_b.layers.1.momentum",
+            1.0,
+            "models.student_b.layers.1.momentum: must be a number in [0.0, 1.0)",
+        ),
+        ("models.student_b.layers.0.use_bias", "no", "models.student_b.layers.0.use_bias: must be true or false"),
+        ("models.student_a.layers", [], "models.student_a.layers: must be a non-empty list of layers, got []"),
+        ("models.student_a.student", "yes", "models.student_a.student: must be true or false, got 'yes'"),
+        ("models.student_a.builtin", "lenet5_modern", "models.student_a: must have exactly one of builtin"),
+        ("models.lenet5_modern.builtin", "lenet6", "models.lenet5_modern.builtin: must be one of lenet5_modern,"),
+        (
+            "models.lenet5_modern.output",
+            "softmax",
+            "models.lenet5_modern.output: only lenet5_classic has an output option",
+        ),
+        ("models.lenet5_classic.output", "mse", "models.lenet5_classic.output: must be one of rbf, softmax, got 'mse'"),
+        (
+            "models.lenet5_d2l.train.learning_rate",
+            0,
+            "models.lenet5_d2l.train.learning_rate: must be a number in (0.0,",
+        ),
+        ("models.lenet5_d2l.train.epoch", 3, "models.lenet5_d2l.train.epoch: unknown key"),
+        ("models.lenet5_d2l.layer", [], "models.lenet5_d2l.layer: unknown key"),
+    ],
+)
 def test_bad_design_fails_naming_the_exact_key(path, value, message):
     with pytest.raises(ConfigError) as error:
         parse_params(with_change(path, value))
@@ -72,13 +117,18 @@ def test_bad_design_fails_naming_the_exact_key(path, value, message):
 
 def test_params_yaml_designs_parse():
     models = parse_params(copy.deepcopy(RAW)).models
-    assert {name for name, d in models.items() if d.student} == {"student_a", "student_b", "student_fashion", "student_gtsrb"}
+    assert {name for name, d in models.items() if d.student} == {
+        "student_a",
+        "student_b",
+        "student_fashion",
+        "student_gtsrb",
+    }
     assert models["lenet5_classic"].layers is None and models["lenet5_classic"].classic_output == "rbf"
     assert models["lenet5_d2l"].train_overrides == {"learning_rate": 0.003}
 
 
 def test_every_builtin_except_the_classic_is_written_in_the_layer_language():
-    for name, layers in designs.BUILTINS.items():
+    for name in designs.BUILTINS:
         design = designs.parse_design(name, {"builtin": name}, f"models.{name}")
         assert (design.layers is None) == (name == "lenet5_classic")
         assert not design.student
@@ -86,10 +136,20 @@ def test_every_builtin_except_the_classic_is_written_in_the_layer_language():
 
 def test_layer_defaults_follow_keras():
     layer = designs.parse_layer({"type": "conv", "filters": 8, "kernel": [3, 5]}, "x")
-    assert layer.options == {"filters": 8, "kernel": (3, 5), "strides": (1, 1), "padding": "valid",
-                             "activation": "linear", "initializer": "glorot_uniform", "use_bias": True}
-    assert designs.parse_layer({"type": "maxpool"}, "x").options == {"pool": (2, 2), "strides": None,
-                                                                      "padding": "valid"}
+    assert layer.options == {
+        "filters": 8,
+        "kernel": (3, 5),
+        "strides": (1, 1),
+        "padding": "valid",
+        "activation": "linear",
+        "initializer": "glorot_uniform",
+        "use_bias": True,
+    }
+    assert designs.parse_layer({"type": "maxpool"}, "x").options == {
+        "pool": (2, 2),
+        "strides": None,
+        "padding": "valid",
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -108,18 +168,36 @@ def build(layers: list[dict], student: bool = True):
     return build_model(design, (32, 32, 1), 10, seed=0)
 
 
-@pytest.mark.parametrize("layers, problem, counted", [
-    ([CONV, POOL, FLAT] + [{"type": "dense", "units": 8}] * 11 + [DENSE], "has 15 layers, the rule allows at most 14",
-     "Layers counted (15): 00_conv (conv), 01_maxpool (maxpool), 02_flatten (flatten), 03_dense (dense),"),
-    ([POOL, FLAT, DENSE], "has no convolution layer",
-     "Layers counted (3): 00_maxpool (maxpool), 01_flatten (flatten), 02_dense (dense)"),
-    ([CONV, FLAT, DENSE], "has no pooling layer",
-     "Layers counted (3): 00_conv (conv), 01_flatten (flatten), 02_dense (dense)"),
-    ([CONV, POOL, {"type": "globalavgpool"}], "has no dense layer",
-     "Layers counted (3): 00_conv (conv), 01_maxpool (maxpool), 02_globalavgpool (globalavgpool)"),
-    ([FLAT, DENSE], "has no convolution layer; has no pooling layer",
-     "Layers counted (2): 00_flatten (flatten), 01_dense (dense)"),
-])
+@pytest.mark.parametrize(
+    "layers, problem, counted",
+    [
+        (
+            [CONV, POOL, FLAT] + [{"type": "dense", "units": 8}] * 11 + [DENSE],
+            "has 15 layers, the rule allows at most 14",
+            "Layers counted (15): 00_conv (conv), 01_maxpool (maxpool), 02_flatten (flatten), 03_dense (dense),",
+        ),
+        (
+            [POOL, FLAT, DENSE],
+            "has no convolution layer",
+            "Layers counted (3): 00_maxpool (maxpool), 01_flatten (flatten), 02_dense (dense)",
+        ),
+        (
+            [CONV, FLAT, DENSE],
+            "has no pooling layer",
+            "Layers counted (3): 00_conv (conv), 01_flatten (flatten), 02_dense (dense)",
+        ),
+        (
+            [CONV, POOL, {"type": "globalavgpool"}],
+            "has no dense layer",
+            "Layers counted (3): 00_conv (conv), 01_maxpool (maxpool), 02_globalavgpool (globalavgpool)",
+        ),
+        (
+            [FLAT, DENSE],
+            "has no convolution layer; has no pooling layer",
+            "Layers counted (2): 00_flatten (flatten), 01_dense (dense)",
+        ),
+    ],
+)
 def test_course_rule_violations_list_the_layers_counted(layers, problem, counted):
     with pytest.raises(ConfigError) as error:
         build(layers)
@@ -147,8 +225,11 @@ def test_course_rule_only_applies_to_student_designs():
 
 def test_course_rule_on_layer_names_and_types():
     designs.check_course_rule([("c", "conv"), ("p", "maxpool"), ("f", "flatten"), ("d", "dense")], "ok")
-    with pytest.raises(ConfigError, match=r"models\.x: .*has no pooling layer\. "
-                                          r"Layers counted \(2\): c1 \(conv\), f6 \(dense\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"models\.x: .*has no pooling layer\. "
+        r"Layers counted \(2\): c1 \(conv\), f6 \(dense\)$",
+    ):
         designs.check_course_rule([("c1", "conv"), ("f6", "dense")], "x")
 
 
@@ -170,44 +251,96 @@ def params_with(layers: list[dict] | None = None, **changes: Any) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("layers, changes, message", [
-    # the issue's example: pools shrink 32x32 to 1x1, then one more
-    ([CONV, POOL, POOL, POOL, POOL, POOL, POOL, FLAT, DENSE], {},
-     "models.student_a.layers.6 (maxpool): input is 1x1, smaller than the 2x2 pool, on mnist's 32x32x1 images; "
-     "use padding: same, a smaller pool or fewer layers that shrink the image"),
-    ([{"type": "conv", "filters": 4, "kernel": 5}, POOL, {"type": "conv", "filters": 4, "kernel": [3, 15]}, POOL,
-      FLAT, DENSE], {},
-     "models.student_a.layers.2 (conv): input is 14x14, smaller than the 3x15 kernel, on mnist's 32x32x1 images"),
-    # valid strided windows: 32 -> (32-4)//4+1 = 8 -> (8-3)//2+1 = 3, smaller than the 4x4 pool
-    ([{"type": "conv", "filters": 4, "kernel": 4, "strides": 4}, {"type": "maxpool", "pool": 3, "strides": 2},
-      {"type": "avgpool", "pool": 4}, FLAT, DENSE], {},
-     "models.student_a.layers.2 (avgpool): input is 3x3, smaller than the 4x4 pool"),
-    ([CONV, POOL, FLAT, {"type": "dense", "units": 128, "activation": "relu"}], {},
-     "models.student_a.layers.3 (dense): the design gives 128 values per image, but mnist has 10 classes; "
-     "end it with a dense layer of units: classes"),
-    ([CONV, POOL, {"type": "globalavgpool"}, {"type": "dense", "units": 10}], {"experiments.datasets": ["gtsrb"]},
-     "models.student_a.layers.3 (dense): the design gives 10 values per image, but gtsrb has 43 classes"),
-    ([CONV, POOL, DENSE], {},
-     "models.student_a: gives 16x16x10 values per image on mnist's 32x32x1 images, not one per class; "
-     "add a flatten or global pooling layer before its dense layers"),
-    ([CONV, POOL, FLAT, CONV, DENSE], {},
-     "models.student_a.layers.3 (conv): input is flat (1024 values) on mnist's 32x32x1 images, and a conv layer "
-     "needs an image; move it before the flatten or global pooling layer"),
-    # GTSRB's images are image_size x image_size x 3 (unpadded: pad_to only pads smaller images)
-    (None, {"datasets.gtsrb.image_size": 8, "normalize.pad_to": None, "experiments.datasets": ["gtsrb"]},
-     "models.lenet5_modern (builtin lenet5_modern), layer 2 (conv): input is 4x4, smaller than the 5x5 kernel, "
-     "on gtsrb's 8x8x3 images"),
-    # pad_to: null leaves MNIST at 28x28, which lenet5_classic's layer arithmetic does not fit
-    (None, {"normalize.pad_to": None, "experiments.models": ["lenet5_classic"]},
-     "models.lenet5_classic (builtin lenet5_classic): cannot take mnist's 28x28x1 images: LeNet-5 cannot take "
-     "height=28: c5 needs s4 maps of at least 5x5."),
-    (None, {"datasets.gtsrb.image_size": 8, "normalize.pad_to": None, "normalize.grayscale": True,
-            "experiments.datasets": ["gtsrb"], "experiments.models": ["cnn_primer", "lenet5_classic"]},
-     "models.lenet5_classic (builtin lenet5_classic): cannot take gtsrb's 8x8x1 images"),
-    ([CONV, FLAT, DENSE], {},
-     "models.student_a: breaks the course rule for student designs (fewer than 15 layers, at least one convolution, "
-     "one pooling and one dense layer): it has no pooling layer"),
-])
+@pytest.mark.parametrize(
+    "layers, changes, message",
+    [
+        # the issue's example: pools shrink 32x32 to 1x1, then one more
+        (
+            [CONV, POOL, POOL, POOL, POOL, POOL, POOL, FLAT, DENSE],
+            {},
+            "models.student_a.layers.6 (maxpool): input is 1x1, smaller than the 2x2 pool, on mnist's 32x32x1 images; "
+            "use padding: same, a smaller pool or fewer layers that shrink the image",
+        ),
+        (
+            [
+                {"type": "conv", "filters": 4, "kernel": 5},
+                POOL,
+                {"type": "conv", "filters": 4, "kernel": [3, 15]},
+                POOL,
+                FLAT,
+                DENSE,
+            ],
+            {},
+            "models.student_a.layers.2 (conv): input is 14x14, smaller than the 3x15 kernel, on mnist's 32x32x1 images",
+        ),
+        # valid strided windows: 32 -> (32-4)//4+1 = 8 -> (8-3)//2+1 = 3, smaller than the 4x4 pool
+        (
+            [
+                {"type": "conv", "filters": 4, "kernel": 4, "strides": 4},
+                {"type": "maxpool", "pool": 3, "strides": 2},
+                {"type": "avgpool", "pool": 4},
+                FLAT,
+                DENSE,
+            ],
+            {},
+            "models.student_a.layers.2 (avgpool): input is 3x3, smaller than the 4x4 pool",
+        ),
+        (
+            [CONV, POOL, FLAT, {"type": "dense", "units": 128, "activation": "relu"}],
+            {},
+            "models.student_a.layers.3 (dense): the design gives 128 values per image, but mnist has 10 classes; "
+            "end it with a dense layer of units: classes",
+        ),
+        (
+            [CONV, POOL, {"type": "globalavgpool"}, {"type": "dense", "units": 10}],
+            {"experiments.datasets": ["gtsrb"]},
+            "models.student_a.layers.3 (dense): the design gives 10 values per image, but gtsrb has 43 classes",
+        ),
+        (
+            [CONV, POOL, DENSE],
+            {},
+            "models.student_a: gives 16x16x10 values per image on mnist's 32x32x1 images, not one per class; "
+            "add a flatten or global pooling layer before its dense layers",
+        ),
+        (
+            [CONV, POOL, FLAT, CONV, DENSE],
+            {},
+            "models.student_a.layers.3 (conv): input is flat (1024 values) on mnist's 32x32x1 images, and a conv layer "
+            "needs an image; move it before the flatten or global pooling layer",
+        ),
+        # GTSRB's images are image_size x image_size x 3 (unpadded: pad_to only pads smaller images)
+        (
+            None,
+            {"datasets.gtsrb.image_size": 8, "normalize.pad_to": None, "experiments.datasets": ["gtsrb"]},
+            "models.lenet5_modern (builtin lenet5_modern), layer 2 (conv): input is 4x4, smaller than the 5x5 kernel, "
+            "on gtsrb's 8x8x3 images",
+        ),
+        # pad_to: null leaves MNIST at 28x28, which lenet5_classic's layer arithmetic does not fit
+        (
+            None,
+            {"normalize.pad_to": None, "experiments.models": ["lenet5_classic"]},
+            "models.lenet5_classic (builtin lenet5_classic): cannot take mnist's 28x28x1 images: LeNet-5 cannot take "
+            "height=28: c5 needs s4 maps of at least 5x5.",
+        ),
+        (
+            None,
+            {
+                "datasets.gtsrb.image_size": 8,
+                "normalize.pad_to": None,
+                "normalize.grayscale": True,
+                "experiments.datasets": ["gtsrb"],
+                "experiments.models": ["cnn_primer", "lenet5_classic"],
+            },
+            "models.lenet5_classic (builtin lenet5_classic): cannot take gtsrb's 8x8x1 images",
+        ),
+        (
+            [CONV, FLAT, DENSE],
+            {},
+            "models.student_a: breaks the course rule for student designs (fewer than 15 layers, at least one convolution, "
+            "one pooling and one dense layer): it has no pooling layer",
+        ),
+    ],
+)
 def test_a_design_that_cannot_work_is_refused_when_params_load(layers, changes, message):
     with pytest.raises(ConfigError) as error:
         parse_params(params_with(layers, **changes))
@@ -224,8 +357,13 @@ def test_the_course_rule_is_checked_for_every_student_design_declared():
 
 def test_shapes_are_checked_for_the_configured_datasets_only():
     """A design that fits MNIST's 32x32 but not GTSRB resized to 16x16 is fine while GTSRB is not configured."""
-    tight = [{"type": "conv", "filters": 4, "kernel": 9}, POOL, {"type": "conv", "filters": 4, "kernel": 5}, FLAT,
-             DENSE]
+    tight = [
+        {"type": "conv", "filters": 4, "kernel": 9},
+        POOL,
+        {"type": "conv", "filters": 4, "kernel": 5},
+        FLAT,
+        DENSE,
+    ]
     unpadded = {"normalize.pad_to": None, "datasets.gtsrb.image_size": 16}
     params = parse_params(params_with(tight, **unpadded, **{"experiments.datasets": ["mnist"]}))
     with pytest.raises(ConfigError, match=r"layers\.2 \(conv\): input is 4x4, smaller than the 5x5 kernel, on gtsrb"):
@@ -237,16 +375,26 @@ def test_shapes_are_checked_for_the_configured_datasets_only():
 def test_input_shapes_follow_the_dataset_and_normalize():
     params = parse_params(params_with())
     assert params.input_shape("mnist") == (32, 32, 1) and params.input_shape("gtsrb") == (32, 32, 3)
-    params = parse_params(params_with(**{"normalize.pad_to": None, "normalize.grayscale": True,
-                                         "datasets.gtsrb.image_size": 48, "experiments.models": ["student_a"]}))
+    params = parse_params(
+        params_with(
+            **{
+                "normalize.pad_to": None,
+                "normalize.grayscale": True,
+                "datasets.gtsrb.image_size": 48,
+                "experiments.models": ["student_a"],
+            }
+        )
+    )
     assert params.input_shape("fashion_mnist") == (28, 28, 1) and params.input_shape("gtsrb") == (48, 48, 1)
 
 
 def test_checking_designs_needs_no_tensorflow():
     """params.yaml is checked in milliseconds: neither TensorFlow nor Keras is imported to check a design."""
-    probe = ("import sys, time; t = time.perf_counter(); from pipeline.config import load_params; "
-             "load_params(); print(time.perf_counter() - t, sorted({m.split('.')[0] for m in sys.modules} & "
-             "{'tensorflow', 'keras'}))")
+    probe = (
+        "import sys, time; t = time.perf_counter(); from pipeline.config import load_params; "
+        "load_params(); print(time.perf_counter() - t, sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tensorflow', 'keras'}))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     seconds, imported = result.stdout.split(maxsplit=1)
     assert imported.strip() == "[]"

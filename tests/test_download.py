@@ -12,17 +12,17 @@ import hashlib
 import logging
 import socket
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import yaml
 
-from pipeline.stages import download as dl
 from pipeline import cli
 from pipeline.datasets import DatasetSpec, RemoteFile, fashion_mnist, gtsrb, mnist
+from pipeline.stages import download as dl
 from pipeline.stages.download import REPACKED, DownloadError, Source
 from tests.conftest import REPO, SHARED_DATASETS, idx_bytes
 
@@ -37,15 +37,20 @@ def md5(data: bytes) -> str:
 def make_payloads(seed: int = 0) -> dict[str, bytes]:
     """Four tiny valid IDX files, gzipped as upstream ships them: name -> .gz bytes."""
     rng = np.random.default_rng(seed)
-    arrays = {mnist.TRAIN_IMAGES: rng.integers(0, 256, (6, 4, 4)), mnist.TRAIN_LABELS: rng.integers(0, 10, 6),
-              mnist.TEST_IMAGES: rng.integers(0, 256, (3, 4, 4)), mnist.TEST_LABELS: rng.integers(0, 10, 3)}
+    arrays = {
+        mnist.TRAIN_IMAGES: rng.integers(0, 256, (6, 4, 4)),
+        mnist.TRAIN_LABELS: rng.integers(0, 10, 6),
+        mnist.TEST_IMAGES: rng.integers(0, 256, (3, 4, 4)),
+        mnist.TEST_LABELS: rng.integers(0, 10, 3),
+    }
     return {name: gzip.compress(idx_bytes(array.astype(np.uint8)), mtime=0) for name, array in arrays.items()}
 
 
 def spec_for(payloads: dict[str, bytes], urls: tuple[str, ...] = ()) -> DatasetSpec:
     """MNIST's spec with `payloads` as its official files (md5, size and payload md5)."""
-    remotes = tuple(RemoteFile(name, md5(data), len(data), md5(gzip.decompress(data)))
-                    for name, data in payloads.items())
+    remotes = tuple(
+        RemoteFile(name, md5(data), len(data), md5(gzip.decompress(data))) for name, data in payloads.items()
+    )
     return dataclasses.replace(mnist.SPEC, files=remotes, urls=urls)
 
 
@@ -59,7 +64,7 @@ def write_folder(folder: Path, payloads: dict[str, bytes]) -> Path:
 def corrupt(data: bytes) -> bytes:
     """Same length, one byte flipped in the middle."""
     middle = len(data) // 2
-    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
 
 
 def recompressed(data: bytes, damage: bool = False) -> bytes:
@@ -103,8 +108,7 @@ class LoopbackServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         # A short poll interval: shutdown() waits for it, once per test.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def url(self, path: str = "") -> str:
@@ -183,15 +187,18 @@ def test_empty_environment_variables_are_ignored(tmp_path: Path) -> None:
 
 
 def test_mirror_url_gets_the_dataset_subfolder_and_relative_folders_the_project_root(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
     spec = spec_for(make_payloads())
     url_mirror = dl.sources_for(spec, None, "http://host/datasets/", environ={})[0]
     assert url_mirror.base == "http://host/datasets/mnist"
     assert url_mirror.location("a.gz") == "http://host/datasets/mnist/a.gz"
     relative = dl.sources_for(spec, "own", "../shared/datasets", environ={})
-    assert [s.base for s in relative] == [str(tmp_path / "repo" / "own"),
-                                          str(tmp_path / "shared" / "datasets" / "mnist")]
+    assert [s.base for s in relative] == [
+        str(tmp_path / "repo" / "own"),
+        str(tmp_path / "shared" / "datasets" / "mnist"),
+    ]
     as_file_url = dl.sources_for(spec, None, (tmp_path / "m").as_uri(), environ={})[0]
     assert not as_file_url.is_url and as_file_url.base == str(tmp_path / "m" / "mnist")
 
@@ -199,23 +206,33 @@ def test_mirror_url_gets_the_dataset_subfolder_and_relative_folders_the_project_
 # --- fetching from one source, then the next ------------------------------------------------------------------
 
 
-def test_good_files_from_http_are_verified_and_recorded(server: LoopbackServer, payloads: dict[str, bytes],
-                                                        tmp_path: Path) -> None:
+def test_good_files_from_http_are_verified_and_recorded(
+    server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path
+) -> None:
     url = server.serve("official", payloads)
     out = tmp_path / "data" / "raw" / "mnist"
     manifest = fetch(spec_for(payloads), [Source("official host", url)], out)
     for name, data in payloads.items():
         assert (out / name).read_bytes() == data
-        assert manifest[name] == {"md5": md5(data), "bytes": len(data), "verified_by": "official md5",
-                                  "source": url + name}
+        assert manifest[name] == {
+            "md5": md5(data),
+            "bytes": len(data),
+            "verified_by": "official md5",
+            "source": url + name,
+        }
     assert listing(out) == set(payloads) | {dl.MANIFEST}
     assert dl.files.read_json(out / dl.MANIFEST) == manifest
 
 
 @pytest.mark.parametrize("failure", ["wrong checksum", "404", "truncated", "no server"])
-def test_a_failing_source_is_reported_and_the_next_one_used(failure: str, server: LoopbackServer,
-                                                            payloads: dict[str, bytes], closed_port_url: str,
-                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_source_is_reported_and_the_next_one_used(
+    failure: str,
+    server: LoopbackServer,
+    payloads: dict[str, bytes],
+    closed_port_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     good = server.serve("good", payloads)
     if failure == "wrong checksum":
         first = server.serve("bad", {name: corrupt(data) for name, data in payloads.items()})
@@ -232,13 +249,18 @@ def test_a_failing_source_is_reported_and_the_next_one_used(failure: str, server
     assert all(entry["source"] == good + name for name, entry in manifest.items())
     assert all((out / name).read_bytes() == data for name, data in payloads.items())
     assert_no_partials(out)
-    expected_reason = {"wrong checksum": "rejected", "404": "HTTP 404", "truncated": "transfer truncated",
-                       "no server": "cannot connect"}[failure]
+    expected_reason = {
+        "wrong checksum": "rejected",
+        "404": "HTTP 404",
+        "truncated": "transfer truncated",
+        "no server": "cannot connect",
+    }[failure]
     assert expected_reason in caplog.text
 
 
 def test_offline_gives_one_error_listing_every_source_and_how_to_set_a_mirror(
-        server: LoopbackServer, payloads: dict[str, bytes], closed_port_url: str, tmp_path: Path) -> None:
+    server: LoopbackServer, payloads: dict[str, bytes], closed_port_url: str, tmp_path: Path
+) -> None:
     sources = [
         Source("dataset source (PIPELINE_SOURCE_MNIST)", str(tmp_path / "nowhere")),
         Source("mirror (download.mirror)", server.serve("bad", {n: corrupt(d) for n, d in payloads.items()})),
@@ -255,8 +277,11 @@ def test_offline_gives_one_error_listing_every_source_and_how_to_set_a_mirror(
     lines = message.splitlines()
     assert [line for line in lines if line.startswith("  - ")] == [
         f"  - dataset source (PIPELINE_SOURCE_MNIST) {tmp_path / 'nowhere' / first}: no such file",
-        next(line for line in lines if line.startswith(f"  - mirror (download.mirror) {server.url('bad/')}{first}: "
-                                                       "rejected, ")),
+        next(
+            line
+            for line in lines
+            if line.startswith(f"  - mirror (download.mirror) {server.url('bad/')}{first}: rejected, ")
+        ),
         f"  - official host {server.url('gone/')}{first}: HTTP 404 Not Found",
         next(line for line in lines if line.startswith(f"  - known mirror {closed_port_url}{first}: cannot connect")),
         f"  - known mirror ftp://example.invalid/mnist/{first}: only http(s) URLs and local folders are supported",
@@ -265,8 +290,9 @@ def test_offline_gives_one_error_listing_every_source_and_how_to_set_a_mirror(
     assert listing(out) == set()  # nothing half-written, no manifest of nothing
 
 
-def test_a_failure_midway_keeps_only_verified_files(server: LoopbackServer, payloads: dict[str, bytes],
-                                                    tmp_path: Path) -> None:
+def test_a_failure_midway_keeps_only_verified_files(
+    server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path
+) -> None:
     partial = dict(list(payloads.items())[:2])
     url = server.serve("some", partial)
     server.routes[f"/some/{NAMES[2]}"] = payloads[NAMES[2]]
@@ -279,8 +305,7 @@ def test_a_failure_midway_keeps_only_verified_files(server: LoopbackServer, payl
 
 
 @pytest.mark.parametrize("kind", ["folder", "url"])
-def test_mirror_as_folder_or_url(kind: str, server: LoopbackServer, payloads: dict[str, bytes],
-                                 tmp_path: Path) -> None:
+def test_mirror_as_folder_or_url(kind: str, server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path) -> None:
     if kind == "folder":
         mirror = str(tmp_path / "mirror")
         write_folder(tmp_path / "mirror" / "mnist", payloads)
@@ -295,12 +320,14 @@ def test_mirror_as_folder_or_url(kind: str, server: LoopbackServer, payloads: di
     assert all(entry["source"].startswith(expected_prefix) for entry in manifest.values())
 
 
-def test_environment_mirror_is_used_instead_of_the_params_mirror(server: LoopbackServer, payloads: dict[str, bytes],
-                                                                 tmp_path: Path) -> None:
+def test_environment_mirror_is_used_instead_of_the_params_mirror(
+    server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path
+) -> None:
     server.serve("params/mnist", payloads)
     write_folder(tmp_path / "env_mirror" / "mnist", payloads)
-    sources = dl.sources_for(spec_for(payloads), None, server.url("params"),
-                             environ={"PIPELINE_DATA_MIRROR": str(tmp_path / "env_mirror")})
+    sources = dl.sources_for(
+        spec_for(payloads), None, server.url("params"), environ={"PIPELINE_DATA_MIRROR": str(tmp_path / "env_mirror")}
+    )
     fetch(spec_for(payloads), sources, tmp_path / "raw")
     assert server.requests == []
 
@@ -308,8 +335,9 @@ def test_environment_mirror_is_used_instead_of_the_params_mirror(server: Loopbac
 # --- files already present --------------------------------------------------------------------------------------
 
 
-def test_files_present_and_valid_are_not_fetched_again(server: LoopbackServer, payloads: dict[str, bytes],
-                                                       tmp_path: Path) -> None:
+def test_files_present_and_valid_are_not_fetched_again(
+    server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path
+) -> None:
     url = server.serve("official", payloads)
     out = tmp_path / "raw"
     first = fetch(spec_for(payloads), [Source("official host", url)], out)
@@ -321,15 +349,17 @@ def test_files_present_and_valid_are_not_fetched_again(server: LoopbackServer, p
     assert {name: (out / name).stat().st_mtime_ns for name in payloads} == mtimes
 
 
-def test_files_put_in_place_by_hand_are_verified_and_kept(payloads: dict[str, bytes], tmp_path: Path,
-                                                          closed_port_url: str) -> None:
+def test_files_put_in_place_by_hand_are_verified_and_kept(
+    payloads: dict[str, bytes], tmp_path: Path, closed_port_url: str
+) -> None:
     out = write_folder(tmp_path / "raw", payloads)  # no manifest
     manifest = fetch(spec_for(payloads), [Source("official host", closed_port_url)], out)
     assert all(entry["verified_by"] == "official md5" for entry in manifest.values())
 
 
-def test_a_corrupt_existing_file_is_fetched_again(server: LoopbackServer, payloads: dict[str, bytes],
-                                                  tmp_path: Path) -> None:
+def test_a_corrupt_existing_file_is_fetched_again(
+    server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path
+) -> None:
     url = server.serve("official", payloads)
     out = tmp_path / "raw"
     fetch(spec_for(payloads), [Source("official host", url)], out)
@@ -342,7 +372,8 @@ def test_a_corrupt_existing_file_is_fetched_again(server: LoopbackServer, payloa
 
 
 def test_a_corrupt_existing_file_is_removed_when_no_source_has_a_good_copy(
-        payloads: dict[str, bytes], tmp_path: Path, closed_port_url: str) -> None:
+    payloads: dict[str, bytes], tmp_path: Path, closed_port_url: str
+) -> None:
     out = write_folder(tmp_path / "raw", payloads)
     (out / NAMES[0]).write_bytes(payloads[NAMES[0]][:10])
     with pytest.raises(DownloadError):
@@ -363,8 +394,9 @@ def test_leftovers_of_a_killed_run_are_removed(payloads: dict[str, bytes], tmp_p
 
 
 @pytest.mark.parametrize("kind", ["folder", "url"])
-def test_a_recompressed_gz_is_accepted_on_its_payload_md5(kind: str, server: LoopbackServer,
-                                                          payloads: dict[str, bytes], tmp_path: Path) -> None:
+def test_a_recompressed_gz_is_accepted_on_its_payload_md5(
+    kind: str, server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path
+) -> None:
     repacked = {name: recompressed(data) for name, data in payloads.items()}
     assert all(md5(repacked[name]) != md5(payloads[name]) for name in payloads)
     base = str(write_folder(tmp_path / "debian", repacked)) if kind == "folder" else server.serve("d", repacked)
@@ -379,10 +411,14 @@ def test_a_recompressed_gz_is_accepted_on_its_payload_md5(kind: str, server: Loo
 
 
 @pytest.mark.parametrize("damage", ["payload", "truncated gzip", "not gzip"])
-def test_a_recompressed_gz_with_a_bad_payload_is_rejected(damage: str, payloads: dict[str, bytes],
-                                                          tmp_path: Path) -> None:
-    bad = {"payload": lambda d: recompressed(d, damage=True), "truncated gzip": lambda d: recompressed(d)[:-9],
-           "not gzip": lambda d: gzip.decompress(d)}[damage]
+def test_a_recompressed_gz_with_a_bad_payload_is_rejected(
+    damage: str, payloads: dict[str, bytes], tmp_path: Path
+) -> None:
+    bad = {
+        "payload": lambda d: recompressed(d, damage=True),
+        "truncated gzip": lambda d: recompressed(d)[:-9],
+        "not gzip": lambda d: gzip.decompress(d),
+    }[damage]
     folder = write_folder(tmp_path / "debian", {name: bad(data) for name, data in payloads.items()})
     out = tmp_path / "raw"
     with pytest.raises(DownloadError, match="rejected, .* expected the official"):
@@ -448,8 +484,9 @@ def test_a_parent_md5sums_vouches_only_for_its_own_subfolder(tmp_path: Path) -> 
 def test_read_md5sums_formats(tmp_path: Path) -> None:
     folder = tmp_path / "gtsrb"
     folder.mkdir()
-    (tmp_path / "MD5SUMS").write_text("AAAA  gtsrb/a.zip\nbbbb  mnist/b.gz\ncccc  gtsrb/sub/c.zip\n\nnot-a-line\n"
-                                      "dddd  gtsrb/d.zip\n")
+    (tmp_path / "MD5SUMS").write_text(
+        "AAAA  gtsrb/a.zip\nbbbb  mnist/b.gz\ncccc  gtsrb/sub/c.zip\n\nnot-a-line\ndddd  gtsrb/d.zip\n"
+    )
     (folder / "MD5SUMS").write_text("eeee *e.zip\nffff  ./f.zip\n1111  d.zip\n")
     assert dl.read_md5sums(folder) == {"a.zip": "aaaa", "d.zip": "1111", "e.zip": "eeee", "f.zip": "ffff"}
     assert dl.read_md5sums(tmp_path / "absent") == {}
@@ -478,17 +515,22 @@ def run_stage(*argv: str) -> int:
     return cli.run(["download", *argv])
 
 
-def test_main_downloads_from_the_params_mirror(server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_downloads_from_the_params_mirror(
+    server: LoopbackServer, payloads: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server.serve("mirror/mnist", payloads)
     root = stage_project(tmp_path, monkeypatch, spec_for(payloads), server.url("mirror"))
     assert run_stage("mnist") == 0
     assert listing(root / "data" / "raw" / "mnist") == set(payloads) | {dl.MANIFEST}
 
 
-def test_main_offline_prints_one_error_and_exits_2(payloads: dict[str, bytes], closed_port_url: str, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_main_offline_prints_one_error_and_exits_2(
+    payloads: dict[str, bytes],
+    closed_port_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     spec = spec_for(payloads, urls=(closed_port_url,))
     root = stage_project(tmp_path, monkeypatch, spec, "relative/mirror")
     assert run_stage("mnist") == 2

@@ -62,7 +62,7 @@ def closure(module: str) -> set[Path]:
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(imported for imported in imported_modules(module_file(name)) )
+        todo.extend(imported for imported in imported_modules(module_file(name)))
     return {module_file(name).relative_to(REPO) for name in seen}
 
 
@@ -94,13 +94,18 @@ def test_stage_deps_are_exactly_the_modules_it_runs(name: str) -> None:
     runs = stage_modules(stage)
     listed = covered(code_deps(stage))
     assert not runs - listed, f"{name}: add to its deps in dvc.yaml: {sorted(map(str, runs - listed))}"
-    assert not listed - runs, f"{name}: its deps in dvc.yaml name modules it does not run: " \
-                              f"{sorted(map(str, listed - runs))}"
+    assert not listed - runs, (
+        f"{name}: its deps in dvc.yaml name modules it does not run: {sorted(map(str, listed - runs))}"
+    )
 
 
 def test_the_import_reader_sees_lazy_imports_and_packages() -> None:
     """split imports gtsrb_reader inside a function, and every module needs the package's __init__.py."""
     runs = closure("pipeline.stages.split")
-    assert {Path("pipeline/__init__.py"), Path("pipeline/datasets/gtsrb_reader.py"),
-            Path("pipeline/datasets/__init__.py"), Path("pipeline/stages/split.py")} <= runs
+    assert {
+        Path("pipeline/__init__.py"),
+        Path("pipeline/datasets/gtsrb_reader.py"),
+        Path("pipeline/datasets/__init__.py"),
+        Path("pipeline/stages/split.py"),
+    } <= runs
     assert Path("pipeline/designs/keras_build.py") not in runs  # only what split really runs

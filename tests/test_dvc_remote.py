@@ -26,10 +26,22 @@ def test_a_fresh_clone_pulls_everything_and_has_nothing_to_reproduce(tiny_projec
     assert run(["git", "status", "--porcelain"], machine).stdout == "", "an output is neither in git nor ignored"
     tracked = set(run(["git", "ls-files"], machine).stdout.splitlines())
     out = RunPaths("mnist", TINY_PROJECT_MODELS[0], SEED)
-    in_git = [out.metrics_dir / "evaluate.json", out.metrics_dir / "train.json", out.predictions, out.history,
-              out.confusion, Path("reports/compare.md"), Path("reports/compare.json"), Path("dvc.lock")]
-    in_dvc = [out.model_dir / "model.keras", out.figures / "confusion.png", Path("data/normalized/mnist/train.npz"),
-              Path("data/raw/mnist/MANIFEST.json")]
+    in_git = [
+        out.metrics_dir / "evaluate.json",
+        out.metrics_dir / "train.json",
+        out.predictions,
+        out.history,
+        out.confusion,
+        Path("reports/compare.md"),
+        Path("reports/compare.json"),
+        Path("dvc.lock"),
+    ]
+    in_dvc = [
+        out.model_dir / "model.keras",
+        out.figures / "confusion.png",
+        Path("data/normalized/mnist/train.npz"),
+        Path("data/raw/mnist/MANIFEST.json"),
+    ]
     assert {str(path) for path in in_git} <= tracked
     assert not {str(path) for path in in_dvc} & tracked
     run(["dvc", "push", "--run-cache"], machine)

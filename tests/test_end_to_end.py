@@ -37,13 +37,22 @@ def model_runs(repo: Path, model: str = MODEL, **tags: str) -> list:
 
 
 def test_repro_writes_every_stage_output(project: Path) -> None:
-    for path in ("data/raw/mnist/MANIFEST.json", "data/split/mnist/train.npz", "data/split/mnist/counts.json",
-                 "data/normalized/mnist/test.npz", "data/normalized/mnist/stats.json",
-                 f"models/mnist/{MODEL}/seed_42/model.keras", f"models/mnist/{MODEL}/seed_42/architecture.md",
-                 f"plots/history/mnist/{MODEL}/seed_42.csv", f"plots/confusion/mnist/{MODEL}/seed_42.csv",
-                 f"metrics/mnist/{MODEL}/seed_42/predictions.csv",
-                 *(f"plots/figures/mnist/{MODEL}/seed_42/{name}.png" for name in (
-                     "learning_curves", "confusion", "samples", "mistakes", "filters", "feature_maps"))):
+    for path in (
+        "data/raw/mnist/MANIFEST.json",
+        "data/split/mnist/train.npz",
+        "data/split/mnist/counts.json",
+        "data/normalized/mnist/test.npz",
+        "data/normalized/mnist/stats.json",
+        f"models/mnist/{MODEL}/seed_42/model.keras",
+        f"models/mnist/{MODEL}/seed_42/architecture.md",
+        f"plots/history/mnist/{MODEL}/seed_42.csv",
+        f"plots/confusion/mnist/{MODEL}/seed_42.csv",
+        f"metrics/mnist/{MODEL}/seed_42/predictions.csv",
+        *(
+            f"plots/figures/mnist/{MODEL}/seed_42/{name}.png"
+            for name in ("learning_curves", "confusion", "samples", "mistakes", "filters", "feature_maps")
+        ),
+    ):
         assert (project / path).is_file(), path
     split = np.load(project / "data/split/mnist/train.npz", allow_pickle=False)
     assert split["x"].dtype == np.uint8 and split["x"].shape[1:] == (28, 28, 1)
@@ -95,8 +104,14 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     artifacts = {a.path for a in client(project).list_artifacts(found.info.run_id, "figures")}
     assert {"figures/learning_curves.png", "figures/confusion.png", "figures/samples.png"} <= artifacts
     reports = {a.path for a in client(project).list_artifacts(found.info.run_id, "reports")}
-    assert {"reports/history.csv", "reports/confusion.csv", "reports/architecture.md", "reports/summary.txt",
-            "reports/per_class.json", "reports/predictions.csv"} <= reports
+    assert {
+        "reports/history.csv",
+        "reports/confusion.csv",
+        "reports/architecture.md",
+        "reports/summary.txt",
+        "reports/per_class.json",
+        "reports/predictions.csv",
+    } <= reports
     assert (project / "mlruns" / "mnist").is_dir(), "artifacts must live under <repo>/mlruns/<dataset>"
     logged = client(project).search_logged_models([found.info.experiment_id])
     mine = [m for m in logged if m.source_run_id == found.info.run_id]
@@ -127,8 +142,9 @@ def test_compare_ranks_every_design_with_its_interval_and_test(project: Path) ->
     assert sorted(row["design"] for row in rows) == sorted(TINY_PROJECT_MODELS)
     assert set(entry["pairwise_p"]) == set(TINY_PROJECT_MODELS)
     for row in rows:  # the table is recomputable from each design's own files
-        evaluated = json.loads((project / RunPaths("mnist", row["design"], SEED).metrics_dir / "evaluate.json")
-                               .read_text())
+        evaluated = json.loads(
+            (project / RunPaths("mnist", row["design"], SEED).metrics_dir / "evaluate.json").read_text()
+        )
         assert row["seeds"] == [SEED] and row["test_accuracy_std"] is None
         assert row["test_accuracy"] == accuracy_from_predictions(project, row["design"], SEED)
         assert row["test_accuracy"] == pytest.approx(evaluated["test_accuracy"], abs=1e-6)
@@ -142,8 +158,12 @@ def test_compare_ranks_every_design_with_its_interval_and_test(project: Path) ->
     report = (project / "reports/compare.md").read_text()
     assert "| rank | design | seeds | test accuracy | 95% CI |" in report
     assert report.index(f"| {best['design']} |") < report.index(f"| {other['design']} |")
-    for name in ("mnist_accuracy_vs_params.png", "mnist_accuracy_vs_latency.png", "mnist_seed_spread.png",
-                 "mnist_val_accuracy.png"):
+    for name in (
+        "mnist_accuracy_vs_params.png",
+        "mnist_accuracy_vs_latency.png",
+        "mnist_seed_spread.png",
+        "mnist_val_accuracy.png",
+    ):
         assert (project / "reports" / name).stat().st_size > 1000
 
 
@@ -181,14 +201,17 @@ def test_exp_run_and_queue_log_into_the_workspace_store(project: Path) -> None:
 def test_an_experiment_that_reruns_only_evaluate_leaves_the_baseline_run_as_it_was(project: Path) -> None:
     """`dvc exp run -S evaluate.sample_images=12`: the models are the baseline's, their runs must not change;
     each new evaluation is a run of its own, linked to the train run whose model it evaluated."""
-    train_ids = {design: json.loads((project / RunPaths("mnist", design, SEED).model_dir / "run.json").read_text())["run_id"]
-                 for design in TINY_PROJECT_MODELS}
+    train_ids = {
+        design: json.loads((project / RunPaths("mnist", design, SEED).model_dir / "run.json").read_text())["run_id"]
+        for design in TINY_PROJECT_MODELS
+    }
     store = client(project)
 
     def snapshot(run_id: str) -> tuple:
         found = store.get_run(run_id)
-        models = [m.model_id for m in store.search_logged_models([found.info.experiment_id])
-                  if m.source_run_id == run_id]
+        models = [
+            m.model_id for m in store.search_logged_models([found.info.experiment_id]) if m.source_run_id == run_id
+        ]
         return found.data.tags, found.data.params, found.data.metrics, found.info.status, sorted(models)
 
     before = {design: snapshot(run_id) for design, run_id in train_ids.items()}
@@ -216,8 +239,9 @@ def model_weights(model_file: Path) -> dict[str, np.ndarray]:
         data = archive.read("model.weights.h5")
     weights: dict[str, np.ndarray] = {}
     with h5py.File(io.BytesIO(data), "r") as h5:
-        h5.visititems(lambda name, node: weights.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset)
-                      else None)
+        h5.visititems(
+            lambda name, node: weights.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset) else None
+        )
     return weights
 
 
@@ -225,18 +249,23 @@ def test_a_second_seed_trains_only_that_seed_and_compare_reports_the_spread(proj
     """Last in this file: it leaves the workspace at two seeds."""
     output = run(["dvc", "exp", "run", "-n", "two-seeds", "-S", "experiments.seeds=[42,7]"], project).stdout
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {f"{stage}@mnist-{design}-7" for stage in ("train", "evaluate") for design in TINY_PROJECT_MODELS} \
-        | {"compare"}, output
+    assert ran == {f"{stage}@mnist-{design}-7" for stage in ("train", "evaluate") for design in TINY_PROJECT_MODELS} | {
+        "compare"
+    }, output
 
     first, second = (project / RunPaths("mnist", MODEL, seed).model_dir / "model.keras" for seed in (SEED, 7))
     a, b = model_weights(first), model_weights(second)
     assert a.keys() == b.keys() and any(not np.array_equal(a[key], b[key]) for key in a), "same weights for two seeds"
     (seven,) = model_runs(project, dvc_experiment="two-seeds")
     assert seven.data.tags["seed"] == "7" and seven.data.params["seed"] == "7"
-    assert json.loads((project / RunPaths("mnist", MODEL, 7).model_dir / "run.json").read_text())["run_id"] \
+    assert (
+        json.loads((project / RunPaths("mnist", MODEL, 7).model_dir / "run.json").read_text())["run_id"]
         == seven.info.run_id
-    assert json.loads((project / RunPaths("mnist", MODEL, SEED).model_dir / "run.json").read_text())["run_id"] \
+    )
+    assert (
+        json.loads((project / RunPaths("mnist", MODEL, SEED).model_dir / "run.json").read_text())["run_id"]
         != seven.info.run_id
+    )
 
     report = (project / "reports/compare.md").read_text()
     for row in json.loads((project / "reports/compare.json").read_text())["mnist"]["designs"]:

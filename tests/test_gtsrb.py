@@ -19,8 +19,14 @@ from PIL import Image
 
 from pipeline.core import files
 from pipeline.datasets import gtsrb
-from pipeline.datasets.gtsrb_reader import (CLASS_NAMES, GROUP_STRIDE, GtsrbFormatError, read_test_set,
-                                            read_training_set, track_split)
+from pipeline.datasets.gtsrb_reader import (
+    CLASS_NAMES,
+    GROUP_STRIDE,
+    GtsrbFormatError,
+    read_test_set,
+    read_training_set,
+    track_split,
+)
 from pipeline.datasets.images import resize_bilinear
 from tests.conftest import SHARED_DATASETS
 
@@ -86,7 +92,10 @@ def write_official_layout(root: Path, seed: int = 0, test_images: int = 14) -> d
                 count += 1
                 rows.append((name, width, height, *roi, class_id))
                 truth["train"][(TRAIN_DIR / folder.name / name).as_posix()] = {
-                    "label": class_id, "track": track, "roi": roi}
+                    "label": class_id,
+                    "track": track,
+                    "roi": roi,
+                }
         rng.shuffle(rows)  # the reader must not rely on the CSV's order
         write_csv(folder / f"GT-{folder.name}.csv", rows)
     (root / TEST_DIR).mkdir(parents=True)
@@ -100,7 +109,7 @@ def write_official_layout(root: Path, seed: int = 0, test_images: int = 14) -> d
         rows.append((name, width, height, *roi, label))
         truth["test"][(TEST_DIR / name).as_posix()] = {"label": label, "roi": roi}
     # As shipped: the images archive has the CSV without ClassId, the GT archive the one with.
-    write_csv(root / TEST_DIR / "GT-final_test.test.csv", [row[:-1] for row in rows], header=HEADER[:-len(";ClassId")])
+    write_csv(root / TEST_DIR / "GT-final_test.test.csv", [row[:-1] for row in rows], header=HEADER[: -len(";ClassId")])
     write_csv(root / "GT-final_test.csv", rows)
     return truth
 
@@ -108,8 +117,10 @@ def write_official_layout(root: Path, seed: int = 0, test_images: int = 14) -> d
 def write_official_zips(extracted: Path, raw_dir: Path) -> None:
     """The three official archives (same names, same paths inside) made from `extracted`."""
     raw_dir.mkdir(parents=True, exist_ok=True)
-    parts = {gtsrb.TRAIN_ZIP: extracted / "GTSRB" / "Final_Training",
-             gtsrb.TEST_ZIP: extracted / "GTSRB" / "Final_Test"}
+    parts = {
+        gtsrb.TRAIN_ZIP: extracted / "GTSRB" / "Final_Training",
+        gtsrb.TEST_ZIP: extracted / "GTSRB" / "Final_Test",
+    }
     for archive, folder in parts.items():
         with zipfile.ZipFile(raw_dir / archive, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(folder.rglob("*")):
@@ -118,8 +129,9 @@ def write_official_zips(extracted: Path, raw_dir: Path) -> None:
         zf.write(extracted / "GT-final_test.csv", "GT-final_test.csv")
 
 
-def pil_reference(path: Path, roi: tuple[int, int, int, int] | None, size: int = 32,
-                  grayscale: bool = False) -> np.ndarray:
+def pil_reference(
+    path: Path, roi: tuple[int, int, int, int] | None, size: int = 32, grayscale: bool = False
+) -> np.ndarray:
     """What the naive Pillow code gives: open, crop the ROI, resize BILINEAR (then luma)."""
     with Image.open(path) as image:
         image = image.convert("RGB")
@@ -140,8 +152,10 @@ def official(tmp_path_factory) -> tuple[Path, dict]:
 # --------------------------------------------------------------------------- decoding vs Pillow
 
 
-@pytest.mark.parametrize("size, crop_roi, grayscale", [(32, True, False), (32, False, False), (48, True, False),
-                                                       (8, True, False), (32, True, True)])
+@pytest.mark.parametrize(
+    "size, crop_roi, grayscale",
+    [(32, True, False), (32, False, False), (48, True, False), (8, True, False), (32, True, True)],
+)
 def test_training_set_equals_pillow_crop_and_resize(official, size, crop_roi, grayscale):
     root, truth = official
     train = read_training_set(root, size=size, crop_roi=crop_roi, grayscale=grayscale, progress=False)
@@ -151,8 +165,9 @@ def test_training_set_equals_pillow_crop_and_resize(official, size, crop_roi, gr
     for index, name in enumerate(train.files):
         expected = truth["train"][name]
         roi = expected["roi"] if crop_roi else None
-        np.testing.assert_array_equal(train.images[index], pil_reference(root / name, roi, size, grayscale),
-                                      err_msg=name)
+        np.testing.assert_array_equal(
+            train.images[index], pil_reference(root / name, roi, size, grayscale), err_msg=name
+        )
         assert train.labels[index] == expected["label"]
         assert train.groups[index] == expected["label"] * GROUP_STRIDE + expected["track"]
 
@@ -396,9 +411,15 @@ def test_class_folder_with_a_header_only_csv(one_class):
     assert "no data rows (empty class folder)" in str(read_error(root))
 
 
-@pytest.mark.parametrize("header", ["Filename,Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId",
-                                    "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2",
-                                    "Filename;Height;Width;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId", ""])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Filename,Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId",
+        "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2",
+        "Filename;Height;Width;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId",
+        "",
+    ],
+)
 def test_malformed_csv_header(one_class, header):
     root, csv_path, rows = one_class
     write_csv(csv_path, rows, header=header)
@@ -406,14 +427,20 @@ def test_malformed_csv_header(one_class, header):
     assert f"{csv_path} line 1: malformed header" in str(error) and (error.path, error.line) == (str(csv_path), 1)
 
 
-@pytest.mark.parametrize("row, message", [
-    (("00000_00001.ppm", 30, 32, 1, 1, 29), "6 fields"),
-    (("00000_00001.ppm", 30, "thirty-two", 1, 1, 29, 31, 5), "Height 'thirty-two'; expected a non-negative integer"),
-    (("00000_00001.ppm", 30, 32, -1, 1, 29, 31, 5), "Roi.X1 '-1'"),
-    (("00000_00001.ppm", 30, 32, 1, 1, 29, "3\u00b9", 5), "Roi.Y2 '3\u00b9'"),
-    (("../00000_00001.ppm", 30, 32, 1, 1, 29, 31, 5), "expected a plain NAME.ppm"),
-    (("0000_00001.ppm", 30, 32, 1, 1, 29, 31, 5), "expected TTTTT_IIIII.ppm"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (("00000_00001.ppm", 30, 32, 1, 1, 29), "6 fields"),
+        (
+            ("00000_00001.ppm", 30, "thirty-two", 1, 1, 29, 31, 5),
+            "Height 'thirty-two'; expected a non-negative integer",
+        ),
+        (("00000_00001.ppm", 30, 32, -1, 1, 29, 31, 5), "Roi.X1 '-1'"),
+        (("00000_00001.ppm", 30, 32, 1, 1, 29, "3\u00b9", 5), "Roi.Y2 '3\u00b9'"),
+        (("../00000_00001.ppm", 30, 32, 1, 1, 29, 31, 5), "expected a plain NAME.ppm"),
+        (("0000_00001.ppm", 30, 32, 1, 1, 29, 31, 5), "expected TTTTT_IIIII.ppm"),
+    ],
+)
 def test_malformed_csv_rows(one_class, row, message):
     root, csv_path, rows = one_class
     if "/" not in row[0] and row[0] != rows[1][0]:  # the file exists under its odd name
@@ -471,7 +498,8 @@ def test_find_extracted_layout(official, tmp_path):
     gt = per_archive / "GTSRB_Final_Test_Images/GTSRB/Final_Test/Images/GT-final_test.csv"
     shutil.copy(root / "GT-final_test.csv", gt)
     assert gtsrb.find_extracted_layout(per_archive) == gtsrb.ExtractedLayout(
-        per_archive / "GTSRB_Final_Training_Images", per_archive / "GTSRB_Final_Test_Images", gt)
+        per_archive / "GTSRB_Final_Training_Images", per_archive / "GTSRB_Final_Test_Images", gt
+    )
     raw = gtsrb._read(per_archive, {"image_size": 16, "crop_roi": False})
     assert raw.train_x.shape[1:] == (16, 16, 3)
 
@@ -504,8 +532,9 @@ def test_read_warns_about_classes_without_images(official, caplog):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATASETS / "gtsrb" / gtsrb.TRAIN_ZIP).is_file(),
-                    reason="../shared/datasets/gtsrb is absent")
+@pytest.mark.skipif(
+    not (SHARED_DATASETS / "gtsrb" / gtsrb.TRAIN_ZIP).is_file(), reason="../shared/datasets/gtsrb is absent"
+)
 def test_real_gtsrb_archives():
     """The complete official training set; the test set as its ground truth lists it: all 12,630 images in the
     official archives, or the part a repacked copy holds (../shared holds 4,210 now)."""

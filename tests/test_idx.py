@@ -78,8 +78,11 @@ def test_data_shorter_or_longer_than_the_header_promises_is_rejected(change: int
     data = idx_bytes(IMAGES)
     data = data[:change] if change < 0 else data + b"\x00" * change
     path = write(tmp_path / "images.gz", data)
-    with pytest.raises(IdxFormatError, match=rf"{at(path)}: header promises shape \(3, 4, 5\) = 60 bytes of data, "
-                                             rf"found {60 + change}"):
+    with pytest.raises(
+        IdxFormatError,
+        match=rf"{at(path)}: header promises shape \(3, 4, 5\) = 60 bytes of data, "
+        rf"found {60 + change}",
+    ):
         read_idx(path, 3)
 
 
@@ -97,8 +100,8 @@ def test_a_damaged_gzip_is_rejected(damage: str, tmp_path: Path) -> None:
         compressed = compressed[: len(compressed) // 2]
     else:
         middle = len(compressed) // 2
-        flipped = bytes(byte ^ 0xFF for byte in compressed[middle:middle + 8])
-        compressed = compressed[:middle] + flipped + compressed[middle + 8:]
+        flipped = bytes(byte ^ 0xFF for byte in compressed[middle : middle + 8])
+        compressed = compressed[:middle] + flipped + compressed[middle + 8 :]
     path = tmp_path / "images.gz"
     path.write_bytes(compressed)
     with pytest.raises(IdxFormatError, match=rf"{at(path)}: cannot decompress .* corrupt or truncated"):
@@ -120,8 +123,12 @@ def test_a_label_out_of_range_is_rejected(tmp_path: Path) -> None:
 
 
 def test_mnist_spec_reads_the_four_files_of_a_folder(tmp_path: Path) -> None:
-    for name, array in ((mnist.TRAIN_IMAGES, IMAGES), (mnist.TRAIN_LABELS, LABELS),
-                        (mnist.TEST_IMAGES, IMAGES[:2]), (mnist.TEST_LABELS, LABELS[:2])):
+    for name, array in (
+        (mnist.TRAIN_IMAGES, IMAGES),
+        (mnist.TRAIN_LABELS, LABELS),
+        (mnist.TEST_IMAGES, IMAGES[:2]),
+        (mnist.TEST_LABELS, LABELS[:2]),
+    ):
         write(tmp_path / name, idx_bytes(array))
     raw = mnist.SPEC.read(tmp_path, {})
     assert raw.train_x.shape == (3, 4, 5, 1) and raw.test_x.shape == (2, 4, 5, 1)

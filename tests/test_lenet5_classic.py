@@ -29,14 +29,23 @@ def test_per_layer_parameter_counts_are_the_papers(model):
 
 def test_output_shapes_follow_the_paper(model):
     shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers[1:]}
-    assert shapes == {"c1": (28, 28, 6), "s2": (14, 14, 6), "c3": (10, 10, 16), "s4": (5, 5, 16),
-                      "c5": (1, 1, 120), "flatten": (120,), "f6": (84,), "output": (10,)}
+    assert shapes == {
+        "c1": (28, 28, 6),
+        "s2": (14, 14, 6),
+        "c3": (10, 10, 16),
+        "s4": (5, 5, 16),
+        "c5": (1, 1, 120),
+        "flatten": (120,),
+        "f6": (84,),
+        "output": (10,),
+    }
 
 
 def test_squashing_function_is_scaled_tanh():
     x = np.linspace(-3, 3, 13).astype("float32")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(classic.scaled_tanh(x)),
-                               1.7159 * np.tanh(2 * x / 3), rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(classic.scaled_tanh(x)), 1.7159 * np.tanh(2 * x / 3), rtol=1e-6
+    )
     # chosen so that f(+-1) = +-1 (Appendix A)
     assert abs(float(classic.scaled_tanh(np.float32(1.0))) - 1.0) < 1e-4
 
@@ -74,8 +83,9 @@ def test_c3_is_a_convolution_with_only_the_connected_kernels(model):
     x = rng.standard_normal((2, 14, 14, 6)).astype("float32")
     bias = keras.ops.convert_to_numpy(c3.bias).reshape(1, 1, 1, -1)
     expected = conv_forward(x.astype(np.float64), kernel.astype(np.float64), bias, None, padding="valid")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(c3(x)), 1.7159 * np.tanh(2 / 3 * expected),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(c3(x)), 1.7159 * np.tanh(2 / 3 * expected), rtol=1e-4, atol=1e-5
+    )
     # C3 map 0 sees S2 maps 0-2 only: changing map 5 leaves it alone, but not map 15 (sees all)
     changed = x.copy()
     changed[..., 5] += 1.0

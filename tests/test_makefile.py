@@ -52,15 +52,19 @@ def test_an_unsupported_python_says_what_to_install(project: Path, tmp_path: Pat
     fake_python(tmp_path / "bin", "python3", "Python 3.12.1")
     result = make(project, "setup", "PYTHON=python3", path=f"{tmp_path / 'bin'}:/bin")
     assert result.returncode != 0 and not (project / ".venv").exists()
-    assert ("make: the locked dependencies need Python 3.11; 'python3' is Python 3.12.1. Install it (Debian/Ubuntu: "
-            "sudo apt-get install -y python3.11 python3.11-venv) or point make at one: "
-            "make PYTHON=/path/to/python3.11") in result.stderr
+    assert (
+        "make: the locked dependencies need Python 3.11; 'python3' is Python 3.12.1. Install it (Debian/Ubuntu: "
+        "sudo apt-get install -y python3.11 python3.11-venv) or point make at one: "
+        "make PYTHON=/path/to/python3.11"
+    ) in result.stderr
     result = make(project, "setup", "PYTHON=/no/such/python3.11", path="/usr/bin:/bin")
     assert "'/no/such/python3.11' is not installed. Install it" in result.stderr
 
 
 def show(project: Path, *args: str) -> str:
-    return make(project, *args, "--eval", "show: ; @echo $(LOCK) $(INSTALLED)", "show", path="/usr/bin:/bin").stdout.strip()
+    return make(
+        project, *args, "--eval", "show: ; @echo $(LOCK) $(INSTALLED)", "show", path="/usr/bin:/bin"
+    ).stdout.strip()
 
 
 def test_gpu_1_installs_the_gpu_lock_and_the_choice_sticks_until_gpu_0(project: Path) -> None:
@@ -76,8 +80,10 @@ def pins(lock: Path) -> dict[str, str]:
     def key(name: str) -> str:
         return name.replace("_", "-").replace(".", "-").lower()
 
-    return {key(name): version for name, version in (line.strip().split("==") for line in lock.read_text().splitlines()
-                                                    if "==" in line)}
+    return {
+        key(name): version
+        for name, version in (line.strip().split("==") for line in lock.read_text().splitlines() if "==" in line)
+    }
 
 
 def test_the_gpu_lock_is_the_cpu_lock_with_tensorflows_cuda_wheels() -> None:

@@ -20,28 +20,40 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import pytest
 
 from pipeline.tracking.server import free_port
 from tests.conftest import REPO, TINY_PROJECT_MODELS, tool_env
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(900),
-              pytest.mark.skipif(os.environ.get("PIPELINE_SKIP_BROWSER") == "1", reason="PIPELINE_SKIP_BROWSER=1")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.environ.get("PIPELINE_SKIP_BROWSER") == "1", reason="PIPELINE_SKIP_BROWSER=1"),
+]
 
 CHROMIUM = Path(os.environ.get("PIPELINE_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = REPO / "tests" / "artifacts"
 DATASET = "mnist"
-FIGURES = ("confusion.png", "confusion_normalized.png", "feature_maps.png", "filters.png",
-           "learning_curves.png", "mistakes.png", "samples.png")
+FIGURES = (
+    "confusion.png",
+    "confusion_normalized.png",
+    "feature_maps.png",
+    "filters.png",
+    "learning_curves.png",
+    "mistakes.png",
+    "samples.png",
+)
 SERVER_START_TIMEOUT = 180  # seconds; the server imports MLflow, slow on a busy 2-core machine
 UI_TIMEOUT_MS = 60_000  # per UI step: the React app fetches, then renders
 VIEWPORT = {"width": 1920, "height": 1080}
 
 
 # ---- the server, started as `make ui` starts it ---------------------------------------------
+
 
 def answers(url: str) -> bool:
     try:
@@ -73,16 +85,21 @@ def ui_url(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log_path = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
     command = [sys.executable, "-m", "pipeline", "ui", "--root", str(tiny_project), "--port", str(port)]
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # its own process group, so stop() reaches the workers
+        server = subprocess.Popen(
+            command, cwd=REPO, env=tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own process group, so stop() reaches the workers
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while not answers(f"{url}/health"):
             if server.poll() is not None or time.monotonic() > deadline:
-                state = f"exited with {server.returncode}" if server.poll() is not None else \
-                    f"did not answer within {SERVER_START_TIMEOUT}s"
-                pytest.fail(f"the MLflow UI ({' '.join(command)}) {state}; its output:\n"
-                            f"{log_path.read_text(errors='replace')}")
+                state = (
+                    f"exited with {server.returncode}"
+                    if server.poll() is not None
+                    else f"did not answer within {SERVER_START_TIMEOUT}s"
+                )
+                pytest.fail(
+                    f"the MLflow UI ({' '.join(command)}) {state}; its output:\n{log_path.read_text(errors='replace')}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -91,17 +108,21 @@ def ui_url(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 # ---- the browser ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session", autouse=True)  # autouse: checked first, before the project is built
 def browser() -> Iterator[object]:
     if not CHROMIUM.is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser-deps` (as root: installs Debian's chromium "
-                    "and chromium-driver), or set PIPELINE_SKIP_BROWSER=1 to skip the browser tests",
-                    pytrace=False)
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run `make browser-deps` (as root: installs Debian's chromium "
+            "and chromium-driver), or set PIPELINE_SKIP_BROWSER=1 to skip the browser tests",
+            pytrace=False,
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the `playwright` package is missing: run `make setup` (it installs requirements.lock)",
-                    pytrace=False)
+        pytest.fail(
+            "the `playwright` package is missing: run `make setup` (it installs requirements.lock)", pytrace=False
+        )
     with sync_playwright() as playwright:
         # Debian's Chromium, not a Playwright download (its CDN is out of reach in CI).
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
@@ -161,12 +182,18 @@ def workspace_runs(project: Path) -> dict[str, list[Run]]:
     assert experiment is not None, f"no MLflow experiment named {DATASET!r} in {project / 'mlflow.db'}"
     found = {}
     for design in TINY_PROJECT_MODELS:
-        runs = client.search_runs([experiment.experiment_id],
-                                  f"tags.model = '{design}' and tags.dvc_experiment = 'workspace'")
+        runs = client.search_runs(
+            [experiment.experiment_id], f"tags.model = '{design}' and tags.dvc_experiment = 'workspace'"
+        )
         assert runs, f"no workspace run of {design} in the store"
-        found[design] = [Run(run.info.run_id, run.data.metrics["test_accuracy"],
-                             Path(urllib.request.url2pathname(urllib.parse.urlparse(run.info.artifact_uri).path)))
-                         for run in runs]
+        found[design] = [
+            Run(
+                run.info.run_id,
+                run.data.metrics["test_accuracy"],
+                Path(urllib.request.url2pathname(urllib.parse.urlparse(run.info.artifact_uri).path)),
+            )
+            for run in runs
+        ]
     return found
 
 
@@ -174,10 +201,11 @@ def shown_number_matches(text: str, value: float) -> bool:
     """True when `text` is `value` as displayed: equal up to the digits the UI chose to show."""
     text = text.strip()
     decimals = len(text.split(".")[1]) if "." in text else 0
-    return math.isclose(float(text), value, abs_tol=0.5 * 10 ** -decimals + 1e-12)
+    return math.isclose(float(text), value, abs_tol=0.5 * 10**-decimals + 1e-12)
 
 
 # ---- the tests ------------------------------------------------------------------------------
+
 
 def test_experiment_lists_every_design_with_its_test_accuracy(page, tiny_project: Path) -> None:
     from playwright.sync_api import expect
@@ -209,8 +237,11 @@ def test_experiment_lists_every_design_with_its_test_accuracy(page, tiny_project
     # may tie: on the tiny data several reach 1.0).
     best = max(run.test_accuracy for runs in expected.values() for run in runs)
     best_designs = sorted(design for design, runs in expected.items() if any(r.test_accuracy == best for r in runs))
-    expect(page.locator("[row-index='0']").get_by_role(
-        "link", name=re.compile("^(" + "|".join(map(re.escape, best_designs)) + ")$"))).to_be_visible()
+    expect(
+        page.locator("[row-index='0']").get_by_role(
+            "link", name=re.compile("^(" + "|".join(map(re.escape, best_designs)) + ")$")
+        )
+    ).to_be_visible()
 
     shown_order = []  # (row position, accuracy) of every design's run
     for design, runs in expected.items():
@@ -220,8 +251,9 @@ def test_experiment_lists_every_design_with_its_test_accuracy(page, tiny_project
             cell = row.locator("[col-id='metrics.`test_accuracy`']")
             expect(cell).to_have_text(re.compile(r"^\s*\d"))
             shown = cell.inner_text()
-            assert shown_number_matches(shown, accuracy), \
+            assert shown_number_matches(shown, accuracy), (
                 f"{design}: the UI shows test_accuracy {shown!r}, the store holds {accuracy}"
+            )
             shown_order.append((int(row.first.get_attribute("row-index")), accuracy))
     accuracies = [accuracy for _, accuracy in sorted(shown_order)]
     assert accuracies == sorted(accuracies, reverse=True), f"not ranked by test accuracy: {sorted(shown_order)}"
@@ -255,11 +287,14 @@ def test_run_shows_its_figures_among_the_artifacts(page, tiny_project: Path) -> 
         with Image.open(run.artifacts / "figures" / figure) as image:
             size = list(image.size)
         try:
-            page.wait_for_function("""([width, height]) => [...document.querySelectorAll("img[src^='blob:']")]
+            page.wait_for_function(
+                """([width, height]) => [...document.querySelectorAll("img[src^='blob:']")]
                 .some(img => img.complete && img.naturalWidth === width && img.naturalHeight === height)""",
-                                   arg=size)
+                arg=size,
+            )
         except TimeoutError as error:
             shown = page.locator("img[src^='blob:']").evaluate_all(
-                "imgs => imgs.map(img => [img.naturalWidth, img.naturalHeight])")
+                "imgs => imgs.map(img => [img.naturalWidth, img.naturalHeight])"
+            )
             raise AssertionError(f"no preview of {figure} ({size[0]}x{size[1]}); previews shown: {shown}") from error
         screenshot(page, f"{DATASET}_{design}_artifact_{figure.removesuffix('.png')}")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pipeline import designs
-from pipeline.designs import language
 from pipeline.config import load_params
 from pipeline.core.validate import ConfigError
+from pipeline.designs import language
 from pipeline.designs.keras_build import build_model, counted_layers, keras_layer, layer_types
 from pipeline.training.compile import compile_model, load_model
 
@@ -27,10 +27,12 @@ def registered_designs() -> dict[str, designs.Design]:
     A params.yaml entry that is a plain built-in is the same model as the built-in itself,
     so it is kept once, under its params.yaml name.
     """
-    found = {f"builtin:{name}": designs.parse_design(name, {"builtin": name}, f"models.{name}")
-             for name in designs.BUILTINS}
+    found = {
+        f"builtin:{name}": designs.parse_design(name, {"builtin": name}, f"models.{name}") for name in designs.BUILTINS
+    }
     found["builtin:lenet5_classic-softmax"] = designs.parse_design(
-        "lenet5_classic", {"builtin": "lenet5_classic", "output": "softmax"}, "models.lenet5_classic")
+        "lenet5_classic", {"builtin": "lenet5_classic", "output": "softmax"}, "models.lenet5_classic"
+    )
     for name, design in PARAMS.models.items():
         twin = f"builtin:{design.builtin}" + ("-softmax" if design.classic_output == "softmax" else "")
         if design.builtin is not None and found.get(twin) is not None and design.layers == found[twin].layers:
@@ -61,6 +63,7 @@ def test_design_builds_and_takes_a_training_step(key, dataset):
 
 def random_design(rng: np.random.Generator, index: int) -> designs.Design:
     """A design of 1 to 7 random layers of every type, options drawn to hit the edges of Keras' arithmetic."""
+
     def pair(low: int, high: int) -> list[int]:
         return [int(v) for v in rng.integers(low, high + 1, 2)]
 
@@ -69,8 +72,15 @@ def random_design(rng: np.random.Generator, index: int) -> designs.Design:
     for kind in rng.choice(kinds, int(rng.integers(1, 8)), p=[0.3, 0.2, 0.15, 0.03, 0.08, 0.12, 0.06, 0.06]):
         padding = str(rng.choice(["valid", "same"]))
         if kind == "conv":
-            layers.append({"type": "conv", "filters": int(rng.integers(1, 5)), "kernel": pair(1, 9),
-                           "strides": pair(1, 3), "padding": padding})
+            layers.append(
+                {
+                    "type": "conv",
+                    "filters": int(rng.integers(1, 5)),
+                    "kernel": pair(1, 9),
+                    "strides": pair(1, 3),
+                    "padding": padding,
+                }
+            )
         elif kind in ("maxpool", "avgpool"):
             layer = {"type": kind, "pool": pair(1, 5), "padding": padding}
             if rng.random() < 0.5:
@@ -160,7 +170,11 @@ def test_lenet5_d2l_is_d2ls_lenet():
     model = build_model(design, (28, 28, 1), 10, seed=0)
     assert layer_types(model) == ["conv", "avgpool", "conv", "avgpool", "flatten", "dense", "dense", "dense"]
     assert [tuple(layer.output.shape[1:]) for layer in model.layers[1:5]] == [
-        (28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16)]
+        (28, 28, 6),
+        (14, 14, 6),
+        (10, 10, 16),
+        (5, 5, 16),
+    ]
     assert model.layers[1].activation.__name__ == "sigmoid"
 
 
@@ -180,12 +194,24 @@ def test_same_seed_same_initial_weights():
 
 
 def test_a_layer_that_does_not_fit_the_image_names_its_key():
-    design = designs.parse_design("tiny", {"layers": [
-        {"type": "conv", "filters": 4, "kernel": 3}, {"type": "maxpool", "pool": 2},
-        {"type": "conv", "filters": 4, "kernel": 9}, {"type": "flatten"}, {"type": "dense", "units": "classes"},
-    ]}, "models.tiny")
-    with pytest.raises(ConfigError, match=r"^models\.tiny\.layers\.2 \(conv\): input is 7x7, smaller than "
-                                                    r"the 9x9 kernel, on 16x16x1 images; use padding: same"):
+    design = designs.parse_design(
+        "tiny",
+        {
+            "layers": [
+                {"type": "conv", "filters": 4, "kernel": 3},
+                {"type": "maxpool", "pool": 2},
+                {"type": "conv", "filters": 4, "kernel": 9},
+                {"type": "flatten"},
+                {"type": "dense", "units": "classes"},
+            ]
+        },
+        "models.tiny",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^models\.tiny\.layers\.2 \(conv\): input is 7x7, smaller than "
+        r"the 9x9 kernel, on 16x16x1 images; use padding: same",
+    ):
         build_model(design, (16, 16, 1), 10, seed=0)  # checked before Keras builds anything
 
 
@@ -203,8 +229,9 @@ def test_design_trains_in_mixed_bfloat16_and_keeps_float32_scores(key, tmp_path)
     """train.precision: mixed_bfloat16 computes in bfloat16 but the output layer; the saved model keeps it so."""
     design = MIXED_DESIGNS[key]
     settings = PARAMS.train_settings(design.name, "mnist") if design.name in PARAMS.models else PARAMS.train
-    model = compile_model(build_model(design, (32, 32, 1), 10, seed=0, precision="mixed_bfloat16"), design,
-                          settings, steps_per_epoch=1)
+    model = compile_model(
+        build_model(design, (32, 32, 1), 10, seed=0, precision="mixed_bfloat16"), design, settings, steps_per_epoch=1
+    )
     assert model.layers[1].compute_dtype == "bfloat16" and model.layers[1].variable_dtype == "float32"
     rbf = design.builtin == "lenet5_classic" and design.classic_output == "rbf"
     assert model.output.dtype == ("float64" if rbf else "float32")  # the RBF output computes in float64 always

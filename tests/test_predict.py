@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.tracking import server
 from pipeline import cli
+from pipeline.core.paths import RunPaths
 from pipeline.datasets import get
 from pipeline.datasets.images import decode
-from pipeline.core.paths import RunPaths
+from pipeline.tracking import server
 from tests.conftest import REPO, TINY_PROJECT_MODELS, copy_project, idx_bytes, run, tool_env
 from tests.test_gtsrb import HEADER, write_csv, write_official_layout, write_official_zips
 from tests.test_stage import vouch, write_params
@@ -39,8 +39,9 @@ GTSRB_DESIGNS = ("lenet5_modern", "lenet5_classic")
 GTSRB_TEST_IMAGES = 30
 
 
-def predict_in_process(project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-                       *argv: str) -> tuple[int, str, str]:
+def predict_in_process(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *argv: str
+) -> tuple[int, str, str]:
     """The command as `python -m pipeline predict ARGV` runs it, in this process (TensorFlow loads once)."""
     monkeypatch.chdir(project)
     status = cli.run(["predict", *map(str, argv)])
@@ -68,8 +69,11 @@ def evaluated(project: Path, dataset: str, design: str) -> tuple[np.ndarray, np.
     with open(project / out.predictions, encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     accuracy = json.loads((project / out.metrics_dir / "evaluate.json").read_text())["test_accuracy"]
-    return (np.array([int(row["predicted"]) for row in rows]), np.array([float(row["confidence"]) for row in rows]),
-            accuracy)
+    return (
+        np.array([int(row["predicted"]) for row in rows]),
+        np.array([float(row["confidence"]) for row in rows]),
+        accuracy,
+    )
 
 
 def assert_agrees_with_evaluate(result: dict, project: Path, dataset: str, design: str) -> None:
@@ -87,8 +91,9 @@ def logged_models(project: Path, dataset: str, designs: tuple[str, ...]) -> dict
     found = {}
     for design in designs:
         trained = (project / RunPaths(dataset, design, SEED).model_dir / "model.keras").read_bytes()
-        found[design] = next(folder for folder in folders
-                             if (folder / "data/trained_model/model.keras").read_bytes() == trained)
+        found[design] = next(
+            folder for folder in folders if (folder / "data/trained_model/model.keras").read_bytes() == trained
+        )
     return found
 
 
@@ -116,8 +121,9 @@ def pyfunc_in_a_clean_client(tmp_path: Path, models: dict[str, Path], images: np
     for design, folder in models.items():
         argv += [str(folder), str(tmp_path / "images.npy"), str(tmp_path / f"{design}.npy")]
     env = {key: value for key, value in tool_env().items() if key != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", CLIENT, *argv], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     return {design: np.load(tmp_path / f"{design}.npy") for design in models}
 
@@ -131,8 +137,7 @@ def digits(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     base = tmp_path_factory.mktemp("digits")
     idx = tiny_project.parent / "mirror" / "mnist" / "t10k-images-idx3-ubyte.gz"
     images = np.frombuffer(gzip.decompress(idx.read_bytes()), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer(gzip.decompress((idx.parent / "t10k-labels-idx1-ubyte.gz").read_bytes()), np.uint8,
-                           offset=8)
+    labels = np.frombuffer(gzip.decompress((idx.parent / "t10k-labels-idx1-ubyte.gz").read_bytes()), np.uint8, offset=8)
     folder = base / "pngs"
     folder.mkdir()
     for index, image in enumerate(images):  # named in the test set's order
@@ -141,15 +146,17 @@ def digits(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         for path in sorted(folder.iterdir(), reverse=True):  # stored in another order: read sorted
             archive.write(path, f"digits/{path.name}")
         archive.writestr("digits/README.txt", "not an image: skipped")
-    write_csv(base / "labels.csv", [(f"{i:05d}.png", 28, 28, 0, 0, 28, 28, int(label)) for i, label in enumerate(labels)])
+    write_csv(
+        base / "labels.csv", [(f"{i:05d}.png", 28, 28, 0, 0, 28, 28, int(label)) for i, label in enumerate(labels)]
+    )
     return {"idx": idx, "folder": folder, "zip": base / "digits.zip", "labels": base / "labels.csv"}
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_digits_from_idx_pngs_and_a_zip_get_evaluates_classes(tiny_project: Path, digits: dict[str, Path],
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_digits_from_idx_pngs_and_a_zip_get_evaluates_classes(
+    tiny_project: Path, digits: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     for design in TINY_PROJECT_MODELS:
         from_idx = predicted(tiny_project, monkeypatch, capsys, "mnist", design, digits["idx"])
         assert from_idx["images"] == 100 and "accuracy" not in from_idx
@@ -164,11 +171,20 @@ def test_digits_from_idx_pngs_and_a_zip_get_evaluates_classes(tiny_project: Path
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_labels_give_evaluates_accuracy_and_the_table_reads_well(tiny_project: Path, digits: dict[str, Path],
-                                                                 monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture) -> None:
-    status, out, err = predict_in_process(tiny_project, monkeypatch, capsys, "mnist", "lenet5_modern",
-                                          digits["folder"], "--labels", digits["labels"], "--json")
+def test_labels_give_evaluates_accuracy_and_the_table_reads_well(
+    tiny_project: Path, digits: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    status, out, err = predict_in_process(
+        tiny_project,
+        monkeypatch,
+        capsys,
+        "mnist",
+        "lenet5_modern",
+        digits["folder"],
+        "--labels",
+        digits["labels"],
+        "--json",
+    )
     assert status == 0, err
     *table, accuracy_line, last = out.splitlines()
     result = json.loads(last)
@@ -177,8 +193,13 @@ def test_labels_give_evaluates_accuracy_and_the_table_reads_well(tiny_project: P
     assert accuracy_line == f"accuracy {accuracy:.4f} ({round(accuracy * 100)} of 100 labelled images)"
     assert table[0].split() == ["file", "class", "name", "confidence", "label"] and len(table) == 101
     first = result["predictions"][0]
-    assert table[1].split() == [first["file"], str(first["class"]), first["name"], f"{first['confidence']:.4f}",
-                                str(first["label"])]
+    assert table[1].split() == [
+        first["file"],
+        str(first["class"]),
+        first["name"],
+        f"{first['confidence']:.4f}",
+        str(first["label"]),
+    ]
     # Without --json, the table and the accuracy are all there is.
     status, out, _ = predict_in_process(tiny_project, monkeypatch, capsys, "mnist", "lenet5_modern", digits["folder"])
     assert status == 0 and out.splitlines()[-1] == "100 images" and not out.lstrip().startswith("{")
@@ -186,31 +207,50 @@ def test_labels_give_evaluates_accuracy_and_the_table_reads_well(tiny_project: P
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_images_without_rows_and_rows_without_images_are_counted(tiny_project: Path, digits: dict[str, Path],
-                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_images_without_rows_and_rows_without_images_are_counted(
+    tiny_project: Path,
+    digits: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rows = tmp_path / "labels.csv"
     lines = digits["labels"].read_bytes().split(b"\r\n")
     rows.write_bytes(b"\r\n".join(lines[:1] + lines[11:]))  # no rows for images 0..9
-    status, out, err = predict_in_process(tiny_project, monkeypatch, capsys, "mnist", "lenet5_modern",
-                                          digits["folder"] / "00000.png", digits["folder"] / "00050.png",
-                                          "--labels", rows, "--json")
+    status, out, err = predict_in_process(
+        tiny_project,
+        monkeypatch,
+        capsys,
+        "mnist",
+        "lenet5_modern",
+        digits["folder"] / "00000.png",
+        digits["folder"] / "00050.png",
+        "--labels",
+        rows,
+        "--json",
+    )
     assert status == 0, err
     result = json.loads(out.splitlines()[-1])
     assert result["images"] == 2 and result["labelled"] == 1 and "label" not in result["predictions"][0]
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith(f"1 of 2 image(s) have no row in {rows}, e.g. {digits['folder'] / '00000.png'}")
-    assert warnings[1].startswith(f"89 of 90 row(s) of {rows} name no image given, e.g. 00010.png: the accuracy is "
-                                  f"over the 1 image(s) that have a row")
+    assert warnings[1].startswith(
+        f"89 of 90 row(s) of {rows} name no image given, e.g. 00010.png: the accuracy is "
+        f"over the 1 image(s) that have a row"
+    )
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_the_mlflow_model_takes_raw_digits_and_agrees_with_predict(tiny_project: Path, digits: dict[str, Path],
-                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_the_mlflow_model_takes_raw_digits_and_agrees_with_predict(
+    tiny_project: Path,
+    digits: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     models = logged_models(tiny_project, "mnist", TINY_PROJECT_MODELS)
     signature = mlflow.models.Model.load(models["lenet5_modern"]).signature
     (spec,) = signature.inputs.inputs
@@ -220,8 +260,9 @@ def test_the_mlflow_model_takes_raw_digits_and_agrees_with_predict(tiny_project:
     for design in TINY_PROJECT_MODELS:
         result = predicted(tiny_project, monkeypatch, capsys, "mnist", design, digits["idx"])
         assert probabilities[design].argmax(axis=1).tolist() == [p["class"] for p in result["predictions"]]
-        np.testing.assert_allclose(probabilities[design].max(axis=1), [p["confidence"] for p in result["predictions"]],
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            probabilities[design].max(axis=1), [p["confidence"] for p in result["predictions"]], rtol=1e-4, atol=1e-6
+        )
 
 
 # --------------------------------------------------------------------------- GTSRB: ROIs, CLAHE, the classic design
@@ -235,10 +276,18 @@ def gtsrb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_official_layout(base / "extracted", seed=5, test_images=GTSRB_TEST_IMAGES)
     write_official_zips(base / "extracted", base / "sources")
     vouch(base / "sources")
-    repo = copy_project(base / "repo", {
-        "download.mirror": None, "datasets.gtsrb.source": str(base / "sources"), "train.epochs": 1,
-        "train.batch_size": 16, "evaluate.sample_images": 4, "experiments.datasets": ["gtsrb"],
-        "experiments.models": list(GTSRB_DESIGNS)})
+    repo = copy_project(
+        base / "repo",
+        {
+            "download.mirror": None,
+            "datasets.gtsrb.source": str(base / "sources"),
+            "train.epochs": 1,
+            "train.batch_size": 16,
+            "evaluate.sample_images": 4,
+            "experiments.datasets": ["gtsrb"],
+            "experiments.models": list(GTSRB_DESIGNS),
+        },
+    )
     run(["dvc", "repro"], repo)
     return repo
 
@@ -246,13 +295,22 @@ def gtsrb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)
 def test_the_official_test_archive_with_its_ground_truth_gets_evaluates_classes_and_accuracy(
-        gtsrb_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    gtsrb_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """One command per design, as a user with GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip runs it."""
     sources = gtsrb_project.parent / "sources"
     for design in GTSRB_DESIGNS:
-        status, out, err = predict_in_process(gtsrb_project, monkeypatch, capsys, "gtsrb", design,
-                                              sources / "GTSRB_Final_Test_Images.zip",
-                                              "--labels", sources / "GTSRB_Final_Test_GT.zip", "--json")
+        status, out, err = predict_in_process(
+            gtsrb_project,
+            monkeypatch,
+            capsys,
+            "gtsrb",
+            design,
+            sources / "GTSRB_Final_Test_Images.zip",
+            "--labels",
+            sources / "GTSRB_Final_Test_GT.zip",
+            "--json",
+        )
         assert status == 0, err
         result = json.loads(out.splitlines()[-1])
         assert result["images"] == GTSRB_TEST_IMAGES == result["labelled"]  # GT-final_test.test.csv skipped
@@ -264,11 +322,20 @@ def test_the_official_test_archive_with_its_ground_truth_gets_evaluates_classes_
 
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)
-def test_a_folder_and_the_plain_csv_read_as_the_archives(gtsrb_project: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_a_folder_and_the_plain_csv_read_as_the_archives(
+    gtsrb_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     extracted = gtsrb_project.parent / "extracted"
-    result = predicted(gtsrb_project, monkeypatch, capsys, "gtsrb", "lenet5_modern",
-                       extracted / "GTSRB/Final_Test", "--labels", extracted / "GT-final_test.csv")
+    result = predicted(
+        gtsrb_project,
+        monkeypatch,
+        capsys,
+        "gtsrb",
+        "lenet5_modern",
+        extracted / "GTSRB/Final_Test",
+        "--labels",
+        extracted / "GT-final_test.csv",
+    )
     assert result["images"] == GTSRB_TEST_IMAGES
     assert_agrees_with_evaluate(result, gtsrb_project, "gtsrb", "lenet5_modern")
 
@@ -276,18 +343,28 @@ def test_a_folder_and_the_plain_csv_read_as_the_archives(gtsrb_project: Path, mo
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)
 def test_the_mlflow_model_takes_raw_signs_and_agrees_with_predict_for_every_design(
-        gtsrb_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    gtsrb_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """LeNet-5 classic's own layers included: they ship with the model."""
     models = logged_models(gtsrb_project, "gtsrb", GTSRB_DESIGNS)
     images = np.load(gtsrb_project / "data/split/gtsrb/test.npz")["x"]  # the decoded ROI crops, raw uint8
     probabilities = pyfunc_in_a_clean_client(tmp_path, models, images)
     sources = gtsrb_project.parent / "sources"
     for design in GTSRB_DESIGNS:
-        result = predicted(gtsrb_project, monkeypatch, capsys, "gtsrb", design, sources / "GTSRB_Final_Test_Images.zip",
-                           "--labels", sources / "GTSRB_Final_Test_GT.zip")
+        result = predicted(
+            gtsrb_project,
+            monkeypatch,
+            capsys,
+            "gtsrb",
+            design,
+            sources / "GTSRB_Final_Test_Images.zip",
+            "--labels",
+            sources / "GTSRB_Final_Test_GT.zip",
+        )
         assert probabilities[design].argmax(axis=1).tolist() == [p["class"] for p in result["predictions"]]
-        np.testing.assert_allclose(probabilities[design].max(axis=1), [p["confidence"] for p in result["predictions"]],
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            probabilities[design].max(axis=1), [p["confidence"] for p in result["predictions"]], rtol=1e-4, atol=1e-6
+        )
 
 
 def free_port() -> int:
@@ -303,10 +380,22 @@ def test_mlflow_models_serve_answers_for_the_classic_design(gtsrb_project: Path,
     model = logged_models(gtsrb_project, "gtsrb", ("lenet5_classic",))["lenet5_classic"]
     port = free_port()
     env = {key: value for key, value in tool_env().items() if key != "PYTHONPATH"}
-    command = ["mlflow", "models", "serve", "-m", str(model), "--env-manager", "local", "-h", "127.0.0.1",
-               "-p", str(port)]
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+    command = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        str(model),
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     images = np.load(gtsrb_project / "data/split/gtsrb/test.npz")["x"][:5]
     try:
         deadline = time.monotonic() + 300
@@ -318,9 +407,11 @@ def test_mlflow_models_serve_answers_for_the_classic_design(gtsrb_project: Path,
                 assert server.poll() is None, server.stderr.read().decode()
                 assert time.monotonic() < deadline, "the server did not answer within 300 s"
                 time.sleep(1)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         json.dumps({"inputs": images.tolist()}).encode(),
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            json.dumps({"inputs": images.tolist()}).encode(),
+            {"Content-Type": "application/json"},
+        )
         answer = np.array(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker: the session this test started
@@ -341,41 +432,64 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (("mnist", "lenet5_modern", "missing.png"),
-     "error: missing.png: no such file or folder; expected image files (PPM, PNG, JPEG), folders or ZIP archives of "
-     "them"),
-    (("mnist", "lenet5_modern", "notes.txt"),
-     "error: notes.txt: not an image, ZIP or IDX file (it starts with b'some not'); expected PPM, PNG or JPEG "
-     "images, folders or ZIP archives of them, or IDX image files"),
-    (("mnist", "lenet6", "digit.png"), "error: models.lenet6: missing; known designs: lenet5_modern,"),
-    (("cifar10", "lenet5_modern", "digit.png"), "error: cifar10: unknown dataset"),
-    (("mnist", "lenet5_modern", "digit.png"),
-     "error: models/mnist/lenet5_modern/seed_42/model.keras: missing, lenet5_modern is not trained on mnist with "
-     "seed 42; train it first: `python -m pipeline train mnist lenet5_modern --seed 42` (or `dvc repro`)"),
-    (("mnist", "lenet5_modern", "digit.png", "--seed", "7"),
-     "error: models/mnist/lenet5_modern/seed_7/model.keras: missing, lenet5_modern is not trained on mnist with "
-     "seed 7"),
-    (("mnist", "lenet5_modern", "digit.png", "--labels", "commas.csv"),
-     "error: commas.csv line 1: malformed header 'Filename,Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId'; "
-     f"expected '{HEADER}'"),
-    (("mnist", "lenet5_modern", "digit.png", "--labels", "other.csv"),
-     "error: other.csv: names none of the 1 image(s) (e.g. digit.png; it lists e.g. 00000.png); expected the "
-     "ground truth of these images"),
-    (("mnist", "lenet5_modern", "digit.png", "--labels", "nine.csv"),
-     "error: nine.csv line 2: digit.png: ClassId 12; expected 0 .. 9"),
-    (("mnist", "lenet5_modern", "digit.png", "--labels", "no-csv.zip"),
-     "error: no-csv.zip: holds 0 CSV files (none); expected one ground-truth CSV, GT-final_test.csv as in "
-     "GTSRB_Final_Test_GT.zip"),
-    (("mnist", "lenet5_modern", "empty"), "error: empty: no images found (1 other file(s)); expected PPM, PNG or JPEG"),
-    (("mnist", "lenet5_modern", "bomb.zip"),
-     "error: bomb.zip: entry 'bomb.png': compressed 1"),
-    (("gtsrb", "lenet5_modern", "digits.idx"),
-     "error: digits.idx: an IDX file, which holds mnist or fashion_mnist images; the gtsrb model takes image files"),
-])
-def test_a_bad_input_is_one_line_before_any_model_loads(project: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture, argv: tuple,
-                                                         expected: str) -> None:
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ("mnist", "lenet5_modern", "missing.png"),
+            "error: missing.png: no such file or folder; expected image files (PPM, PNG, JPEG), folders or ZIP archives of "
+            "them",
+        ),
+        (
+            ("mnist", "lenet5_modern", "notes.txt"),
+            "error: notes.txt: not an image, ZIP or IDX file (it starts with b'some not'); expected PPM, PNG or JPEG "
+            "images, folders or ZIP archives of them, or IDX image files",
+        ),
+        (("mnist", "lenet6", "digit.png"), "error: models.lenet6: missing; known designs: lenet5_modern,"),
+        (("cifar10", "lenet5_modern", "digit.png"), "error: cifar10: unknown dataset"),
+        (
+            ("mnist", "lenet5_modern", "digit.png"),
+            "error: models/mnist/lenet5_modern/seed_42/model.keras: missing, lenet5_modern is not trained on mnist with "
+            "seed 42; train it first: `python -m pipeline train mnist lenet5_modern --seed 42` (or `dvc repro`)",
+        ),
+        (
+            ("mnist", "lenet5_modern", "digit.png", "--seed", "7"),
+            "error: models/mnist/lenet5_modern/seed_7/model.keras: missing, lenet5_modern is not trained on mnist with "
+            "seed 7",
+        ),
+        (
+            ("mnist", "lenet5_modern", "digit.png", "--labels", "commas.csv"),
+            "error: commas.csv line 1: malformed header 'Filename,Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId'; "
+            f"expected '{HEADER}'",
+        ),
+        (
+            ("mnist", "lenet5_modern", "digit.png", "--labels", "other.csv"),
+            "error: other.csv: names none of the 1 image(s) (e.g. digit.png; it lists e.g. 00000.png); expected the "
+            "ground truth of these images",
+        ),
+        (
+            ("mnist", "lenet5_modern", "digit.png", "--labels", "nine.csv"),
+            "error: nine.csv line 2: digit.png: ClassId 12; expected 0 .. 9",
+        ),
+        (
+            ("mnist", "lenet5_modern", "digit.png", "--labels", "no-csv.zip"),
+            "error: no-csv.zip: holds 0 CSV files (none); expected one ground-truth CSV, GT-final_test.csv as in "
+            "GTSRB_Final_Test_GT.zip",
+        ),
+        (
+            ("mnist", "lenet5_modern", "empty"),
+            "error: empty: no images found (1 other file(s)); expected PPM, PNG or JPEG",
+        ),
+        (("mnist", "lenet5_modern", "bomb.zip"), "error: bomb.zip: entry 'bomb.png': compressed 1"),
+        (
+            ("gtsrb", "lenet5_modern", "digits.idx"),
+            "error: digits.idx: an IDX file, which holds mnist or fashion_mnist images; the gtsrb model takes image files",
+        ),
+    ],
+)
+def test_a_bad_input_is_one_line_before_any_model_loads(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv: tuple, expected: str
+) -> None:
     (project / "notes.txt").write_text("some notes")
     write_csv(project / "commas.csv", [], header=HEADER.replace(";", ","))
     write_csv(project / "other.csv", [("00000.png", 28, 28, 0, 0, 28, 28, 3)])
@@ -394,21 +508,33 @@ def test_a_bad_input_is_one_line_before_any_model_loads(project: Path, monkeypat
 @pytest.mark.timeout(300)
 def test_the_command_fails_in_one_line_without_loading_tensorflow(project: Path) -> None:
     command = [sys.executable, "-X", "importtime", "-m", "pipeline", "predict", "mnist", "lenet5_modern", "digit.png"]
-    result = subprocess.run(command, cwd=project, capture_output=True, text=True,
-                            env=tool_env(PIPELINE_TRACKING="off", PYTHONPATH=str(REPO)))
+    result = subprocess.run(
+        command,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=tool_env(PIPELINE_TRACKING="off", PYTHONPATH=str(REPO)),
+    )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "model.keras: missing" in errors[0] and "Traceback" not in result.stderr
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "pipeline" in imported and "tensorflow" not in imported and "mlflow" not in imported
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_a_damaged_image_or_one_its_row_does_not_describe_is_one_line(tiny_project: Path, digits: dict[str, Path],
-                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                      capsys: pytest.CaptureFixture) -> None:
+def test_a_damaged_image_or_one_its_row_does_not_describe_is_one_line(
+    tiny_project: Path,
+    digits: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     folder = tmp_path / "pngs"
     shutil.copytree(digits["folder"], folder)
     (folder / "00003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -416,10 +542,12 @@ def test_a_damaged_image_or_one_its_row_does_not_describe_is_one_line(tiny_proje
     assert status == 2 and error_line(err).startswith(f"error: {folder / '00003.png'}: cannot decode (")
     (folder / "00003.png").unlink()
     Image.fromarray(np.zeros((20, 28), np.uint8)).save(folder / "00004.png")  # its row says 28x28
-    status, _, err = predict_in_process(tiny_project, monkeypatch, capsys, "mnist", "lenet5_modern", folder,
-                                        "--labels", digits["labels"])
+    status, _, err = predict_in_process(
+        tiny_project, monkeypatch, capsys, "mnist", "lenet5_modern", folder, "--labels", digits["labels"]
+    )
     assert status == 2 and error_line(err).startswith(
-        f"error: {folder / '00004.png'} ({digits['labels']} line 6): image is 28x20; expected 28x28 as its CSV row says")
+        f"error: {folder / '00004.png'} ({digits['labels']} line 6): image is 28x20; expected 28x28 as its CSV row says"
+    )
 
 
 # --------------------------------------------------------------------------- decoding
@@ -429,10 +557,12 @@ def test_png_jpeg_and_ppm_decode_to_their_pixels() -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
     gray = rng.integers(0, 256, (9, 7), dtype=np.uint8)
-    for image, expected in ((Image.fromarray(rgb), rgb), (Image.fromarray(gray), gray[..., None]),
-                            (Image.fromarray(rgb).convert("RGBA"), rgb),
-                            (Image.fromarray(gray).convert("P"), np.asarray(Image.fromarray(gray).convert("P")
-                                                                            .convert("RGB")))):
+    for image, expected in (
+        (Image.fromarray(rgb), rgb),
+        (Image.fromarray(gray), gray[..., None]),
+        (Image.fromarray(rgb).convert("RGBA"), rgb),
+        (Image.fromarray(gray).convert("P"), np.asarray(Image.fromarray(gray).convert("P").convert("RGB"))),
+    ):
         png = io.BytesIO()
         image.save(png, "PNG")
         np.testing.assert_array_equal(decode(png.getvalue(), "x.png"), expected)

@@ -9,15 +9,23 @@ import pytest
 
 from tests.conftest import SHARED_DATASETS, copy_project, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800),
-              pytest.mark.skipif(not (SHARED_DATASETS / "mnist").is_dir(), reason="../shared/datasets/mnist absent")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),
+    pytest.mark.skipif(not (SHARED_DATASETS / "mnist").is_dir(), reason="../shared/datasets/mnist absent"),
+]
 
 
 def test_lenet5_modern_reaches_98_percent_on_real_mnist(tmp_path: Path) -> None:
-    repo = copy_project(tmp_path / "repo", {
-        "download.mirror": str(SHARED_DATASETS), "train.epochs": 4,
-        "experiments.datasets": ["mnist"], "experiments.models": ["lenet5_modern"],
-    })
+    repo = copy_project(
+        tmp_path / "repo",
+        {
+            "download.mirror": str(SHARED_DATASETS),
+            "train.epochs": 4,
+            "experiments.datasets": ["mnist"],
+            "experiments.models": ["lenet5_modern"],
+        },
+    )
     run(["dvc", "repro"], repo)
     manifest = json.loads((repo / "data/raw/mnist/MANIFEST.json").read_text())
     assert {entry["verified_by"] for entry in manifest.values()} == {"official md5"} and len(manifest) == 4

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_params, parse_params
+from pipeline.core.validate import ConfigError
 from pipeline.portable.preprocess import equalized, prepare
 from pipeline.training.schedules import Schedule, rate_at
-from pipeline.core.validate import ConfigError
 from tests.conftest import REPO
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -24,7 +24,8 @@ def test_constant_and_step_schedules() -> None:
     assert {rate_at(step, settings(), 5) for step in range(50)} == {0.1}
     step = settings(schedule="step", step_epochs=3, step_factor=0.5)
     assert [rate_at(e * 5, step, 5) for e in range(10)] == pytest.approx(
-        [0.1] * 3 + [0.05] * 3 + [0.025] * 3 + [0.0125])
+        [0.1] * 3 + [0.05] * 3 + [0.025] * 3 + [0.0125]
+    )
     assert rate_at(14, step, 5) == pytest.approx(0.1) and rate_at(15, step, 5) == pytest.approx(0.05)
 
 

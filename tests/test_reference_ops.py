@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.designs.language import parse_design  # noqa: E402
 from pipeline.designs.keras_build import build_model  # noqa: E402
+from pipeline.designs.language import parse_design  # noqa: E402
 from tests.reference_ops import (  # noqa: E402
     conv_backward,
     conv_forward,
@@ -158,9 +158,7 @@ def test_same_padding_is_tf_rule(size, kernel, stride, expected):
 
 def test_conv_accepts_flat_keras_bias():
     _, A, W, b = _conv_inputs((7, 9), (3, 3))
-    np.testing.assert_array_equal(
-        conv_forward(A, W, b.ravel(), None), conv_forward(A, W, b, None)
-    )
+    np.testing.assert_array_equal(conv_forward(A, W, b.ravel(), None), conv_forward(A, W, b, None))
 
 
 # --------------------------------------------------------------------------- #
@@ -237,8 +235,7 @@ TIE_CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("A, kernel, stride, dA, expected", TIE_CASES)
-def test_max_pool_tie_breaking_first_max_row_major(A, kernel, stride, dA, expected,
-                                                   dtype):
+def test_max_pool_tie_breaking_first_max_row_major(A, kernel, stride, dA, expected, dtype):
     A = A.astype(dtype)
     dA = dA.reshape(1, *dA.shape, 1).astype(dtype)
     ours = pool_backward(dA, A, kernel, stride=stride, mode="max")
@@ -266,37 +263,121 @@ def _case(id_, fn, *args, match, **kwargs):
 @pytest.mark.parametrize(
     "fn, args, kwargs, match",
     [
-        _case("A_prev-rank", conv_forward, A0[0], W0, B0, None,
-              match=r"A_prev must be a 4-D array, got shape \(7, 9, 2\)"),
-        _case("W-channels", conv_forward, A0, W0[..., :1, :], B0, None,
-              match=r"W must have shape \(kh, kw, c_prev=2, c_new\).*got \(3, 3, 1, 4\)"),
-        _case("b-shape", conv_forward, A0, W0, np.zeros((1, 1, 1, 3)), None,
-              match=r"b must have shape \(1, 1, 1, 4\).*got \(1, 1, 1, 3\)"),
-        _case("padding-name", conv_forward, A0, W0, B0, None, padding="full",
-              match=r"padding must be 'same', 'valid' or a \(ph, pw\).*got 'full'"),
-        _case("padding-negative", conv_forward, A0, W0, B0, None, padding=(1, -1),
-              match=r"padding must contain ints >= 0, got \(1, -1\)"),
-        _case("stride-zero", conv_forward, A0, W0, B0, None, stride=(0, 1),
-              match=r"stride must contain ints >= 1, got \(0, 1\)"),
-        _case("activation-name", conv_forward, A0, W0, B0, "swish",
-              match=r"activation must be .*got 'swish'"),
-        _case("kernel-too-big", conv_forward, A0, np.zeros((9, 3, 2, 4)), B0, None,
-              padding="valid",
-              match=r"kernel \(9, 3\) is larger than the padded input \(7, 9\)"),
-        _case("dZ-shape", conv_backward, np.zeros((3, 7, 8, 4)), A0, W0, B0,
-              match=r"dZ must have shape \(3, 7, 9, 4\).*got \(3, 7, 8, 4\)"),
-        _case("backward-padding", conv_backward, np.zeros((3, 4, 5, 4)), A0, W0, B0,
-              padding="bogus", match=r"padding must be .*got 'bogus'"),
-        _case("pool-mode", pool_forward, A0, (2, 2), mode="min",
-              match=r"mode must be 'max' or 'avg', got 'min'"),
-        _case("pool-kernel-rank", pool_forward, A0, (2, 2, 2),
-              match=r"kernel_shape must be an int or a pair of ints, got \(2, 2, 2\)"),
-        _case("pool-kernel-too-big", pool_forward, A0, (8, 2),
-              match=r"kernel_shape \(8, 2\) is larger than the input \(7, 9\)"),
-        _case("pool-backward-mode", pool_backward, np.zeros((3, 3, 4, 2)), A0, (2, 2),
-              (2, 2), mode="median", match=r"mode must be 'max' or 'avg', got 'median'"),
-        _case("dA-shape", pool_backward, np.zeros((3, 3, 3, 2)), A0, (2, 2), (2, 2),
-              match=r"dA must have shape \(3, 3, 4, 2\).*got \(3, 3, 3, 2\)"),
+        _case(
+            "A_prev-rank", conv_forward, A0[0], W0, B0, None, match=r"A_prev must be a 4-D array, got shape \(7, 9, 2\)"
+        ),
+        _case(
+            "W-channels",
+            conv_forward,
+            A0,
+            W0[..., :1, :],
+            B0,
+            None,
+            match=r"W must have shape \(kh, kw, c_prev=2, c_new\).*got \(3, 3, 1, 4\)",
+        ),
+        _case(
+            "b-shape",
+            conv_forward,
+            A0,
+            W0,
+            np.zeros((1, 1, 1, 3)),
+            None,
+            match=r"b must have shape \(1, 1, 1, 4\).*got \(1, 1, 1, 3\)",
+        ),
+        _case(
+            "padding-name",
+            conv_forward,
+            A0,
+            W0,
+            B0,
+            None,
+            padding="full",
+            match=r"padding must be 'same', 'valid' or a \(ph, pw\).*got 'full'",
+        ),
+        _case(
+            "padding-negative",
+            conv_forward,
+            A0,
+            W0,
+            B0,
+            None,
+            padding=(1, -1),
+            match=r"padding must contain ints >= 0, got \(1, -1\)",
+        ),
+        _case(
+            "stride-zero",
+            conv_forward,
+            A0,
+            W0,
+            B0,
+            None,
+            stride=(0, 1),
+            match=r"stride must contain ints >= 1, got \(0, 1\)",
+        ),
+        _case("activation-name", conv_forward, A0, W0, B0, "swish", match=r"activation must be .*got 'swish'"),
+        _case(
+            "kernel-too-big",
+            conv_forward,
+            A0,
+            np.zeros((9, 3, 2, 4)),
+            B0,
+            None,
+            padding="valid",
+            match=r"kernel \(9, 3\) is larger than the padded input \(7, 9\)",
+        ),
+        _case(
+            "dZ-shape",
+            conv_backward,
+            np.zeros((3, 7, 8, 4)),
+            A0,
+            W0,
+            B0,
+            match=r"dZ must have shape \(3, 7, 9, 4\).*got \(3, 7, 8, 4\)",
+        ),
+        _case(
+            "backward-padding",
+            conv_backward,
+            np.zeros((3, 4, 5, 4)),
+            A0,
+            W0,
+            B0,
+            padding="bogus",
+            match=r"padding must be .*got 'bogus'",
+        ),
+        _case("pool-mode", pool_forward, A0, (2, 2), mode="min", match=r"mode must be 'max' or 'avg', got 'min'"),
+        _case(
+            "pool-kernel-rank",
+            pool_forward,
+            A0,
+            (2, 2, 2),
+            match=r"kernel_shape must be an int or a pair of ints, got \(2, 2, 2\)",
+        ),
+        _case(
+            "pool-kernel-too-big",
+            pool_forward,
+            A0,
+            (8, 2),
+            match=r"kernel_shape \(8, 2\) is larger than the input \(7, 9\)",
+        ),
+        _case(
+            "pool-backward-mode",
+            pool_backward,
+            np.zeros((3, 3, 4, 2)),
+            A0,
+            (2, 2),
+            (2, 2),
+            mode="median",
+            match=r"mode must be 'max' or 'avg', got 'median'",
+        ),
+        _case(
+            "dA-shape",
+            pool_backward,
+            np.zeros((3, 3, 3, 2)),
+            A0,
+            (2, 2),
+            (2, 2),
+            match=r"dA must have shape \(3, 3, 4, 2\).*got \(3, 3, 3, 2\)",
+        ),
     ],
 )
 def test_errors_name_argument_and_shapes(fn, args, kwargs, match):
@@ -367,7 +448,5 @@ def test_keras_lenet5_first_block_matches_reference():
     dx, dW, db = conv_backward(dz, x.astype(np.float64), W, b, padding=conv.padding, stride=stride)
     scale = max(1.0, float(np.max(np.abs(dW))))  # dW sums 4*32*32 float32 products
     assert_close("keras block grad dx (f32)", dx, dx_k, TOL_FLOAT32)
-    assert_close("keras block grad dW (f32, rel)", dW / scale, np.asarray(dW_k) / scale,
-                 TOL_FLOAT32)
-    assert_close("keras block grad db (f32, rel)", db.ravel() / scale,
-                 np.asarray(db_k) / scale, TOL_FLOAT32)
+    assert_close("keras block grad dW (f32, rel)", dW / scale, np.asarray(dW_k) / scale, TOL_FLOAT32)
+    assert_close("keras block grad db (f32, rel)", db.ravel() / scale, np.asarray(db_k) / scale, TOL_FLOAT32)

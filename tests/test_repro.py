@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.training import compute
-from pipeline.tools import repro
 from pipeline.config import load_params
 from pipeline.core.paths import RunPaths
+from pipeline.tools import repro
+from pipeline.training import compute
 from tests.conftest import REPO, TINY_PROJECT_MODELS, copy_project, run, tool_env, write_mirror
 from tests.test_end_to_end import model_runs
 
@@ -80,8 +80,14 @@ def toy(tmp_path: Path) -> Path:
 
 
 def runner(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", "repro", *args], cwd=project, capture_output=True,
-                          text=True, env=tool_env(PYTHONPATH=str(REPO), **env), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "repro", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=tool_env(PYTHONPATH=str(REPO), **env),
+        timeout=600,
+    )
 
 
 def locked_stages(project: Path) -> set[str]:
@@ -110,7 +116,9 @@ def test_plain_dvc_repro_sees_the_runners_work_as_its_own(toy: Path) -> None:
 
 
 def test_a_target_runs_with_its_upstream_stages_only(toy: Path) -> None:
-    (toy / "dvc.yaml").write_text(yaml.safe_dump({"stages": {**STAGES, "b": {**STAGES["b"], "cmd": "python step.py b"}}}))
+    (toy / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {**STAGES, "b": {**STAGES["b"], "cmd": "python step.py b"}}})
+    )
     result = runner(toy, "b")
     assert result.returncode == 0, result.stdout + result.stderr
     assert locked_stages(toy) == {"a", "b"}
@@ -118,8 +126,9 @@ def test_a_target_runs_with_its_upstream_stages_only(toy: Path) -> None:
 
 def test_a_change_reruns_only_the_stages_downstream_of_it(toy: Path) -> None:
     assert runner(toy, "-j", "2").returncode == 0
-    (toy / "dvc.yaml").write_text(yaml.safe_dump({"stages": {**STAGES, "d": {**STAGES["d"],
-                                                                              "cmd": "python step.py d --again"}}}))
+    (toy / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {**STAGES, "d": {**STAGES["d"], "cmd": "python step.py d --again"}}})
+    )
     result = runner(toy, "-j", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     started = {line.split("'")[1] for line in result.stdout.splitlines() if "| Running stage" in line}
@@ -140,9 +149,14 @@ def test_a_stage_started_while_another_dvc_holds_the_lock_waits_for_it(toy: Path
     assert runner(toy, "a").returncode == 0
     (toy / "step.py").write_text((toy / "step.py").read_text() + "\n")  # everything is stale again
     held = zc.lockfile.LockFile(str(toy / ".dvc" / "tmp" / "lock"))  # as a `dvc` command in another shell would
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "repro", "-j", "2"], cwd=toy, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=tool_env(PYTHONPATH=str(REPO)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "repro", "-j", "2"],
+        cwd=toy,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=tool_env(PYTHONPATH=str(REPO)),
+    )
     try:
         with pytest.raises(subprocess.TimeoutExpired):
             process.wait(timeout=5)  # DVC gives up on a taken lock after 3 s; the runner must not
@@ -156,7 +170,8 @@ def test_a_stage_started_while_another_dvc_holds_the_lock_waits_for_it(toy: Path
 def test_a_start_that_fails_on_the_lock_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DVC's rwlock guard gives up after 3 s even with --wait-for-lock: such a start is tried again."""
     fake = tmp_path / "fake_dvc.py"
-    fake.write_text(textwrap.dedent('''
+    fake.write_text(
+        textwrap.dedent("""
         import pathlib, sys
         tries = pathlib.Path(sys.argv[-1] + ".tries")
         count = int(tries.read_text()) + 1 if tries.exists() else 1
@@ -164,7 +179,8 @@ def test_a_start_that_fails_on_the_lock_is_retried(tmp_path: Path, monkeypatch: 
         if count < 3:
             sys.exit("ERROR: Unable to acquire lock. Most likely another DVC process is running")
         print("Running stage 'x':")
-    '''))
+    """)
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(repro, "LOCK_BACKOFF_MAX", 0.1)
     monkeypatch.setattr(repro.Runner, "command", staticmethod(lambda name: [sys.executable, str(fake), name]))
@@ -186,10 +202,12 @@ def test_thread_budgets_follow_the_designs_train_threads() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.train_settings("lenet5_modern", "mnist").threads == 1, "the shipped default packs LeNets one per core"
     assert params.train_settings("student_gtsrb", "gtsrb").threads == 2
-    stale = [("normalize@mnist", "python -m pipeline normalize mnist", set()),
-             ("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", set()),
-             ("train@gtsrb-student_gtsrb-1", "python -m pipeline train gtsrb student_gtsrb --seed 1", set()),
-             ("evaluate@gtsrb-student_gtsrb-1", "python -m pipeline evaluate gtsrb student_gtsrb --seed 1", set())]
+    stale = [
+        ("normalize@mnist", "python -m pipeline normalize mnist", set()),
+        ("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", set()),
+        ("train@gtsrb-student_gtsrb-1", "python -m pipeline train gtsrb student_gtsrb --seed 1", set()),
+        ("evaluate@gtsrb-student_gtsrb-1", "python -m pipeline evaluate gtsrb student_gtsrb --seed 1", set()),
+    ]
     stages, _ = repro.plan(stale, params, cores=2)
     assert [(s.threads, s.training) for s in stages] == [(1, False), (1, True), (2, True), (2, False)]
     capped, _ = repro.plan(stale, params, cores=1)
@@ -197,28 +215,36 @@ def test_thread_budgets_follow_the_designs_train_threads() -> None:
 
 
 def test_the_longest_chain_of_work_starts_first_estimated_from_the_last_training_on_record(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     params = load_params(REPO / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    for dataset, design, seconds, epochs in (("gtsrb", "student_gtsrb", 300.0, 10), ("mnist", "lenet5_modern", 50.0, 10)):
+    for dataset, design, seconds, epochs in (
+        ("gtsrb", "student_gtsrb", 300.0, 10),
+        ("mnist", "lenet5_modern", 50.0, 10),
+    ):
         record = RunPaths(dataset, design, 7).metrics_dir / "train.json"
         record.parent.mkdir(parents=True)
         record.write_text(json.dumps({"train_seconds": seconds, "epochs_run": epochs}))
     gtsrb_epochs = params.train_settings("student_gtsrb", "gtsrb").epochs
-    stale = [("normalize@mnist", "python -m pipeline normalize mnist", set()),
-             ("normalize@gtsrb", "python -m pipeline normalize gtsrb", set()),
-             ("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", {"normalize@mnist"}),
-             ("train@gtsrb-student_gtsrb-1", "python -m pipeline train gtsrb student_gtsrb --seed 1", {"normalize@gtsrb"}),
-             ("train@gtsrb-lenet5_classic-1", "python -m pipeline train gtsrb lenet5_classic --seed 1",
-              {"normalize@gtsrb"})]
+    stale = [
+        ("normalize@mnist", "python -m pipeline normalize mnist", set()),
+        ("normalize@gtsrb", "python -m pipeline normalize gtsrb", set()),
+        ("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", {"normalize@mnist"}),
+        ("train@gtsrb-student_gtsrb-1", "python -m pipeline train gtsrb student_gtsrb --seed 1", {"normalize@gtsrb"}),
+        ("train@gtsrb-lenet5_classic-1", "python -m pipeline train gtsrb lenet5_classic --seed 1", {"normalize@gtsrb"}),
+    ]
     stages, _ = repro.plan(stale, params, cores=2)
     seconds = {stage.name: stage.seconds for stage in stages}
     assert seconds["train@gtsrb-student_gtsrb-1"] == pytest.approx(30.0 * gtsrb_epochs), "per epoch on record"
-    assert seconds["train@gtsrb-lenet5_classic-1"] == repro.UNKNOWN_EPOCH_SECONDS * params.train_settings(
-        "lenet5_classic", "gtsrb").epochs, "nothing on record: the guess"
+    assert (
+        seconds["train@gtsrb-lenet5_classic-1"]
+        == repro.UNKNOWN_EPOCH_SECONDS * params.train_settings("lenet5_classic", "gtsrb").epochs
+    ), "nothing on record: the guess"
     runner = repro.Runner(stages, 2, {})
-    assert [stage.name for stage in runner.ready()] == ["normalize@gtsrb", "normalize@mnist"], \
+    assert [stage.name for stage in runner.ready()] == ["normalize@gtsrb", "normalize@mnist"], (
         "the data of the dataset with the longest training first"
+    )
 
 
 def test_a_stage_waiting_for_threads_is_not_overtaken_by_one_that_would_delay_it() -> None:
@@ -235,8 +261,12 @@ def test_a_stage_waiting_for_threads_is_not_overtaken_by_one_that_would_delay_it
 
 
 def one_thread_trainings(count: int, seconds: float, prefix: str = "train@mnist-lenet5_modern") -> list[repro.Stage]:
-    return [repro.Stage(f"{prefix}-{seed}", set(), 1, training=True, seconds=seconds,
-                        priority=seconds + repro.SHORT_STAGE_SECONDS) for seed in range(1, count + 1)]
+    return [
+        repro.Stage(
+            f"{prefix}-{seed}", set(), 1, training=True, seconds=seconds, priority=seconds + repro.SHORT_STAGE_SECONDS
+        )
+        for seed in range(1, count + 1)
+    ]
 
 
 def test_never_more_threads_in_flight_than_cores() -> None:
@@ -252,8 +282,10 @@ def test_auto_threads_divide_the_cores_among_the_trainings_to_run() -> None:
     design = replace(params.models["lenet5_modern"], train_overrides={"threads": "auto"})
     auto = replace(params, models={**params.models, "lenet5_modern": design})
     one = [("train@mnist-lenet5_modern-1", "python -m pipeline train mnist lenet5_modern --seed 1", set())]
-    three = one + [(f"train@mnist-lenet5_modern-{seed}", f"python -m pipeline train mnist lenet5_modern --seed {seed}",
-                    set()) for seed in (2, 3)]
+    three = one + [
+        (f"train@mnist-lenet5_modern-{seed}", f"python -m pipeline train mnist lenet5_modern --seed {seed}", set())
+        for seed in (2, 3)
+    ]
     assert repro.plan(one, auto, cores=4)[1] == 4
     assert repro.plan(three, auto, cores=4)[1] == 1
     assert [s.threads for s in repro.plan(three, auto, cores=4)[0]] == [1, 1, 1]
@@ -261,14 +293,23 @@ def test_auto_threads_divide_the_cores_among_the_trainings_to_run() -> None:
 
 # --- The real pipeline on tiny data: trainings side by side give what a training alone gives.
 
+
 @pytest.fixture(scope="module")
 def seeds_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project on tiny MNIST with two designs and two seeds, built by the runner on 2 threads."""
     base = tmp_path_factory.mktemp("side-by-side")
-    repo = copy_project(base / "repo", {
-        "download.mirror": str(write_mirror(base / "mirror")), "train.epochs": 1, "train.batch_size": 32,
-        "experiments.datasets": ["mnist"], "experiments.models": list(TINY_PROJECT_MODELS),
-        "experiments.seeds": [42, 7], "evaluate.sample_images": 8})
+    repo = copy_project(
+        base / "repo",
+        {
+            "download.mirror": str(write_mirror(base / "mirror")),
+            "train.epochs": 1,
+            "train.batch_size": 32,
+            "experiments.datasets": ["mnist"],
+            "experiments.models": list(TINY_PROJECT_MODELS),
+            "experiments.seeds": [42, 7],
+            "evaluate.sample_images": 8,
+        },
+    )
     result = runner(repo, "-j", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     run(["git", "add", "dvc.lock"], repo)  # queued experiments start from here: their data stages are cached
@@ -294,15 +335,21 @@ def test_trainings_side_by_side_match_a_training_alone_with_the_same_threads(see
     metrics = json.loads((seeds_project / out.metrics_dir / "train.json").read_text())
     assert metrics["threads"] == 1
     weights = model_digest(seeds_project / out.model_dir / "model.keras")
-    history = [{k: v for k, v in row.items() if k != "seconds"}
-               for row in csv.DictReader(open(seeds_project / out.history, encoding="utf-8"))]
+    history = [
+        {k: v for k, v in row.items() if k != "seconds"}
+        for row in csv.DictReader((seeds_project / out.history).read_text(encoding="utf-8").splitlines())
+    ]
 
     run(["dvc", "repro", "--force", "--single-item", "train@mnist-lenet5_modern-42"], seeds_project)  # alone now
     again = json.loads((seeds_project / out.metrics_dir / "train.json").read_text())
     assert model_digest(seeds_project / out.model_dir / "model.keras") == weights
-    assert {k: v for k, v in again.items() if k not in VARYING} == {k: v for k, v in metrics.items() if k not in VARYING}
-    assert [{k: v for k, v in row.items() if k != "seconds"}
-            for row in csv.DictReader(open(seeds_project / out.history, encoding="utf-8"))] == history
+    assert {k: v for k, v in again.items() if k not in VARYING} == {
+        k: v for k, v in metrics.items() if k not in VARYING
+    }
+    assert [
+        {k: v for k, v in row.items() if k != "seconds"}
+        for row in csv.DictReader((seeds_project / out.history).read_text(encoding="utf-8").splitlines())
+    ] == history
 
 
 @pytest.mark.e2e
@@ -318,13 +365,32 @@ def test_threads_and_device_are_recorded_in_the_mlflow_run(seeds_project: Path) 
 def test_queued_experiments_with_auto_threads_share_the_cores(seeds_project: Path) -> None:
     """`PIPELINE_AUTO_THREADS=N dvc queue start -j 2`: each queued experiment's `threads: auto` is N."""
     for epochs in (2, 3):
-        run(["dvc", "exp", "run", "--queue", "-n", f"auto-{epochs}", "-S", "train.threads=auto",
-             "-S", f"train.epochs={epochs}", "-S", "experiments.seeds=[42]",
-             "-S", "experiments.models=[lenet5_modern]"], seeds_project)
+        run(
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-n",
+                f"auto-{epochs}",
+                "-S",
+                "train.threads=auto",
+                "-S",
+                f"train.epochs={epochs}",
+                "-S",
+                "experiments.seeds=[42]",
+                "-S",
+                "experiments.models=[lenet5_modern]",
+            ],
+            seeds_project,
+        )
     shared = str(max(1, compute.available_cores() // 2))
     run(["dvc", "queue", "start", "-j", "2"], seeds_project, PIPELINE_AUTO_THREADS=shared)
     for epochs in (2, 3):
         run(["dvc", "queue", "logs", f"auto-{epochs}", "--follow"], seeds_project)
-    threads = {name: found.data.params["train.threads"] for name in ("auto-2", "auto-3")
-               for found in model_runs(seeds_project, "lenet5_modern", dvc_experiment=name)}
+    threads = {
+        name: found.data.params["train.threads"]
+        for name in ("auto-2", "auto-3")
+        for found in model_runs(seeds_project, "lenet5_modern", dvc_experiment=name)
+    }
     assert threads == {"auto-2": shared, "auto-3": shared}

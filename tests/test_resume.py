@@ -28,10 +28,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("resume")
     md5s = write_idx_dataset(base / "mirror" / "mnist", train=3000, test=100)  # epochs long enough to interrupt
     (base / "mirror" / "MD5SUMS").write_text("".join(f"{md5}  mnist/{name}\n" for name, md5 in md5s.items()))
-    repo = copy_project(base / "repo", {
-        "download.mirror": str(base / "mirror"), "train.epochs": EPOCHS, "train.batch_size": 8,
-        "train.schedule": "cosine", "train.warmup_epochs": 1, "train.augment.rotation": 10,
-        "train.augment.translation": 0.1, "experiments.datasets": ["mnist"], "experiments.models": [DESIGN]})
+    repo = copy_project(
+        base / "repo",
+        {
+            "download.mirror": str(base / "mirror"),
+            "train.epochs": EPOCHS,
+            "train.batch_size": 8,
+            "train.schedule": "cosine",
+            "train.warmup_epochs": 1,
+            "train.augment.rotation": 10,
+            "train.augment.translation": 0.1,
+            "experiments.datasets": ["mnist"],
+            "experiments.models": [DESIGN],
+        },
+    )
     run(["dvc", "repro", "normalize@mnist"], repo)
     return repo
 

@@ -7,8 +7,8 @@ import pytest
 
 from pipeline.config import NormalizeParams
 from pipeline.datasets import RawData
-from pipeline.stages.normalize import normalize_splits
 from pipeline.portable.preprocess import LECUN_BACKGROUND, LECUN_FOREGROUND, pad_to, to_grayscale
+from pipeline.stages.normalize import normalize_splits
 from pipeline.stages.split import class_counts, split_dataset, split_indices
 
 
@@ -40,8 +40,12 @@ def test_grouped_images_never_straddle_train_and_validation() -> None:
 
 def test_official_test_set_stays_the_test_set() -> None:
     rng = np.random.default_rng(0)
-    raw = RawData(rng.integers(0, 255, (100, 4, 4, 1), dtype=np.uint8), labels(10),
-                  rng.integers(0, 255, (7, 4, 4, 1), dtype=np.uint8), np.arange(7) % 10)
+    raw = RawData(
+        rng.integers(0, 255, (100, 4, 4, 1), dtype=np.uint8),
+        labels(10),
+        rng.integers(0, 255, (7, 4, 4, 1), dtype=np.uint8),
+        np.arange(7) % 10,
+    )
     splits = split_dataset(raw, 0.1, seed=0)
     assert np.array_equal(splits["test"]["x"], raw.test_x)
     assert len(splits["train"]["y"]) == 90 and len(splits["val"]["y"]) == 10
@@ -55,8 +59,10 @@ def images(values: list[int], shape: tuple[int, ...] = (2, 2, 1)) -> dict[str, n
 
 @pytest.mark.parametrize(("mode", "low", "high"), [("unit", 0.0, 1.0), ("lecun", LECUN_BACKGROUND, LECUN_FOREGROUND)])
 def test_fixed_scalings_map_background_and_foreground(mode: str, low: float, high: float) -> None:
-    out, stats, _ = normalize_splits({"train": images([0, 255]), "val": images([0]), "test": images([255])},
-                                  NormalizeParams(mode, None, False, "none"))
+    out, stats, _ = normalize_splits(
+        {"train": images([0, 255]), "val": images([0]), "test": images([255])},
+        NormalizeParams(mode, None, False, "none"),
+    )
     assert out["train"]["x"].dtype == np.float32
     assert out["val"]["x"].max() == pytest.approx(low) and out["test"]["x"].min() == pytest.approx(high)
     assert stats["mode"] == mode and stats["fitted_on"] == "train"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline import tracking
-from pipeline.tracking import client
 from pipeline.config import load_params
+from pipeline.tracking import client
 from tests.conftest import REPO
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -48,8 +48,7 @@ def test_what_a_stage_logs_lands_in_its_finished_run(store: mlflow.MlflowClient,
     assert found.data.tags["model"] == "lenet5_modern" and found.data.tags["stage"] == "train"
     assert found.data.tags["seed"] == "7"  # a design's seeds are runs side by side, grouped by `model`
     assert [(m.step, m.value) for m in store.get_metric_history(run_id, "val_accuracy")] == [(1, 0.5), (2, 1.0)]
-    assert {a.path for a in store.list_artifacts(run_id, "reports")} == {"reports/summary.txt",
-                                                                         "reports/history.csv"}
+    assert {a.path for a in store.list_artifacts(run_id, "reports")} == {"reports/summary.txt", "reports/history.csv"}
     assert store.get_experiment(found.info.experiment_id).name == "mnist"
 
 
@@ -70,22 +69,44 @@ def model_folder(folder: Path, model, image_shape: tuple[int, int, int]) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     classes = model.output_shape[-1]
-    (folder / "preprocessing.json").write_text(json.dumps({
-        "meta": {"dataset": "mnist", "class_names": [f"class {k}" for k in range(classes)],
-                 "image_shape": list(image_shape), "input_shape": list(image_shape)},
-        "normalize": {"mode": "unit", "scale": [1 / 255], "offset": [0.0], "pad_to": None, "grayscale": False,
-                      "equalize": "none"}}))
+    (folder / "preprocessing.json").write_text(
+        json.dumps(
+            {
+                "meta": {
+                    "dataset": "mnist",
+                    "class_names": [f"class {k}" for k in range(classes)],
+                    "image_shape": list(image_shape),
+                    "input_shape": list(image_shape),
+                },
+                "normalize": {
+                    "mode": "unit",
+                    "scale": [1 / 255],
+                    "offset": [0.0],
+                    "pad_to": None,
+                    "grayscale": False,
+                    "equalize": "none",
+                },
+            }
+        )
+    )
     return folder
 
 
-def test_a_saved_model_is_logged_loadable_with_its_signature_and_test_metrics(store: mlflow.MlflowClient,
-                                                                               tmp_path: Path) -> None:
+def test_a_saved_model_is_logged_loadable_with_its_signature_and_test_metrics(
+    store: mlflow.MlflowClient, tmp_path: Path
+) -> None:
     """As evaluate logs it: the worker reads the saved folder, so the stage never imports MLflow. The logged
     model takes raw uint8 pixels and scales them as normalize did."""
     import keras
 
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
-                              keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     folder = model_folder(tmp_path / "trained", model, (8, 8, 1))
     with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny") as run:
         tracking.log_model(folder, {"test_accuracy": 0.75})
@@ -148,16 +169,19 @@ def test_stages_that_start_side_by_side_on_a_fresh_store_both_log(tmp_path: Path
         root.mkdir()
         env = {**os.environ, "DVC_ROOT": str(root), "PIPELINE_TRACKING": "on"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        stages = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stderr=subprocess.PIPE,
-                                   text=True) for _ in range(3)]
+        stages = [
+            subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
         for stage in stages:
             assert stage.wait(timeout=180) == 0, stage.stderr.read()
         store = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
         assert len(store.search_runs([store.get_experiment_by_name("mnist").experiment_id])) == 3
 
 
-def test_a_store_mlflow_cannot_open_is_a_clear_error(store: mlflow.MlflowClient, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_store_mlflow_cannot_open_is_a_clear_error(
+    store: mlflow.MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "not-a-folder").write_text("")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'not-a-folder' / 'mlflow.db'}")
     with pytest.raises(tracking.TrackingError, match="PIPELINE_TRACKING=off"):
@@ -187,13 +211,17 @@ def in_experiment(monkeypatch: pytest.MonkeyPatch, name: str | None) -> None:
 
 
 def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_run_as_it_was(
-        store: mlflow.MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: mlflow.MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """As `dvc exp run -S evaluate.sample_images=12` does: train's run.json, then a second evaluate of it."""
     import keras
 
     in_experiment(monkeypatch, None)
-    folder = model_folder(tmp_path / "trained", keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
-                                                                  keras.layers.Dense(2)]), (4, 4, 1))
+    folder = model_folder(
+        tmp_path / "trained",
+        keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]),
+        (4, 4, 1),
+    )
     with tracking.stage_run(PARAMS, "mnist", "train", model="tiny") as run:
         tracking.log_params({"train": {"epochs": 2}})
         train_id = run.id
@@ -212,7 +240,10 @@ def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_r
     assert evaluation_id != train_id
     after = store.get_run(train_id)
     assert (after.data.tags, after.data.params, after.data.metrics) == (
-        baseline.data.tags, baseline.data.params, baseline.data.metrics)
+        baseline.data.tags,
+        baseline.data.params,
+        baseline.data.metrics,
+    )
     experiment = baseline.info.experiment_id
     assert [m.source_run_id for m in store.search_logged_models([experiment])].count(train_id) == 1
     evaluation = store.get_run(evaluation_id)
@@ -228,8 +259,9 @@ def test_an_evaluation_that_reruns_alone_gets_its_own_run_and_leaves_the_train_r
     assert store.get_run(train_id).data.tags == baseline.data.tags
 
 
-def test_a_train_run_of_another_experiment_is_not_continued(store: mlflow.MlflowClient,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_train_run_of_another_experiment_is_not_continued(
+    store: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     in_experiment(monkeypatch, None)
     with tracking.stage_run(PARAMS, "mnist", "train", model="tiny") as run:
         train_id = run.id

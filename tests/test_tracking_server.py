@@ -14,17 +14,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import mlflow
 import pytest
 import requests
 
-from pipeline.tracking import server
-from pipeline.tracking import spool
 from pipeline import tracking
 from pipeline.config import load_params
+from pipeline.tracking import server, spool
 from pipeline.tracking.server import free_port
 from tests.conftest import REPO, tool_env
 from tests.test_tracking import model_folder
@@ -33,6 +32,7 @@ PARAMS = load_params(REPO / "params.yaml")
 
 
 # ---- The pre-flight check, against stand-in servers -----------------------------------------------
+
 
 class StandIn(http.server.BaseHTTPRequestHandler):
     """Answers as its server's `answer(method, path, headers)` says, with (status, body)."""
@@ -76,7 +76,8 @@ def stand_in() -> Iterator[Callable[[int, bytes], str]]:
     """`stand_in(status, body)`: the URI of a stand-in server answering every request so."""
     with contextlib.ExitStack() as servers:
         yield lambda status, body=b'{"experiments": []}': servers.enter_context(
-            stand_in_server(lambda method, path, headers: (status, body)))
+            stand_in_server(lambda method, path, headers: (status, body))
+        )
 
 
 def test_a_server_that_answers_passes_and_gets_the_users_credentials(monkeypatch) -> None:
@@ -98,14 +99,22 @@ def test_a_server_that_answers_passes_and_gets_the_users_credentials(monkeypatch
     assert seen == ["Basic YWRhOnNlY3JldA==", "Bearer t0ken"]  # as MLflow's client sends them
 
 
-@pytest.mark.parametrize("status, body, expected", [
-    (403, b"", "the server refused (HTTP 403 Forbidden); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
-    (503, b"", "the server answers but fails (HTTP 503 Service Unavailable); check its log and its database"),
-    (404, b"", "no MLflow tracking server answers there (HTTP 404 Not Found); check the URI"),
-    (200, b"<html>a web page</html>", "something answers, but not as an MLflow tracking server"),
-])
-def test_a_refusing_failing_or_foreign_server_is_named_with_what_to_check(stand_in, monkeypatch, status, body,
-                                                                          expected) -> None:
+@pytest.mark.parametrize(
+    "status, body, expected",
+    [
+        (
+            403,
+            b"",
+            "the server refused (HTTP 403 Forbidden); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+        ),
+        (503, b"", "the server answers but fails (HTTP 503 Service Unavailable); check its log and its database"),
+        (404, b"", "no MLflow tracking server answers there (HTTP 404 Not Found); check the URI"),
+        (200, b"<html>a web page</html>", "something answers, but not as an MLflow tracking server"),
+    ],
+)
+def test_a_refusing_failing_or_foreign_server_is_named_with_what_to_check(
+    stand_in, monkeypatch, status, body, expected
+) -> None:
     uri = stand_in(status, body)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
@@ -127,8 +136,14 @@ def test_a_stage_whose_server_is_down_stops_before_any_work_with_one_line(tmp_pa
     """`python -m pipeline split` as dvc repro runs it: exit status 2, the URI and what to do, no output."""
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     uri = f"http://127.0.0.1:{free_port()}"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "split", "mnist"], cwd=tmp_path, capture_output=True,
-                            text=True, env=tool_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO)), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "split", "mnist"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=tool_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO)),
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: MLFLOW_TRACKING_URI={uri}: no server answers (")
     assert "start it (`make server`) or check the host and port" in result.stderr
@@ -145,7 +160,7 @@ def test_a_gone_server_is_told_apart_from_a_refused_request() -> None:
             try:
                 raise cause
             except Exception as error:
-                raise MlflowException(f"API request failed with exception {error}")  # as MLflow wraps it
+                raise MlflowException(f"API request failed with exception {error}") from error  # as MLflow wraps it
         except MlflowException as error:
             return error
 
@@ -158,12 +173,21 @@ def test_a_gone_server_is_told_apart_from_a_refused_request() -> None:
 
 # ---- `make server` with the SQLite backend, and the spool ---------------------------------------------
 
+
 def server_cli(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "pipeline", "server", *map(str, args)], cwd=REPO, env=tool_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "server", *map(str, args)],
+        cwd=REPO,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"pipeline.tracking.server {' '.join(map(str, args))} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"pipeline.tracking.server {' '.join(map(str, args))} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -195,13 +219,15 @@ def tiny_model(folder: Path) -> Path:
     """A model folder as train leaves it, which evaluate logs."""
     import keras
 
-    return model_folder(folder, keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
-                                                  keras.layers.Dense(2)]), (4, 4, 1))
+    return model_folder(
+        folder, keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]), (4, 4, 1)
+    )
 
 
 @pytest.mark.e2e  # a real mlflow server: not for `make test-fast`
 def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back(
-        sqlite_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    sqlite_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
     folder, port = sqlite_server
     uri = f"http://127.0.0.1:{port}"
     env = {"DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
@@ -231,12 +257,20 @@ def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back
     assert evaluation_id.startswith(spool.LOCAL_ID_PREFIX)  # it never reached the server: a local id
     kept = spool.entries()
     assert [(entry.run_id, entry.done, len(entry.requests), entry.status) for entry in kept] == [
-        (train_id, 2, 4, "FINISHED"), (None, 0, 1, "FINISHED")]
+        (train_id, 2, 4, "FINISHED"),
+        (None, 0, 1, "FINISHED"),
+    ]
     summary.write_text("replaced by a later run\n")  # the kept copy is what resync logs
 
     server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)
-    resync = subprocess.run([sys.executable, "-m", "pipeline", "resync"], cwd=tmp_path, capture_output=True, text=True,
-                            env=tool_env(**env, PYTHONPATH=str(REPO)), timeout=600)
+    resync = subprocess.run(
+        [sys.executable, "-m", "pipeline", "resync"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=tool_env(**env, PYTHONPATH=str(REPO)),
+        timeout=600,
+    )
     assert resync.returncode == 0, resync.stderr
     assert "resync: 2 of 2 kept runs logged" in resync.stdout
     assert spool.entries() == [] and spool.resolved(evaluation_id) == train_id
@@ -245,8 +279,9 @@ def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back
     assert found.info.status == "FINISHED" and found.data.tags["stage"] == "train+evaluate"
     assert [(m.step, m.value) for m in client.get_metric_history(train_id, "val_accuracy")] == [(1, 0.5), (2, 0.75)]
     assert found.data.params["train.epochs"] == "2" and found.data.metrics["test_accuracy"] == 0.625
-    copy = mlflow.artifacts.download_artifacts(run_id=train_id, artifact_path="reports/summary.txt",
-                                               tracking_uri=uri, dst_path=str(tmp_path / "downloaded"))
+    copy = mlflow.artifacts.download_artifacts(
+        run_id=train_id, artifact_path="reports/summary.txt", tracking_uri=uri, dst_path=str(tmp_path / "downloaded")
+    )
     assert Path(copy).read_text() == "as trained\n"
     (logged,) = client.search_logged_models([found.info.experiment_id])
     assert logged.source_run_id == train_id and {m.key: m.value for m in logged.metrics}["test_accuracy"] == 0.625

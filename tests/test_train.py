@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-
-import numpy as np
-
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from pipeline.config import load_params
-from pipeline.training.recipe import AugmentSettings
 from pipeline.training.loop import batches, training_batches
+from pipeline.training.recipe import AugmentSettings
 from tests.conftest import REPO
 
 SETTINGS = load_params(REPO / "params.yaml").train
@@ -31,7 +29,7 @@ def epochs_of(dataset, steps: int) -> list[list[int]]:
     """The labels of each epoch of a training dataset, in the order they were served."""
     labels = [int(label) for _, y in dataset for label in y.numpy()]
     per_epoch = len(labels) // steps if steps else 0
-    return [labels[i:i + per_epoch] for i in range(0, len(labels), per_epoch)]
+    return [labels[i : i + per_epoch] for i in range(0, len(labels), per_epoch)]
 
 
 def test_every_image_once_per_epoch_with_its_own_label() -> None:
@@ -71,8 +69,9 @@ JITTER = {"rotation": 15.0, "translation": 0.1, "zoom": 0.1, "shear": 5.0, "brig
 def served_images(seed: int, augment: dict, first_epoch: int = 0, epochs: int = 1) -> np.ndarray:
     x = np.random.default_rng(0).random((16, 12, 12, 3), dtype=np.float32)
     y = np.arange(16)
-    dataset = training_batches(x, y, recipe(batch_size=16, epochs=epochs, augment=augment), seed, first_epoch,
-                               np.full(3, 1 / 255, np.float32))
+    dataset = training_batches(
+        x, y, recipe(batch_size=16, epochs=epochs, augment=augment), seed, first_epoch, np.full(3, 1 / 255, np.float32)
+    )
     images, labels = list(dataset)[-1]
     return images.numpy()[np.argsort(labels.numpy())]  # back in the order of x
 
@@ -113,11 +112,14 @@ def test_flip_mirrors_left_right_when_asked_only() -> None:
 
 def onednn_enabled_in_a_stage(**env: str) -> bool:
     """Whether TensorFlow runs its oneDNN kernels in a fresh process that imports the train stage."""
-    probe = ("import pipeline.stages.train; from tensorflow.python.util import _pywrap_util_port as port; "
-             "print(port.IsMklEnabled())")
+    probe = (
+        "import pipeline.stages.train; from tensorflow.python.util import _pywrap_util_port as port; "
+        "print(port.IsMklEnabled())"
+    )
     clean = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**clean, **env},
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env={**clean, **env}, capture_output=True, text=True, check=True
+    )
     return result.stdout.strip().splitlines()[-1] == "True"
 
 

@@ -6,7 +6,7 @@ Each function returns a Figure; `save` writes it atomically as PNG and closes it
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -59,14 +59,27 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str,
         for i in range(n):
             for j in range(n):
                 text = f"{values[i, j]:.2f}" if normalize else str(int(values[i, j]))
-                axis.text(j, i, text, ha="center", va="center", fontsize=7,
-                          color="white" if values[i, j] > threshold else "black")
+                axis.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if values[i, j] > threshold else "black",
+                )
     axis.set_title(title)
     return figure
 
 
-def image_grid(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
-               class_names: Sequence[str], title: str) -> Figure:
+def image_grid(
+    images: np.ndarray,
+    true: np.ndarray,
+    predicted: np.ndarray,
+    confidence: np.ndarray,
+    class_names: Sequence[str],
+    title: str,
+) -> Figure:
     """Images with predicted class and confidence over the true class; green right, red wrong."""
     count = len(images)
     columns = min(8, max(count, 1))
@@ -77,11 +90,19 @@ def image_grid(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, conf
         if index >= count:
             continue
         image = images[index]
-        axis.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
-                    vmin=0, vmax=255)
+        axis.imshow(
+            image.squeeze(-1) if image.shape[-1] == 1 else image,
+            cmap="gray" if image.shape[-1] == 1 else None,
+            vmin=0,
+            vmax=255,
+        )
         ok = predicted[index] == true[index]
-        axis.set_title(f"{_short(class_names[predicted[index]])} {confidence[index]:.0%}\ntrue: "
-                       f"{_short(class_names[true[index]])}", fontsize=7, color=CORRECT if ok else WRONG)
+        axis.set_title(
+            f"{_short(class_names[predicted[index]])} {confidence[index]:.0%}\ntrue: "
+            f"{_short(class_names[true[index]])}",
+            fontsize=7,
+            color=CORRECT if ok else WRONG,
+        )
     figure.suptitle(title)
     return figure
 

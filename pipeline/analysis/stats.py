@@ -12,7 +12,7 @@ is the spread over seeds (`seed_summary`), reported beside them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import binomtest, ttest_ind
@@ -31,8 +31,9 @@ def image_scores(correct: np.ndarray) -> np.ndarray:
     return correct.mean(axis=0)
 
 
-def bootstrap_ci(scores: np.ndarray, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+def bootstrap_ci(
+    scores: np.ndarray, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `scores` (accuracy, averaged over seeds),
     resampling the test images with replacement.
 
@@ -81,8 +82,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def seed_summary(values: Sequence[float]) -> dict[str, float | None]:
     """Mean, sample standard deviation (None with one seed: one value has no spread), min and max."""
     values = np.asarray(values, dtype=float)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-            "min": float(values.min()), "max": float(values.max())}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
 def seed_level_p(accuracies_a: Sequence[float], accuracies_b: Sequence[float]) -> float | None:
@@ -101,10 +106,17 @@ def paired_comparison(scores: dict[str, np.ndarray], best: str, alpha: float = A
 
     Holm's family is the comparisons with the best (the best itself has p = 1 and ties itself).
     """
-    pairwise = {a: {b: 1.0 if a == b else mcnemar_exact(*discordant(scores[a], scores[b])) for b in scores}
-                for a in scores}
+    pairwise = {
+        a: {b: 1.0 if a == b else mcnemar_exact(*discordant(scores[a], scores[b])) for b in scores} for a in scores
+    }
     others = [name for name in scores if name != best]
     adjusted = dict(zip(others, holm([pairwise[name][best] for name in others])))
-    vs_best = {name: {"p_value_vs_best": pairwise[name][best], "p_value_vs_best_holm": adjusted.get(name, 1.0),
-                      "ties_best": name == best or adjusted[name] >= alpha} for name in scores}
+    vs_best = {
+        name: {
+            "p_value_vs_best": pairwise[name][best],
+            "p_value_vs_best_holm": adjusted.get(name, 1.0),
+            "ties_best": name == best or adjusted[name] >= alpha,
+        }
+        for name in scores
+    }
     return {"vs_best": vs_best, "pairwise_p": pairwise}

@@ -4,7 +4,6 @@
 May import: training, designs, datasets, analysis, portable, core.
 """
 
-from pipeline.config.params import (PARAMS_FILE, DatasetParams, NormalizeParams, Params, load_params,
-                                           parse_params)
+from pipeline.config.params import PARAMS_FILE, DatasetParams, NormalizeParams, Params, load_params, parse_params
 
 __all__ = ["PARAMS_FILE", "DatasetParams", "NormalizeParams", "Params", "load_params", "parse_params"]

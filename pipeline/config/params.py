@@ -52,8 +52,11 @@ class NormalizeParams:
 
     def describe(self) -> str:
         """The preprocessing in a few words, for reports."""
-        steps = [] if self.equalize == "none" else [{"clahe": "CLAHE", "histogram": "histogram equalization"}[
-            self.equalize]]
+        steps = (
+            []
+            if self.equalize == "none"
+            else [{"clahe": "CLAHE", "histogram": "histogram equalization"}[self.equalize]]
+        )
         steps += ["grayscale"] if self.grayscale else []
         return ", ".join(steps + [f"{self.mode} scaling"])
 
@@ -118,8 +121,9 @@ class Params:
 
     def check_design(self, name: str, dataset: str) -> None:
         """Refuse design `name` if the images of `dataset` cannot go through it (see designs.check_shapes)."""
-        designs.check_shapes(self.design(name), self.input_shape(dataset), datasets.REGISTRY[dataset].num_classes,
-                             dataset)
+        designs.check_shapes(
+            self.design(name), self.input_shape(dataset), datasets.REGISTRY[dataset].num_classes, dataset
+        )
 
     def run_seed(self, seed: int | None) -> int:
         """The training seed a command means: the one given, else the first of experiments.seeds."""
@@ -149,8 +153,9 @@ def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
 
 
 def parse_params(raw: Any) -> Params:
-    top = v.keys(raw, "", required=("seed", "download", "datasets", "normalize", "train", "models", "evaluate",
-                                     "experiments"))
+    top = v.keys(
+        raw, "", required=("seed", "download", "datasets", "normalize", "train", "models", "evaluate", "experiments")
+    )
     seed = v.integer(top["seed"], "seed", 0, SEED_MAX)
 
     block = v.keys(top["download"], "download", required=("mirror", "accept_local_repacks", "timeout_seconds"))
@@ -196,8 +201,21 @@ def parse_params(raw: Any) -> Params:
     experiment_models = v.string_list(block["models"], "experiments.models", list(models))
     experiment_seeds = v.integer_list(block["seeds"], "experiments.seeds", 0, SEED_MAX)
 
-    params = Params(seed, download, parsed_datasets, normalize, overrides, train, train_per_dataset, models, evaluate, experiment_datasets,
-                    experiment_models, experiment_seeds, raw)
+    params = Params(
+        seed,
+        download,
+        parsed_datasets,
+        normalize,
+        overrides,
+        train,
+        train_per_dataset,
+        models,
+        evaluate,
+        experiment_datasets,
+        experiment_models,
+        experiment_seeds,
+        raw,
+    )
     for name, design in models.items():
         if design.student:
             designs.check_course_rule(designs.declared_layers(design), name)
@@ -243,8 +261,10 @@ def _parse_dataset(key: str, value: Any) -> DatasetParams:
         raise ConfigError(f"{where}: unknown dataset; known datasets: {', '.join(datasets.REGISTRY)}")
     spec = datasets.REGISTRY[key]
     block = v.keys(value, where, required=("val_fraction", "source"), optional=spec.options)
-    options = {name: (check(block[name], f"{where}.{name}") if name in block else default)
-               for name, (check, default) in spec.options.items()}
+    options = {
+        name: (check(block[name], f"{where}.{name}") if name in block else default)
+        for name, (check, default) in spec.options.items()
+    }
     return DatasetParams(
         key=key,
         val_fraction=v.number(block["val_fraction"], f"{where}.val_fraction", 0.0, 1.0, low_open=True, high_open=True),

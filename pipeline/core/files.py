@@ -19,8 +19,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,9 @@ def project_root() -> Path:
     root = os.environ.get("DVC_ROOT")
     if not root:
         try:
-            root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                                  check=True).stdout.strip()
+            root = subprocess.run(
+                ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             root = os.getcwd()
     root = os.path.abspath(root)
@@ -146,8 +148,9 @@ def _input(path: str | os.PathLike[str], mode: str = "r", encoding: str | None =
     try:
         return open(path, mode, encoding=encoding)
     except FileNotFoundError:
-        raise MissingInputError(f"{path}: missing; run the stages that write it first (`dvc repro` runs every "
-                                f"stage in order)") from None
+        raise MissingInputError(
+            f"{path}: missing; run the stages that write it first (`dvc repro` runs every stage in order)"
+        ) from None
 
 
 def md5_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

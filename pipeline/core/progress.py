@@ -29,8 +29,9 @@ def bar(total: float | None = None, desc: str = "", unit: str = "it", **kwargs: 
 
 def setup_logging() -> logging.Logger:
     """One format for every stage: time, stage logger name, message."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     # MLflow and friends are chatty at INFO; their warnings still show.
     for noisy in ("mlflow", "alembic", "urllib3", "git", "matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,7 +7,8 @@ exact key, the value received and what was expected, e.g.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pipeline.core.errors import UserError
 

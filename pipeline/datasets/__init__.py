@@ -8,9 +8,10 @@ Adding a dataset means writing one module that builds a `DatasetSpec`, registeri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

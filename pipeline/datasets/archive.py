@@ -44,8 +44,9 @@ class CorruptArchiveError(ArchiveError):
     """The archive is truncated or damaged (typically an interrupted download)."""
 
 
-def safe_extract_zip(zip_path: str | os.PathLike[str], target_dir: str | os.PathLike[str],
-                     progress: bool = True) -> Path:
+def safe_extract_zip(
+    zip_path: str | os.PathLike[str], target_dir: str | os.PathLike[str], progress: bool = True
+) -> Path:
     """Extract `zip_path` into `target_dir` (replaced whole if it exists); return the target.
 
     Raises `UnsafeArchiveError` for entries with ``..`` components, absolute paths, drive
@@ -62,15 +63,15 @@ def safe_extract_zip(zip_path: str | os.PathLike[str], target_dir: str | os.Path
             for info in members:  # all checks first: a refused archive writes nothing
                 check_member(zip_path, info)
             total = sum(info.file_size for info in members)
-            with atomic_directory(target_dir) as tmp, \
-                    bar(total, f"extract {zip_path.name}", "B", disable=not progress or total < PROGRESS_MIN_BYTES) \
-                    as pbar:
+            with (
+                atomic_directory(target_dir) as tmp,
+                bar(total, f"extract {zip_path.name}", "B", disable=not progress or total < PROGRESS_MIN_BYTES) as pbar,
+            ):
                 made_dirs: set[str] = set()
                 for info in members:
                     _extract_member(archive, info, str(tmp), made_dirs, pbar)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise CorruptArchiveError(
-            f"{zip_path}: corrupt or truncated zip archive ({exc})", zip_path) from exc
+        raise CorruptArchiveError(f"{zip_path}: corrupt or truncated zip archive ({exc})", zip_path) from exc
     return target_dir
 
 
@@ -96,20 +97,25 @@ def check_member(zip_path: Path, info: zipfile.ZipInfo, max_bytes: int | None = 
     mode = info.external_attr >> 16
     file_type = stat.S_IFMT(mode)
     if file_type == stat.S_IFLNK:
-        raise UnsafeArchiveError(f"{where}: symbolic link; links could redirect later entries outside the "
-                                 f"target folder, refusing to extract", zip_path)
+        raise UnsafeArchiveError(
+            f"{where}: symbolic link; links could redirect later entries outside the "
+            f"target folder, refusing to extract",
+            zip_path,
+        )
     if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise UnsafeArchiveError(f"{where}: special file (mode {oct(mode)}); expected plain files and folders",
-                                 zip_path)
+        raise UnsafeArchiveError(
+            f"{where}: special file (mode {oct(mode)}); expected plain files and folders", zip_path
+        )
     if max_bytes is not None and info.file_size > max_bytes:
         raise ArchiveError(f"{where}: {info.file_size:,} bytes; expected at most {max_bytes:,}", zip_path)
     if info.file_size > (1 << 20) and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-        raise UnsafeArchiveError(f"{where}: compressed {info.file_size // max(info.compress_size, 1)}:1, as a zip "
-                                 f"bomb is; refusing it", zip_path)
+        raise UnsafeArchiveError(
+            f"{where}: compressed {info.file_size // max(info.compress_size, 1)}:1, as a zip bomb is; refusing it",
+            zip_path,
+        )
 
 
-def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, root: str, made_dirs: set[str],
-                    pbar) -> None:
+def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, root: str, made_dirs: set[str], pbar) -> None:
     """Write one checked entry under `root`. Plain strings and os calls: pathlib and Python's
     buffered files cost more than the data for the ~40,000 small files of GTSRB."""
     parts = [part for part in info.filename.replace("\\", "/").split("/") if part not in ("", ".")]

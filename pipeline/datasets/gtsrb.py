@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import validate as v
-from pipeline.datasets.archive import safe_extract_zip
-from pipeline.datasets import DatasetSpec, RawData, RemoteFile
 from pipeline.core.errors import MissingInputError
-from pipeline.datasets.gtsrb_reader import (CLASS_NAMES, NUM_CLASSES, GtsrbFormatError, read_test_set,
-                                            read_training_set)
+from pipeline.datasets import DatasetSpec, RawData, RemoteFile
+from pipeline.datasets.archive import safe_extract_zip
+from pipeline.datasets.gtsrb_reader import CLASS_NAMES, NUM_CLASSES, GtsrbFormatError, read_test_set, read_training_set
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +103,16 @@ def _read(raw_dir: Path, options: dict[str, Any]) -> RawData:
     # Extracted into the system temp folder (TMPDIR), never beside `raw_dir`: that may be a
     # shared read-only copy. Up to ~300 MB for the official archives; removed afterwards.
     with tempfile.TemporaryDirectory(prefix="gtsrb-extract-") as work:
-        train_root = _part(raw_dir, TRAIN_ZIP, Path(work), _find_root(raw_dir, TRAIN_ZIP, _TRAIN_IMAGES),
-                           "training images")
+        train_root = _part(
+            raw_dir, TRAIN_ZIP, Path(work), _find_root(raw_dir, TRAIN_ZIP, _TRAIN_IMAGES), "training images"
+        )
         test_root = _part(raw_dir, TEST_ZIP, Path(work), _find_root(raw_dir, TEST_ZIP, _TEST_IMAGES), "test images")
         gt = _part(raw_dir, TEST_GT_ZIP, Path(work), _find_test_gt(raw_dir), f"test ground truth {TEST_GT_CSV}")
         gt_csv = gt if gt.is_file() else _find_test_gt(gt)
         if gt_csv is None:
-            raise MissingInputError(f"{raw_dir / TEST_GT_ZIP}: has no {TEST_GT_CSV}; expected the official "
-                                    f"test ground-truth archive")
+            raise MissingInputError(
+                f"{raw_dir / TEST_GT_ZIP}: has no {TEST_GT_CSV}; expected the official test ground-truth archive"
+            )
         try:
             train = read_training_set(train_root, size=size, crop_roi=crop)
             test = read_test_set(test_root, gt_csv, size=size, crop_roi=crop)
@@ -120,8 +121,11 @@ def _read(raw_dir: Path, options: dict[str, Any]) -> RawData:
     missing = sorted(set(range(NUM_CLASSES)).difference(train.labels.tolist()))
     if missing:
         # Not an error: small copies for experiments may hold a few classes only.
-        log.warning("GTSRB training set has no images of class(es) %s: the model still has %d outputs",
-                    ", ".join(map(str, missing)), NUM_CLASSES)
+        log.warning(
+            "GTSRB training set has no images of class(es) %s: the model still has %d outputs",
+            ", ".join(map(str, missing)),
+            NUM_CLASSES,
+        )
     return RawData(train.images, train.labels, test.images, test.labels, train_groups=train.groups)
 
 
@@ -148,7 +152,8 @@ def _part(raw_dir: Path, archive: str, work: Path, extracted: Path | None, what:
         f"{raw_dir}: neither {archive} nor the extracted {what} was found; expected the official archives "
         f"{TRAIN_ZIP}, {TEST_ZIP} and {TEST_GT_ZIP} (run the download stage), or their contents extracted "
         f"there in the official layout (GTSRB/Final_Training/Images/000NN/, GTSRB/Final_Test/Images/, "
-        f"{TEST_GT_CSV})")
+        f"{TEST_GT_CSV})"
+    )
 
 
 SPEC = DatasetSpec(

@@ -31,15 +31,16 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, NoReturn, Sequence
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 
-from pipeline.datasets.images import ImageFormatError, crop_and_resize, decode_ppm
 from pipeline.core.errors import DataError, MissingInputError
 from pipeline.core.progress import bar
+from pipeline.datasets.images import ImageFormatError, crop_and_resize, decode_ppm
 
 NUM_CLASSES = 43
 # groups = class * GROUP_STRIDE + track: unique across classes for any 5-digit track id.
@@ -163,9 +164,9 @@ class CsvRow(NamedTuple):
 # --------------------------------------------------------------------------- public API
 
 
-def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bool = True,
-                      grayscale: bool = False,
-                      progress: bool = True) -> GtsrbSplit:
+def read_training_set(
+    root: str | os.PathLike[str], size: int = 32, crop_roi: bool = True, grayscale: bool = False, progress: bool = True
+) -> GtsrbSplit:
     """Read the official training set under `root` (the folder holding ``GTSRB/``).
 
     Every class folder present (``00000`` .. ``00042``) is read and validated; images are
@@ -173,15 +174,20 @@ def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bo
     Raises `GtsrbFormatError` on any deviation from the official format.
     """
     root = _existing_dir(root)
-    images_dir = _find_dir(root, (_TRAIN_SUBDIR, Path("Final_Training", "Images")), _looks_like_train_dir,
-                           "the training images folder GTSRB/Final_Training/Images with class folders 000NN")
+    images_dir = _find_dir(
+        root,
+        (_TRAIN_SUBDIR, Path("Final_Training", "Images")),
+        _looks_like_train_dir,
+        "the training images folder GTSRB/Final_Training/Images with class folders 000NN",
+    )
     class_dirs: list[tuple[int, Path]] = []
     for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
         if not entry.is_dir() or entry.name.startswith("."):
             continue
         if not _CLASS_DIR.fullmatch(entry.name) or int(entry.name) >= NUM_CLASSES:
-            raise GtsrbFormatError(f"{entry.path}: unexpected folder; expected class folders 00000 .. "
-                                   f"{NUM_CLASSES - 1:05d}", entry.path)
+            raise GtsrbFormatError(
+                f"{entry.path}: unexpected folder; expected class folders 00000 .. {NUM_CLASSES - 1:05d}", entry.path
+            )
         class_dirs.append((int(entry.name), Path(entry.path)))
     if not class_dirs:
         raise GtsrbFormatError(f"{images_dir}: no class folders; expected 00000 .. {NUM_CLASSES - 1:05d}", images_dir)
@@ -195,12 +201,14 @@ def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bo
         listing = _ppm_listing(folder)
         if not csv_path.is_file():
             what = f"{len(listing)} images but no" if listing else "no images and no"
-            raise GtsrbFormatError(f"{folder}: {what} {csv_path.name}; expected a non-empty class folder "
-                                   f"with its ground-truth CSV", folder)
+            raise GtsrbFormatError(
+                f"{folder}: {what} {csv_path.name}; expected a non-empty class folder with its ground-truth CSV", folder
+            )
         rows = read_csv(csv_path)
         if not rows:
-            raise GtsrbFormatError(f"{csv_path}: no data rows (empty class folder); expected one row per image",
-                                   csv_path, 1)
+            raise GtsrbFormatError(
+                f"{csv_path}: no data rows (empty class folder); expected one row per image", csv_path, 1
+            )
         _check_listing(folder, csv_path, rows, listing)
         # Plain string paths: a pathlib join per image adds up over tens of thousands of images.
         path_prefix, file_prefix = _prefixes(folder, root)
@@ -208,14 +216,22 @@ def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bo
         for row in sorted(rows, key=lambda r: r.filename):  # class folders are sorted: all files end up sorted
             match = _TRAIN_NAME.fullmatch(row.filename)
             if match is None:
-                raise GtsrbFormatError(f"{csv_name} line {row.line}: Filename {row.filename!r}; expected "
-                                       f"TTTTT_IIIII.ppm (track_image, 5 digits each)", csv_path, row.line)
+                raise GtsrbFormatError(
+                    f"{csv_name} line {row.line}: Filename {row.filename!r}; expected "
+                    f"TTTTT_IIIII.ppm (track_image, 5 digits each)",
+                    csv_path,
+                    row.line,
+                )
             if row.class_id != class_id:
-                raise GtsrbFormatError(f"{csv_name} line {row.line}: {row.filename}: ClassId {row.class_id} "
-                                       f"disagrees with its folder {folder.name}; expected {class_id}",
-                                       csv_path, row.line)
-            items.append(_Item(path_prefix + row.filename, row.width, row.height, row.roi,
-                               f"{csv_name} line {row.line}"))
+                raise GtsrbFormatError(
+                    f"{csv_name} line {row.line}: {row.filename}: ClassId {row.class_id} "
+                    f"disagrees with its folder {folder.name}; expected {class_id}",
+                    csv_path,
+                    row.line,
+                )
+            items.append(
+                _Item(path_prefix + row.filename, row.width, row.height, row.roi, f"{csv_name} line {row.line}")
+            )
             labels.append(class_id)
             groups.append(class_id * GROUP_STRIDE + int(match.group(1)))
             files.append(file_prefix + row.filename)
@@ -224,9 +240,14 @@ def read_training_set(root: str | os.PathLike[str], size: int = 32, crop_roi: bo
     return GtsrbSplit(images, np.asarray(labels, np.int64), np.asarray(groups, np.int64), files)
 
 
-def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] | None = None, size: int = 32,
-                  crop_roi: bool = True, grayscale: bool = False,
-                  progress: bool = True) -> GtsrbSplit:
+def read_test_set(
+    root: str | os.PathLike[str],
+    gt_csv: str | os.PathLike[str] | None = None,
+    size: int = 32,
+    crop_roi: bool = True,
+    grayscale: bool = False,
+    progress: bool = True,
+) -> GtsrbSplit:
     """Read the official test images under `root`, labelled by `gt_csv`.
 
     `gt_csv` is ``GT-final_test.csv`` from ``GTSRB_Final_Test_GT.zip`` (with ClassId);
@@ -234,16 +255,27 @@ def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] |
     images folder. Every row must name an existing image and every image must have a row.
     """
     root = _existing_dir(root)
-    images_dir = _find_dir(root, (_TEST_SUBDIR, Path("Final_Test", "Images")), _looks_like_test_dir,
-                           "the test images folder GTSRB/Final_Test/Images with NNNNN.ppm images")
+    images_dir = _find_dir(
+        root,
+        (_TEST_SUBDIR, Path("Final_Test", "Images")),
+        _looks_like_test_dir,
+        "the test images folder GTSRB/Final_Test/Images with NNNNN.ppm images",
+    )
     if gt_csv is None:
-        candidates = [root / _TEST_GT_NAME, root / "GTSRB" / _TEST_GT_NAME,
-                      root / "GTSRB" / "Final_Test" / _TEST_GT_NAME, images_dir / _TEST_GT_NAME]
+        candidates = [
+            root / _TEST_GT_NAME,
+            root / "GTSRB" / _TEST_GT_NAME,
+            root / "GTSRB" / "Final_Test" / _TEST_GT_NAME,
+            images_dir / _TEST_GT_NAME,
+        ]
         gt_csv = next((c for c in candidates if c.is_file()), None)
         if gt_csv is None:
-            raise GtsrbFormatError(f"{root}: no {_TEST_GT_NAME} found (looked in "
-                                   f"{', '.join(str(c.parent) for c in candidates)}); expected the ground truth "
-                                   f"from GTSRB_Final_Test_GT.zip, or pass its path as gt_csv", root)
+            raise GtsrbFormatError(
+                f"{root}: no {_TEST_GT_NAME} found (looked in "
+                f"{', '.join(str(c.parent) for c in candidates)}); expected the ground truth "
+                f"from GTSRB_Final_Test_GT.zip, or pass its path as gt_csv",
+                root,
+            )
     gt_csv = Path(gt_csv)
     if not gt_csv.is_file():
         raise MissingInputError(f"{gt_csv}: no such ground-truth CSV")
@@ -255,12 +287,17 @@ def read_test_set(root: str | os.PathLike[str], gt_csv: str | os.PathLike[str] |
     path_prefix, file_prefix = _prefixes(images_dir, root)
     items = [_Item(path_prefix + r.filename, r.width, r.height, r.roi, f"{gt_csv} line {r.line}") for r in rows]
     images = _decode_all(items, size, crop_roi, grayscale, progress, "GTSRB test")
-    return GtsrbSplit(images, np.asarray([r.class_id for r in rows], np.int64), np.arange(len(rows), dtype=np.int64),
-                      [file_prefix + r.filename for r in rows])
+    return GtsrbSplit(
+        images,
+        np.asarray([r.class_id for r in rows], np.int64),
+        np.arange(len(rows), dtype=np.int64),
+        [file_prefix + r.filename for r in rows],
+    )
 
 
-def track_split(labels: np.ndarray | Sequence[int], groups: np.ndarray | Sequence[int], val_fraction: float,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
+def track_split(
+    labels: np.ndarray | Sequence[int], groups: np.ndarray | Sequence[int], val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train, val) by whole tracks, stratified by class, seeded.
 
     Per class, round(val_fraction * its number of tracks) tracks go to validation, at least
@@ -279,8 +316,10 @@ def track_split(labels: np.ndarray | Sequence[int], groups: np.ndarray | Sequenc
     mixed_groups, counts = np.unique(pairs[0], return_counts=True)
     if (counts > 1).any():
         group = mixed_groups[counts > 1][0]
-        raise ValueError(f"group {group} spans classes {sorted(set(pairs[1][pairs[0] == group].tolist()))}; "
-                         f"expected every group (track) within one class")
+        raise ValueError(
+            f"group {group} spans classes {sorted(set(pairs[1][pairs[0] == group].tolist()))}; "
+            f"expected every group (track) within one class"
+        )
     val_groups: list[np.ndarray] = []
     for cls in np.unique(labels):
         tracks = pairs[0][pairs[1] == cls]  # sorted, unique
@@ -335,8 +374,9 @@ def _ppm_listing(folder: Path) -> set[str]:
     return {e.name for e in os.scandir(folder) if e.name.lower().endswith(".ppm") and e.is_file()}
 
 
-def read_csv(csv_path: Path, data: bytes | None = None, suffixes: tuple[str, ...] = (".ppm",),
-             num_classes: int = NUM_CLASSES) -> list[CsvRow]:
+def read_csv(
+    csv_path: Path, data: bytes | None = None, suffixes: tuple[str, ...] = (".ppm",), num_classes: int = NUM_CLASSES
+) -> list[CsvRow]:
     """Parse a ground-truth CSV (official header with ClassId), validating every field.
 
     `data`: the file's bytes when they do not come from `csv_path` (a member of an archive;
@@ -352,11 +392,14 @@ def read_csv(csv_path: Path, data: bytes | None = None, suffixes: tuple[str, ...
     if tuple(header) != CSV_COLUMNS:
         hint = ""
         if tuple(header) == CSV_COLUMNS[:-1]:
-            hint = (" (this CSV has no ClassId: for the test set use GT-final_test.csv from "
-                    "GTSRB_Final_Test_GT.zip, not GT-final_test.test.csv)")
+            hint = (
+                " (this CSV has no ClassId: for the test set use GT-final_test.csv from "
+                "GTSRB_Final_Test_GT.zip, not GT-final_test.test.csv)"
+            )
         got = repr(lines[0]) if lines else "an empty file"
-        raise GtsrbFormatError(f"{csv_path} line 1: malformed header {got}{hint}; expected {expected_header!r}",
-                               csv_path, 1)
+        raise GtsrbFormatError(
+            f"{csv_path} line 1: malformed header {got}{hint}; expected {expected_header!r}", csv_path, 1
+        )
     rows: list[CsvRow] = []
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -366,21 +409,31 @@ def read_csv(csv_path: Path, data: bytes | None = None, suffixes: tuple[str, ...
             _explain_bad_row(csv_path, line_no, line)
         filename = match.group(1).strip()
         width, height, x1, y1, x2, y2, class_id = map(int, match.group(2, 3, 4, 5, 6, 7, 8))
-        if (not filename.lower().endswith(suffixes) or filename.startswith(".") or "/" in filename
-                or "\\" in filename):
+        if not filename.lower().endswith(suffixes) or filename.startswith(".") or "/" in filename or "\\" in filename:
             expected = f"NAME{suffixes[0]}" if len(suffixes) == 1 else f"file name ending in {', '.join(suffixes)}"
-            raise GtsrbFormatError(f"{csv_path} line {line_no}: Filename {filename!r}; expected a plain {expected}",
-                                   csv_path, line_no)
+            raise GtsrbFormatError(
+                f"{csv_path} line {line_no}: Filename {filename!r}; expected a plain {expected}", csv_path, line_no
+            )
         if width < 1 or height < 1:
-            raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: size {width}x{height}; expected Width, "
-                                   f"Height >= 1", csv_path, line_no)
+            raise GtsrbFormatError(
+                f"{csv_path} line {line_no}: {filename}: size {width}x{height}; expected Width, Height >= 1",
+                csv_path,
+                line_no,
+            )
         if not (x1 < x2 <= width and y1 < y2 <= height):
-            raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: ROI (X1, Y1, X2, Y2) = ({x1}, {y1}, {x2}, "
-                                   f"{y2}) is empty or outside the {width}x{height} image; expected "
-                                   f"0 <= X1 < X2 <= Width and 0 <= Y1 < Y2 <= Height", csv_path, line_no)
+            raise GtsrbFormatError(
+                f"{csv_path} line {line_no}: {filename}: ROI (X1, Y1, X2, Y2) = ({x1}, {y1}, {x2}, "
+                f"{y2}) is empty or outside the {width}x{height} image; expected "
+                f"0 <= X1 < X2 <= Width and 0 <= Y1 < Y2 <= Height",
+                csv_path,
+                line_no,
+            )
         if class_id >= num_classes:
-            raise GtsrbFormatError(f"{csv_path} line {line_no}: {filename}: ClassId {class_id}; expected "
-                                   f"0 .. {num_classes - 1}", csv_path, line_no)
+            raise GtsrbFormatError(
+                f"{csv_path} line {line_no}: {filename}: ClassId {class_id}; expected 0 .. {num_classes - 1}",
+                csv_path,
+                line_no,
+            )
         rows.append(CsvRow(line_no, filename, width, height, (x1, y1, x2, y2), class_id))
     return rows
 
@@ -390,12 +443,16 @@ def _explain_bad_row(csv_path: Path, line_no: int, line: str) -> NoReturn:
     where = f"{csv_path} line {line_no}"
     fields = [f.strip() for f in line.split(";")]
     if len(fields) != len(CSV_COLUMNS):
-        raise GtsrbFormatError(f"{where}: {len(fields)} fields in {line!r}; expected {len(CSV_COLUMNS)} "
-                               f"({';'.join(CSV_COLUMNS)})", csv_path, line_no)
+        raise GtsrbFormatError(
+            f"{where}: {len(fields)} fields in {line!r}; expected {len(CSV_COLUMNS)} ({';'.join(CSV_COLUMNS)})",
+            csv_path,
+            line_no,
+        )
     for column, field in zip(CSV_COLUMNS[1:], fields[1:]):
         if not (field.isascii() and field.isdigit()):
-            raise GtsrbFormatError(f"{where}: {fields[0]}: {column} {field!r}; expected a non-negative integer",
-                                   csv_path, line_no)
+            raise GtsrbFormatError(
+                f"{where}: {fields[0]}: {column} {field!r}; expected a non-negative integer", csv_path, line_no
+            )
     raise GtsrbFormatError(f"{where}: malformed row {line!r}; expected {';'.join(CSV_COLUMNS)}", csv_path, line_no)
 
 
@@ -404,8 +461,12 @@ def rows_by_name(csv_path: Path, rows: list[CsvRow]) -> dict[str, CsvRow]:
     by_name: dict[str, CsvRow] = {}
     for row in rows:
         if row.filename in by_name:
-            raise GtsrbFormatError(f"{csv_path} line {row.line}: {row.filename} is listed again (first at line "
-                                   f"{by_name[row.filename].line}); expected one row per image", csv_path, row.line)
+            raise GtsrbFormatError(
+                f"{csv_path} line {row.line}: {row.filename} is listed again (first at line "
+                f"{by_name[row.filename].line}); expected one row per image",
+                csv_path,
+                row.line,
+            )
         by_name[row.filename] = row
     return by_name
 
@@ -415,19 +476,27 @@ def _check_listing(folder: Path, csv_path: Path, rows: list[CsvRow], listing: se
     listed = rows_by_name(csv_path, rows)
     for row in rows:
         if row.filename not in listing:
-            raise GtsrbFormatError(f"{csv_path} line {row.line}: {row.filename} does not exist in {folder}; "
-                                   f"expected every listed image to be present", csv_path, row.line)
+            raise GtsrbFormatError(
+                f"{csv_path} line {row.line}: {row.filename} does not exist in {folder}; "
+                f"expected every listed image to be present",
+                csv_path,
+                row.line,
+            )
     unlisted = sorted(listing.difference(listed))
     if unlisted:
-        raise GtsrbFormatError(f"{folder / unlisted[0]}: not listed in {csv_path} ({len(unlisted)} unlisted "
-                               f"image(s)); expected one CSV row per image", folder / unlisted[0])
+        raise GtsrbFormatError(
+            f"{folder / unlisted[0]}: not listed in {csv_path} ({len(unlisted)} unlisted "
+            f"image(s)); expected one CSV row per image",
+            folder / unlisted[0],
+        )
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_all(items: list[_Item], size: int, crop_roi: bool, grayscale: bool, progress: bool,
-                desc: str) -> np.ndarray:
+def _decode_all(
+    items: list[_Item], size: int, crop_roi: bool, grayscale: bool, progress: bool, desc: str
+) -> np.ndarray:
     """Decode `items` into an N x size x size x C array, in order."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
@@ -463,5 +532,7 @@ def _decode_item(item: _Item) -> np.ndarray:
 def check_size(pixels: np.ndarray, width: int, height: int, where: str, path: str | os.PathLike[str]) -> None:
     """Refuse an image whose size is not the Width and Height of its CSV row: its ROI would be meaningless."""
     if pixels.shape[1::-1] != (width, height):
-        raise GtsrbFormatError(f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}; expected {width}x{height} "
-                               f"as its CSV row says", path)
+        raise GtsrbFormatError(
+            f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}; expected {width}x{height} as its CSV row says",
+            path,
+        )

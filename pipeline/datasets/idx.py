@@ -41,14 +41,18 @@ def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as error:
-            raise IdxFormatError(f"{path}: cannot decompress ({error}), the file is corrupt or truncated",
-                                 path) from error
+            raise IdxFormatError(
+                f"{path}: cannot decompress ({error}), the file is corrupt or truncated", path
+            ) from error
     if len(raw) < 4:
         raise IdxFormatError(f"{path}: {len(raw)} bytes is too short for an IDX header", path)
     zero, dtype, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != _UBYTE:
-        raise IdxFormatError(f"{path}: bad magic number 0x{raw[:4].hex()}, "
-                             f"expected 0x0000{_UBYTE:02x}{expected_dims:02x} (an IDX file of unsigned bytes)", path)
+        raise IdxFormatError(
+            f"{path}: bad magic number 0x{raw[:4].hex()}, "
+            f"expected 0x0000{_UBYTE:02x}{expected_dims:02x} (an IDX file of unsigned bytes)",
+            path,
+        )
     if dims != expected_dims:
         raise IdxFormatError(f"{path}: has {dims} dimensions, expected {expected_dims}", path)
     header = 4 + 4 * dims
@@ -57,8 +61,11 @@ def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
     shape = struct.unpack(f">{dims}I", raw[4:header])
     expected = int(np.prod(shape, dtype=np.int64))
     if len(raw) - header != expected:
-        raise IdxFormatError(f"{path}: header promises shape {shape} = {expected} bytes of data, "
-                             f"found {len(raw) - header}; the file is truncated or corrupt", path)
+        raise IdxFormatError(
+            f"{path}: header promises shape {shape} = {expected} bytes of data, "
+            f"found {len(raw) - header}; the file is truncated or corrupt",
+            path,
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -80,10 +87,14 @@ def read_images_and_labels(images: Path, labels: Path, num_classes: int) -> tupl
     x = read_idx(images, 3)
     y = read_idx(labels, 1)
     if len(x) != len(y):
-        raise IdxFormatError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels; "
-                             "they must be the matching pair of one dataset", labels)
+        raise IdxFormatError(
+            f"{images} holds {len(x)} images but {labels} holds {len(y)} labels; "
+            "they must be the matching pair of one dataset",
+            labels,
+        )
     if y.size and int(y.max()) >= num_classes:
         bad = int(np.argmax(y >= num_classes))
-        raise IdxFormatError(f"{labels}: label {int(y[bad])} at index {bad} is out of range 0..{num_classes - 1}",
-                             labels)
+        raise IdxFormatError(
+            f"{labels}: label {int(y[bad])} at index {bad} is out of range 0..{num_classes - 1}", labels
+        )
     return x[..., np.newaxis], y.astype(np.int64)

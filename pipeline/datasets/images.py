@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import re
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -54,8 +54,9 @@ def decode(data: bytes, where: str) -> np.ndarray:
         return decode_ppm(data, where)
     if is_image(data):
         return _decode_with_pillow(data, where)
-    raise ImageFormatError(f"{where}: not an image (it starts with {data[:8]!r}); expected a PPM, PGM, PNG or "
-                           f"JPEG file")
+    raise ImageFormatError(
+        f"{where}: not an image (it starts with {data[:8]!r}); expected a PPM, PGM, PNG or JPEG file"
+    )
 
 
 def decode_ppm(data: bytes, where: str) -> np.ndarray:
@@ -63,26 +64,31 @@ def decode_ppm(data: bytes, where: str) -> np.ndarray:
     match = _PPM_HEADER.match(data)
     if match is None:
         if data[:2] not in (b"P6", b"P5"):
-            raise ImageFormatError(f"{where}: magic {data[:2]!r}; expected a binary PPM starting with b'P6' "
-                                   f"(or b'P5')")
-        raise ImageFormatError(f"{where}: malformed header {data[:40]!r}; expected 'P6 <width> <height> <maxval>' "
-                               f"followed by one whitespace byte")
+            raise ImageFormatError(f"{where}: magic {data[:2]!r}; expected a binary PPM starting with b'P6' (or b'P5')")
+        raise ImageFormatError(
+            f"{where}: malformed header {data[:40]!r}; expected 'P6 <width> <height> <maxval>' "
+            f"followed by one whitespace byte"
+        )
     channels = 3 if match.group(1) == b"6" else 1
     width, height, maxval = int(match.group(2)), int(match.group(3)), int(match.group(4))
     if not 1 <= maxval <= 65535 or width < 1 or height < 1:
-        raise ImageFormatError(f"{where}: header {width}x{height} maxval {maxval}; expected a non-empty image "
-                               f"with 1 <= maxval <= 65535")
+        raise ImageFormatError(
+            f"{where}: header {width}x{height} maxval {maxval}; expected a non-empty image with 1 <= maxval <= 65535"
+        )
     sample_bytes = 1 if maxval < 256 else 2
     count = width * height * channels
     offset = match.end()
     if len(data) - offset < count * sample_bytes:
-        raise ImageFormatError(f"{where}: truncated, {len(data) - offset} raster bytes; expected "
-                               f"{count * sample_bytes} for {width}x{height}x{channels} with maxval {maxval}")
+        raise ImageFormatError(
+            f"{where}: truncated, {len(data) - offset} raster bytes; expected "
+            f"{count * sample_bytes} for {width}x{height}x{channels} with maxval {maxval}"
+        )
     pixels = np.frombuffer(data, np.uint8 if sample_bytes == 1 else ">u2", count, offset)
     if maxval != 255:
         if int(pixels.max()) > maxval:
-            raise ImageFormatError(f"{where}: sample {int(pixels.max())} above maxval {maxval}; expected samples "
-                                   f"<= maxval")
+            raise ImageFormatError(
+                f"{where}: sample {int(pixels.max())} above maxval {maxval}; expected samples <= maxval"
+            )
         pixels = ((pixels.astype(np.uint32) * 255 + maxval // 2) // maxval).astype(np.uint8)
     return pixels.reshape(height, width, channels)
 
@@ -92,8 +98,10 @@ def _decode_with_pillow(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise ImageFormatError(f"{where}: {image.width}x{image.height} pixels; expected at most "
-                                       f"{MAX_PIXELS:,} pixels (crop or shrink it first)")
+                raise ImageFormatError(
+                    f"{where}: {image.width}x{image.height} pixels; expected at most "
+                    f"{MAX_PIXELS:,} pixels (crop or shrink it first)"
+                )
             upright = ImageOps.exif_transpose(image)  # cameras store the rotation in EXIF, not in the pixels
             gray = upright.mode in ("1", "L", "LA", "I", "F") or upright.mode.startswith("I;")
             pixels = np.asarray(upright.convert("L" if gray else "RGB"))
@@ -102,8 +110,7 @@ def _decode_with_pillow(data: bytes, where: str) -> np.ndarray:
     return pixels[..., np.newaxis] if gray else pixels
 
 
-def crop_and_resize(images: Sequence[np.ndarray], boxes: Sequence[Box | None], size: int,
-                    channels: int) -> np.ndarray:
+def crop_and_resize(images: Sequence[np.ndarray], boxes: Sequence[Box | None], size: int, channels: int) -> np.ndarray:
     """Images (H x W x 1 or 3, sizes may differ) cropped to their boxes (None: whole), resized to
     size x size as Pillow's BILINEAR does, with `channels` channels (3: gray replicated; 1: luma)."""
     crops = []
@@ -177,7 +184,7 @@ def resize_bilinear(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
         wide = np.asarray(Image.fromarray(tall).resize((size, len(tall)), Image.Resampling.BILINEAR))
         top = 0
         for i in idx:
-            mid[i] = wide[top:top + len(oriented[i])]
+            mid[i] = wide[top : top + len(oriented[i])]
             top += len(oriented[i])
 
     # Pass 2, vertical: intermediates of one height side by side -> size x (k * size).

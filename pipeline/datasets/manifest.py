@@ -28,13 +28,15 @@ def damaged_file_advice(raw_dir: Path, path: str | None) -> str:
     fetching it again helps only if its source is good, and a repacked copy's source is the same damaged file."""
     manifest = read_manifest(raw_dir / MANIFEST)
     if EXTRACTED in manifest:
-        return (f"the files are a copy of the extracted layout at {manifest[EXTRACTED].get('source')}: fix the file "
-                f"there, then delete {raw_dir} and run `dvc repro`")
+        return (
+            f"the files are a copy of the extracted layout at {manifest[EXTRACTED].get('source')}: fix the file "
+            f"there, then delete {raw_dir} and run `dvc repro`"
+        )
     entry = manifest.get(Path(path).name) if path and Path(path).parent == raw_dir else None
     if isinstance(entry, dict) and entry.get("verified_by") == REPACKED:
-        return (f"it is the repacked copy {entry.get('source')}, accepted because an {MD5SUMS} vouches for it: "
-                f"replace that copy with a good one (and its {MD5SUMS} line), or remove its line to use the official "
-                f"file; then delete {path} and run `dvc repro`")
+        return (
+            f"it is the repacked copy {entry.get('source')}, accepted because an {MD5SUMS} vouches for it: "
+            f"replace that copy with a good one (and its {MD5SUMS} line), or remove its line to use the official "
+            f"file; then delete {path} and run `dvc repro`"
+        )
     return f"delete {path or raw_dir} and run `dvc repro` to fetch it again"
-
-

@@ -4,10 +4,38 @@
 milliseconds; keras_build and report do. May import: datasets, analysis, portable, core.
 """
 
-from pipeline.designs.language import (CONVOLUTIONS, DENSES, LAYER_OPTIONS, POOLINGS, Design, Layer,
-                                       check_course_rule, check_shapes, declared_layers, layer_key, layer_name,
-                                       parse_design, parse_layer, parse_layers)
 from pipeline.designs.builtins import BUILTINS
+from pipeline.designs.language import (
+    CONVOLUTIONS,
+    DENSES,
+    LAYER_OPTIONS,
+    POOLINGS,
+    Design,
+    Layer,
+    check_course_rule,
+    check_shapes,
+    declared_layers,
+    layer_key,
+    layer_name,
+    parse_design,
+    parse_layer,
+    parse_layers,
+)
 
-__all__ = ["BUILTINS", "CONVOLUTIONS", "DENSES", "LAYER_OPTIONS", "POOLINGS", "Design", "Layer", "check_course_rule",
-           "check_shapes", "declared_layers", "layer_key", "layer_name", "parse_design", "parse_layer", "parse_layers"]
+__all__ = [
+    "BUILTINS",
+    "CONVOLUTIONS",
+    "DENSES",
+    "LAYER_OPTIONS",
+    "POOLINGS",
+    "Design",
+    "Layer",
+    "check_course_rule",
+    "check_shapes",
+    "declared_layers",
+    "layer_key",
+    "layer_name",
+    "parse_design",
+    "parse_layer",
+    "parse_layers",
+]

@@ -1,4 +1,7 @@
-"""The built-in designs, written in the layer language (LeNet-5 classic has its own layers: pipeline/portable/lenet5_classic.py)."""
+"""The built-in designs, written in the layer language.
+
+LeNet-5 classic has layers of its own: pipeline/portable/lenet5_classic.py.
+"""
 
 from __future__ import annotations
 

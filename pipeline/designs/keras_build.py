@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 
 from pipeline.core.validate import ConfigError
-from pipeline.designs.language import (Design, Layer, check_course_rule, check_shapes, declared_layers, layer_key,
-                                       layer_name)
+from pipeline.designs.language import (
+    Design,
+    Layer,
+    check_course_rule,
+    check_shapes,
+    declared_layers,
+    layer_key,
+    layer_name,
+)
 
 # Keras layer class -> layer-language type, to check the course rule on the built model.
 LAYER_TYPES = {
-    "Conv2D": "conv", "MaxPooling2D": "maxpool", "AveragePooling2D": "avgpool",
-    "GlobalAveragePooling2D": "globalavgpool", "GlobalMaxPooling2D": "globalmaxpool", "Flatten": "flatten",
-    "Dense": "dense", "Dropout": "dropout", "BatchNormalization": "batchnorm", "Activation": "activation",
+    "Conv2D": "conv",
+    "MaxPooling2D": "maxpool",
+    "AveragePooling2D": "avgpool",
+    "GlobalAveragePooling2D": "globalavgpool",
+    "GlobalMaxPooling2D": "globalmaxpool",
+    "Flatten": "flatten",
+    "Dense": "dense",
+    "Dropout": "dropout",
+    "BatchNormalization": "batchnorm",
+    "Activation": "activation",
     # lenet5_classic's own layers count as what they are in the paper
-    "PartiallyConnectedConv2D": "conv", "TrainableSubsampling": "avgpool", "EuclideanRBF": "dense",
+    "PartiallyConnectedConv2D": "conv",
+    "TrainableSubsampling": "avgpool",
+    "EuclideanRBF": "dense",
 }
 
 
@@ -34,9 +51,16 @@ def keras_layer(layer: Layer, num_classes: int, name: str, dtype: str | None = N
     o = layer.options
     common = {"name": name, "dtype": dtype}
     if layer.type == "conv":
-        return keras.layers.Conv2D(o["filters"], o["kernel"], strides=o["strides"], padding=o["padding"],
-                                   activation=_activation(o["activation"]), kernel_initializer=o["initializer"],
-                                   use_bias=o["use_bias"], **common)
+        return keras.layers.Conv2D(
+            o["filters"],
+            o["kernel"],
+            strides=o["strides"],
+            padding=o["padding"],
+            activation=_activation(o["activation"]),
+            kernel_initializer=o["initializer"],
+            use_bias=o["use_bias"],
+            **common,
+        )
     if layer.type in ("maxpool", "avgpool"):
         cls = keras.layers.MaxPooling2D if layer.type == "maxpool" else keras.layers.AveragePooling2D
         return cls(o["pool"], strides=o["strides"], padding=o["padding"], **common)
@@ -48,8 +72,13 @@ def keras_layer(layer: Layer, num_classes: int, name: str, dtype: str | None = N
         return keras.layers.Flatten(**common)
     if layer.type == "dense":
         units = num_classes if o["units"] == "classes" else o["units"]
-        return keras.layers.Dense(units, activation=_activation(o["activation"]), kernel_initializer=o["initializer"],
-                                  use_bias=o["use_bias"], **common)
+        return keras.layers.Dense(
+            units,
+            activation=_activation(o["activation"]),
+            kernel_initializer=o["initializer"],
+            use_bias=o["use_bias"],
+            **common,
+        )
     if layer.type == "dropout":
         return keras.layers.Dropout(o["rate"], **common)
     if layer.type == "batchnorm":
@@ -59,8 +88,9 @@ def keras_layer(layer: Layer, num_classes: int, name: str, dtype: str | None = N
     raise ValueError(f"no Keras layer for layer type {layer.type!r}")
 
 
-def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, seed: int,
-                precision: str = "float32") -> keras.Model:
+def build_model(
+    design: Design, input_shape: tuple[int, ...], num_classes: int, seed: int, precision: str = "float32"
+) -> keras.Model:
     """The design as an (uncompiled) Keras model; weights initialised from `seed`, layers computing in
     `precision` (train.precision) but the last, whose scores stay float32 (a bfloat16 softmax
     keeps 3 significant digits: too few for the loss and for confidences).
@@ -81,8 +111,9 @@ def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, 
             try:  # its output layer has a float policy of its own (RBF: float64; softmax: float32)
                 model = build_lenet5_classic(tuple(input_shape), num_classes, output=design.classic_output, seed=seed)
             except ValueError as error:
-                raise ConfigError(f"models.{design.name}: cannot be built for input {tuple(input_shape)}: "
-                                  f"{error}") from None
+                raise ConfigError(
+                    f"models.{design.name}: cannot be built for input {tuple(input_shape)}: {error}"
+                ) from None
         else:
             inputs = keras.Input(shape=tuple(input_shape), name="image")
             x = inputs
@@ -91,8 +122,10 @@ def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, 
                 try:
                     x = keras_layer(layer, num_classes, layer_name(index, layer), "float32" if last else None)(x)
                 except ValueError as error:  # what check_shapes does not foresee: name the layer, not Keras' own
-                    raise ConfigError(f"{layer_key(design, index)}: a {layer.type} layer cannot take an input of "
-                                      f"shape {tuple(x.shape[1:])}: {error}") from None
+                    raise ConfigError(
+                        f"{layer_key(design, index)}: a {layer.type} layer cannot take an input of "
+                        f"shape {tuple(x.shape[1:])}: {error}"
+                    ) from None
             model = keras.Model(inputs, x, name=design.name)
     if design.student:
         check_course_rule(counted_layers(model), design.name)
@@ -101,8 +134,11 @@ def build_model(design: Design, input_shape: tuple[int, ...], num_classes: int, 
 
 def counted_layers(model: keras.Model) -> list[tuple[str, str]]:
     """(name, layer-language type) of every layer of the built model but its input."""
-    return [(layer.name, LAYER_TYPES.get(type(layer).__name__, type(layer).__name__.lower()))
-            for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return [
+        (layer.name, LAYER_TYPES.get(type(layer).__name__, type(layer).__name__.lower()))
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
 
 
 def layer_types(model: keras.Model) -> list[str]:

@@ -10,16 +10,37 @@ arithmetic without Keras); `pipeline.designs.keras_build` turns a validated desi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.core import validate as v
 from pipeline.designs.builtins import BUILTINS
 
-ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax", "elu", "selu", "gelu", "swish",
-               "leaky_relu", "scaled_tanh")
-INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal",
-                "lecun_uniform", "random_normal", "random_uniform", "orthogonal")
+ACTIVATIONS = (
+    "linear",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "softmax",
+    "elu",
+    "selu",
+    "gelu",
+    "swish",
+    "leaky_relu",
+    "scaled_tanh",
+)
+INITIALIZERS = (
+    "glorot_uniform",
+    "glorot_normal",
+    "he_normal",
+    "he_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "random_normal",
+    "random_uniform",
+    "orthogonal",
+)
 PADDINGS = ("valid", "same")
 CLASSIC_OUTPUTS = ("rbf", "softmax")
 
@@ -111,8 +132,12 @@ def parse_layer(value: Any, where: str) -> Layer:
     block = v.mapping(value, where)
     kind = v.choice(block.get("type"), v.join(where, "type"), LAYER_OPTIONS)
     schema = LAYER_OPTIONS[kind]
-    v.keys(block, where, required=["type"] + [k for k, (_, d) in schema.items() if d is REQUIRED],
-           optional=[k for k, (_, d) in schema.items() if d is not REQUIRED])
+    v.keys(
+        block,
+        where,
+        required=["type"] + [k for k, (_, d) in schema.items() if d is REQUIRED],
+        optional=[k for k, (_, d) in schema.items() if d is not REQUIRED],
+    )
     options = {}
     for key, (check, default) in schema.items():
         options[key] = check(block[key], v.join(where, key)) if key in block else default
@@ -128,7 +153,9 @@ def parse_layers(value: Any, where: str) -> tuple[Layer, ...]:
 def parse_design(name: str, value: Any, where: str) -> Design:
     block = v.keys(value, where, optional=("builtin", "layers", "student", "output", "train"))
     if ("builtin" in block) == ("layers" in block):
-        raise v.fail(where, "must have exactly one of builtin (a built-in design's name) or layers (a list)", dict(block))
+        raise v.fail(
+            where, "must have exactly one of builtin (a built-in design's name) or layers (a list)", dict(block)
+        )
     if "builtin" in block:
         builtin = v.choice(block["builtin"], v.join(where, "builtin"), BUILTINS)
         output = "rbf"
@@ -158,8 +185,16 @@ def layer_key(design: Design, index: int) -> str:
 
 
 # lenet5_classic's layers as pipeline/portable/lenet5_classic.py builds them, typed as the course rule counts them
-CLASSIC_LAYERS = (("c1", "conv"), ("s2", "avgpool"), ("c3", "conv"), ("s4", "avgpool"), ("c5", "conv"),
-                  ("flatten", "flatten"), ("f6", "dense"), ("output", "dense"))
+CLASSIC_LAYERS = (
+    ("c1", "conv"),
+    ("s2", "avgpool"),
+    ("c3", "conv"),
+    ("s4", "avgpool"),
+    ("c5", "conv"),
+    ("flatten", "flatten"),
+    ("f6", "dense"),
+    ("output", "dense"),
+)
 
 
 def declared_layers(design: Design) -> list[tuple[str, str]]:
@@ -187,7 +222,8 @@ def check_course_rule(layers: list[tuple[str, str]], design: str) -> None:
         raise v.ConfigError(
             f"models.{design}: breaks the course rule for student designs (fewer than 15 layers, at least one "
             f"convolution, one pooling and one dense layer): it {'; '.join(problems)}. "
-            f"Layers counted ({len(types)}): {counted}")
+            f"Layers counted ({len(types)}): {counted}"
+        )
 
 
 def check_shapes(design: Design, input_shape: tuple[int, ...], num_classes: int, dataset: str | None = None) -> None:
@@ -205,29 +241,37 @@ def check_shapes(design: Design, input_shape: tuple[int, ...], num_classes: int,
     for index, layer in enumerate(design.layers):
         shape = _output_shape(layer, shape, num_classes, f"{layer_key(design, index)} ({layer.type})", images)
     if len(shape) != 1:
-        raise v.ConfigError(f"models.{design.name}: gives {_size(shape)} values per image on {images}, not one "
-                            f"per class; add a flatten or global pooling layer before its dense layers")
+        raise v.ConfigError(
+            f"models.{design.name}: gives {_size(shape)} values per image on {images}, not one "
+            f"per class; add a flatten or global pooling layer before its dense layers"
+        )
     if shape[0] != num_classes:
         denses = [index for index, layer in enumerate(design.layers) if layer.type in DENSES]
         where = f"{layer_key(design, denses[-1])} (dense)" if denses else f"models.{design.name}"
-        raise v.ConfigError(f"{where}: the design gives {shape[0]} values per image, but {dataset or 'the dataset'} "
-                            f"has {num_classes} classes; end it with a dense layer of units: classes")
+        raise v.ConfigError(
+            f"{where}: the design gives {shape[0]} values per image, but {dataset or 'the dataset'} "
+            f"has {num_classes} classes; end it with a dense layer of units: classes"
+        )
 
 
 def _output_shape(layer: Layer, shape: tuple[int, ...], num_classes: int, where: str, images: str) -> tuple[int, ...]:
     """The shape of one layer's output (batch axis left out), as Keras computes it."""
     o = layer.options
     if layer.type in CONVOLUTIONS + POOLINGS and len(shape) != 3:
-        raise v.ConfigError(f"{where}: input is flat ({_size(shape)} values) on {images}, and a {layer.type} "
-                            f"layer needs an image; move it before the flatten or global pooling layer")
+        raise v.ConfigError(
+            f"{where}: input is flat ({_size(shape)} values) on {images}, and a {layer.type} "
+            f"layer needs an image; move it before the flatten or global pooling layer"
+        )
     if layer.type in ("conv", "maxpool", "avgpool"):
         window = o["kernel"] if layer.type == "conv" else o["pool"]
         strides = o["strides"] or window  # a pool's strides default to its size
         height, width, channels = shape
         if o["padding"] == "valid" and (height < window[0] or width < window[1]):
             what = "kernel" if layer.type == "conv" else "pool"
-            raise v.ConfigError(f"{where}: input is {height}x{width}, smaller than the {_size(window)} {what}, on "
-                                f"{images}; use padding: same, a smaller {what} or fewer layers that shrink the image")
+            raise v.ConfigError(
+                f"{where}: input is {height}x{width}, smaller than the {_size(window)} {what}, on "
+                f"{images}; use padding: same, a smaller {what} or fewer layers that shrink the image"
+            )
         if o["padding"] == "valid":
             out = [(size - k) // s + 1 for size, k, s in zip((height, width), window, strides)]
         else:
@@ -274,8 +318,10 @@ def _check_classic_input(design: Design, input_shape: tuple[int, ...], images: s
         classic_c5_size(input_shape[0], "height")
         classic_c5_size(input_shape[1], "width")
     except ValueError as error:
-        raise v.ConfigError(f"models.{design.name} (builtin lenet5_classic): cannot take {images}: {error}; "
-                            f"set normalize.pad_to (or the dataset's image_size) to one of those sizes") from None
+        raise v.ConfigError(
+            f"models.{design.name} (builtin lenet5_classic): cannot take {images}: {error}; "
+            f"set normalize.pad_to (or the dataset's image_size) to one of those sizes"
+        ) from None
 
 
 def _size(shape: tuple[int, ...]) -> str:

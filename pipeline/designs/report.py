@@ -39,6 +39,7 @@ import numpy as np
 
 from pipeline.designs.keras_build import LAYER_TYPES
 
+
 def _pair(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if np.isscalar(value) else (int(value[0]), int(value[1]))
 
@@ -95,12 +96,21 @@ def architecture_report(model: keras.Model, batch_size: int) -> dict[str, Any]:
     spatial = len(input_shape) == 3
     field, jump = ((1, 1), (1, 1)) if spatial else (None, None)
     input_bytes = _bytes(input_shape, batch_size, image.dtype)
-    rows = [{
-        "name": "input", "type": "input", "keras_class": "InputLayer", "output_shape": list(input_shape),
-        "trainable_params": 0, "non_trainable_params": 0, "macs": 0,
-        "forward_bytes": input_bytes, "backprop_bytes": input_bytes,  # the first layer's weight gradients need it
-        "receptive_field": list(field) if field else None, "jump": list(jump) if jump else None,
-    }]
+    rows = [
+        {
+            "name": "input",
+            "type": "input",
+            "keras_class": "InputLayer",
+            "output_shape": list(input_shape),
+            "trainable_params": 0,
+            "non_trainable_params": 0,
+            "macs": 0,
+            "forward_bytes": input_bytes,
+            "backprop_bytes": input_bytes,  # the first layer's weight gradients need it
+            "receptive_field": list(field) if field else None,
+            "jump": list(jump) if jump else None,
+        }
+    ]
     forward_peak = input_bytes
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -117,19 +127,21 @@ def architecture_report(model: keras.Model, batch_size: int) -> dict[str, Any]:
         forward = _bytes(out_shape, batch_size, layer.output.dtype)
         forward_peak = max(forward_peak, _bytes(in_shape, batch_size, layer.input.dtype) + forward)
         is_view = isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape))
-        rows.append({
-            "name": layer.name,
-            "type": LAYER_TYPES.get(type(layer).__name__, type(layer).__name__.lower()),
-            "keras_class": type(layer).__name__,
-            "output_shape": list(out_shape),
-            "trainable_params": _weight_count(layer.trainable_weights),
-            "non_trainable_params": _weight_count(layer.non_trainable_weights),
-            "macs": _macs(layer, in_shape, out_shape),
-            "forward_bytes": forward,
-            "backprop_bytes": 0 if is_view else forward,
-            "receptive_field": list(field) if field else None,
-            "jump": list(jump) if jump else None,
-        })
+        rows.append(
+            {
+                "name": layer.name,
+                "type": LAYER_TYPES.get(type(layer).__name__, type(layer).__name__.lower()),
+                "keras_class": type(layer).__name__,
+                "output_shape": list(out_shape),
+                "trainable_params": _weight_count(layer.trainable_weights),
+                "non_trainable_params": _weight_count(layer.non_trainable_weights),
+                "macs": _macs(layer, in_shape, out_shape),
+                "forward_bytes": forward,
+                "backprop_bytes": 0 if is_view else forward,
+                "receptive_field": list(field) if field else None,
+                "jump": list(jump) if jump else None,
+            }
+        )
     fields = [max(row["receptive_field"]) for row in rows if row["receptive_field"]]
     totals = {
         "layers": len(rows) - 1,
@@ -142,8 +154,13 @@ def architecture_report(model: keras.Model, batch_size: int) -> dict[str, Any]:
         # the widest input window a spatial layer reaches before the features are flattened
         "receptive_field": max(fields) if fields else 0,
     }
-    return {"model": model.name, "batch_size": batch_size, "input_shape": list(input_shape), "layers": rows,
-            "totals": totals}
+    return {
+        "model": model.name,
+        "batch_size": batch_size,
+        "input_shape": list(input_shape),
+        "layers": rows,
+        "totals": totals,
+    }
 
 
 def _size(n_bytes: int) -> str:
@@ -177,11 +194,13 @@ def format_report(report: dict[str, Any]) -> str:
             f"| {index} | {row['name']} | {row['keras_class']} | {_hw(row['output_shape'], '')} | "
             f"{row['trainable_params']:,} | {row['non_trainable_params']:,} | {row['macs']:,} | "
             f"{_size(row['forward_bytes'])} | {_size(row['backprop_bytes'])} | "
-            f"{_hw(row['receptive_field'], 'all')} | {_hw(row['jump'], '-')} |")
+            f"{_hw(row['receptive_field'], 'all')} | {_hw(row['jump'], '-')} |"
+        )
     lines.append(
         f"| | **total** | {totals['layers']} layers | | {totals['trainable_params']:,} | "
         f"{totals['non_trainable_params']:,} | {totals['macs']:,} | peak {_size(totals['forward_peak_bytes'])} | "
-        f"{_size(totals['training_activation_bytes'])} | max {totals['receptive_field']} | |")
+        f"{_size(totals['training_activation_bytes'])} | max {totals['receptive_field']} | |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -192,8 +211,7 @@ def dataset_shape(params: Any, dataset: str) -> tuple[tuple[int, ...], int]:
     reads); else as params predict it (`Params.input_shape`).
     """
     from pipeline import datasets
-    from pipeline.core import files
-    from pipeline.core import paths
+    from pipeline.core import files, paths
 
     meta_path = paths.NORMALIZED / dataset / "meta.json"
     if meta_path.exists():

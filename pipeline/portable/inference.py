@@ -63,13 +63,16 @@ class Classifier:
         """
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
-            raise ValueError(f"expected uint8 images of shape (N, {', '.join(map(str, self.image_shape))}), the "
-                             f"{self.meta['dataset']} images as the model was trained on them; got {images.dtype} "
-                             f"images of shape {images.shape}")
+            raise ValueError(
+                f"expected uint8 images of shape (N, {', '.join(map(str, self.image_shape))}), the "
+                f"{self.meta['dataset']} images as the model was trained on them; got {images.dtype} "
+                f"images of shape {images.shape}"
+            )
         if not len(images):
             return np.zeros((0, len(self.class_names)))
-        return np.asarray(self.model.predict(prepare(images, self.normalize), batch_size=BATCH_SIZE, verbose=0),
-                          np.float64)
+        return np.asarray(
+            self.model.predict(prepare(images, self.normalize), batch_size=BATCH_SIZE, verbose=0), np.float64
+        )
 
 
 def _load_pyfunc(path: str) -> Classifier:

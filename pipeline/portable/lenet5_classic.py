@@ -157,9 +157,21 @@ OUTPUT_KINDS = ("rbf", "softmax")
 # forced to extract different features because they get different inputs.
 # --------------------------------------------------------------------------
 C3_CONNECTIONS: tuple[tuple[int, ...], ...] = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2),
+    (1, 2, 3),
+    (2, 3, 4),
+    (3, 4, 5),
+    (0, 4, 5),
+    (0, 1, 5),
+    (0, 1, 2, 3),
+    (1, 2, 3, 4),
+    (2, 3, 4, 5),
+    (0, 3, 4, 5),
+    (0, 1, 4, 5),
+    (0, 1, 2, 5),
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),
     (0, 1, 2, 3, 4, 5),
 )
 
@@ -491,9 +503,7 @@ class PartiallyConnectedConv2D(keras.layers.Layer):
     def build(self, input_shape):
         in_maps = input_shape[-1]
         if max(max(c) for c in self.connections) >= in_maps or min(min(c) for c in self.connections) < 0:
-            raise ValueError(
-                f"connections refer to input maps outside 0..{in_maps - 1}"
-            )
+            raise ValueError(f"connections refer to input maps outside 0..{in_maps - 1}")
         k = self.kernel_size
         n = self.num_kernel_weights
         # Gather index: full-kernel position -> index into [kernel..., 0.0].
@@ -737,31 +747,43 @@ def build_lenet5_classic(
 
     inputs = keras.Input(shape=(height, width, channels), name="image")
     x = keras.layers.Conv2D(
-        6, 5, padding="valid", activation=scaled_tanh,
+        6,
+        5,
+        padding="valid",
+        activation=scaled_tanh,
         kernel_initializer=paper_uniform(25 * channels, _sub_seed(seed, 1)),
-        bias_initializer="zeros", name="c1",
+        bias_initializer="zeros",
+        name="c1",
     )(inputs)
     x = TrainableSubsampling(2, seed=_sub_seed(seed, 2), name="s2")(x)
     x = PartiallyConnectedConv2D(C3_CONNECTIONS, 5, seed=_sub_seed(seed, 3), name="c3")(x)
     x = TrainableSubsampling(2, seed=_sub_seed(seed, 4), name="s4")(x)
     x = keras.layers.Conv2D(
-        120, 5, padding="valid", activation=scaled_tanh,
+        120,
+        5,
+        padding="valid",
+        activation=scaled_tanh,
         kernel_initializer=paper_uniform(25 * 16, _sub_seed(seed, 5)),
-        bias_initializer="zeros", name="c5",
+        bias_initializer="zeros",
+        name="c5",
     )(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(
-        84, activation=scaled_tanh,
+        84,
+        activation=scaled_tanh,
         kernel_initializer=paper_uniform(120 * c5_h * c5_w, _sub_seed(seed, 6)),
-        bias_initializer="zeros", name="f6",
+        bias_initializer="zeros",
+        name="f6",
     )(x)
     if output == "rbf":
         outputs = EuclideanRBF(num_classes, rubbish_penalty=rubbish_penalty, name="output")(x)
     else:
         outputs = keras.layers.Dense(
-            num_classes, activation="softmax",
+            num_classes,
+            activation="softmax",
             kernel_initializer=paper_uniform(84, _sub_seed(seed, 7)),
-            bias_initializer="zeros", name="output",
+            bias_initializer="zeros",
+            name="output",
             dtype="float32",  # float32 scores under a mixed precision policy too
         )(x)
     return keras.Model(inputs, outputs, name="lenet5_classic")

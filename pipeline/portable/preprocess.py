@@ -85,6 +85,7 @@ def prepare(x: np.ndarray, stats: dict) -> np.ndarray:
 
 # --- Contrast normalization on luminance.
 
+
 def equalized(x: np.ndarray, method: str) -> np.ndarray:
     """uint8 (N, H, W, C) images with their luminance equalized by `method` (config.EQUALIZERS)."""
     if method == "none":

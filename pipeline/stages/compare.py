@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import files
-from pipeline.core import paths
-from pipeline.analysis import stats
 from pipeline import tracking
+from pipeline.analysis import stats
 from pipeline.config import Params
+from pipeline.core import files, paths
 from pipeline.core.errors import DataError, MissingInputError
 
 ARGUMENTS = ()
@@ -36,16 +35,41 @@ ARGUMENTS = ()
 log = logging.getLogger(__name__)
 
 # Every row of compare.json has these keys (documented in the README).
-ROW_KEYS = ("design", "rank", "seeds", "recipe", "test_accuracy", "test_accuracy_std", "test_accuracy_min",
-            "test_accuracy_max", "test_accuracy_per_seed", "test_accuracy_ci", "p_value_vs_best",
-            "p_value_vs_best_holm", "ties_best", "p_value_seeds_vs_best", "params", "macs_per_image", "latency_ms", "images_per_second",
-            "model_bytes", "epochs_run", "train_seconds", "best_val_accuracy", "test_loss", "test_macro_f1",
-            "val_accuracy_per_epoch")
+ROW_KEYS = (
+    "design",
+    "rank",
+    "seeds",
+    "recipe",
+    "test_accuracy",
+    "test_accuracy_std",
+    "test_accuracy_min",
+    "test_accuracy_max",
+    "test_accuracy_per_seed",
+    "test_accuracy_ci",
+    "p_value_vs_best",
+    "p_value_vs_best_holm",
+    "ties_best",
+    "p_value_seeds_vs_best",
+    "params",
+    "macs_per_image",
+    "latency_ms",
+    "images_per_second",
+    "model_bytes",
+    "epochs_run",
+    "train_seconds",
+    "best_val_accuracy",
+    "test_loss",
+    "test_macro_f1",
+    "val_accuracy_per_epoch",
+)
 # Means over seeds of these train.json / evaluate.json numbers.
 SEED_MEANS = ("epochs_run", "train_seconds", "best_val_accuracy", "test_loss", "test_macro_f1")
 # Measured cost: the median over seeds (one design's seeds have the same architecture).
-COST = {"latency_ms": "predict_latency_ms", "images_per_second": "predict_images_per_second",
-        "model_bytes": "model_bytes"}
+COST = {
+    "latency_ms": "predict_latency_ms",
+    "images_per_second": "predict_images_per_second",
+    "model_bytes": "model_bytes",
+}
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -62,8 +86,9 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
     try:
         table = np.array([[int(cell) for cell in row[:3]] for row in rows[1:]], dtype=np.int64).reshape(-1, 3)
     except ValueError as error:
-        raise DataError(f"{path}: index, label and predicted must be ints ({error}); re-run its evaluate stage") \
-            from None
+        raise DataError(
+            f"{path}: index, label and predicted must be ints ({error}); re-run its evaluate stage"
+        ) from None
     if not np.array_equal(table[:, 0], np.arange(len(table))):
         raise DataError(f"{path}: index must count the test images 0, 1, 2, ... in order; re-run its evaluate stage")
     return {"label": table[:, 1], "predicted": table[:, 2]}
@@ -74,11 +99,17 @@ def read_run(run: paths.RunPaths) -> dict[str, Any]:
     needed = (run.metrics_dir / "train.json", run.history, run.metrics_dir / "evaluate.json", run.predictions)
     missing = [path for path in needed if not path.is_file()]
     if missing:
-        raise MissingInputError(f"{missing[0]}: missing; run `dvc repro` so that train and evaluate of "
-                                f"{run.design} (seed {run.seed}) on {run.dataset} have run")
-    return {"train": files.read_json(needed[0]), "history": read_history(run.history),
-            "evaluate": files.read_json(needed[2]), "predictions": read_predictions(run.predictions),
-            "source": run.predictions}
+        raise MissingInputError(
+            f"{missing[0]}: missing; run `dvc repro` so that train and evaluate of "
+            f"{run.design} (seed {run.seed}) on {run.dataset} have run"
+        )
+    return {
+        "train": files.read_json(needed[0]),
+        "history": read_history(run.history),
+        "evaluate": files.read_json(needed[2]),
+        "predictions": read_predictions(run.predictions),
+        "source": run.predictions,
+    }
 
 
 def correctness(dataset: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, np.ndarray]:
@@ -88,59 +119,75 @@ def correctness(dataset: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str
     for design, seed_runs in runs.items():
         for run in seed_runs:
             if not np.array_equal(run["predictions"]["label"], reference["predictions"]["label"]):
-                raise DataError(f"{run['source']}: its test labels differ from {reference['source']}: the runs of "
-                                 f"{dataset} were evaluated on different test sets; run `dvc repro`")
+                raise DataError(
+                    f"{run['source']}: its test labels differ from {reference['source']}: the runs of "
+                    f"{dataset} were evaluated on different test sets; run `dvc repro`"
+                )
         out[design] = np.stack([run["predictions"]["predicted"] == run["predictions"]["label"] for run in seed_runs])
     return out
 
 
-def design_row(design: str, seeds: tuple[int, ...], seed_runs: list[dict[str, Any]],
-               correct: np.ndarray, recipe: str) -> dict[str, Any]:
+def design_row(
+    design: str, seeds: tuple[int, ...], seed_runs: list[dict[str, Any]], correct: np.ndarray, recipe: str
+) -> dict[str, Any]:
     """A design's numbers over its seeds (before the paired tests, which need every design)."""
     per_seed = correct.mean(axis=1).tolist()  # each seed's test accuracy, from its predictions
     summary = stats.seed_summary(per_seed)
     first = seed_runs[0]["train"]
     cost = {key: float(np.median([run["evaluate"][source] for run in seed_runs])) for key, source in COST.items()}
     return {
-        "design": design, "seeds": list(seeds), "recipe": recipe,
-        "test_accuracy": summary["mean"], "test_accuracy_std": summary["std"],
-        "test_accuracy_min": summary["min"], "test_accuracy_max": summary["max"],
+        "design": design,
+        "seeds": list(seeds),
+        "recipe": recipe,
+        "test_accuracy": summary["mean"],
+        "test_accuracy_std": summary["std"],
+        "test_accuracy_min": summary["min"],
+        "test_accuracy_max": summary["max"],
         "test_accuracy_per_seed": per_seed,
         "test_accuracy_ci": list(stats.bootstrap_ci(stats.image_scores(correct))),
-        "params": first["params"], "macs_per_image": first["macs_per_image"],
-        **cost, "model_bytes": int(cost["model_bytes"]),
+        "params": first["params"],
+        "macs_per_image": first["macs_per_image"],
+        **cost,
+        "model_bytes": int(cost["model_bytes"]),
         **{key: float(np.mean([{**run["train"], **run["evaluate"]}[key] for run in seed_runs])) for key in SEED_MEANS},
         "val_accuracy_per_epoch": [[row["val_accuracy"] for row in run["history"]] for run in seed_runs],
     }
 
 
-def compare_dataset(dataset: str, designs: tuple[str, ...], seeds: tuple[int, ...],
-                    recipes: dict[str, str]) -> dict[str, Any]:
+def compare_dataset(
+    dataset: str, designs: tuple[str, ...], seeds: tuple[int, ...], recipes: dict[str, str]
+) -> dict[str, Any]:
     """The dataset's entry of compare.json: rows ranked (the best and its ties first), pairwise p-values.
     `recipes`: design -> how it was trained on this dataset, in one line."""
     runs = {design: [read_run(paths.RunPaths(dataset, design, seed)) for seed in seeds] for design in designs}
     correct = correctness(dataset, runs)
-    rows = {design: design_row(design, seeds, runs[design], correct[design], recipes.get(design, ""))
-            for design in designs}
+    rows = {
+        design: design_row(design, seeds, runs[design], correct[design], recipes.get(design, "")) for design in designs
+    }
     by_accuracy = sorted(rows.values(), key=lambda row: (-row["test_accuracy"], row["test_loss"], row["design"]))
     best = by_accuracy[0]
-    tests = stats.paired_comparison({design: stats.image_scores(correct[design]) for design in designs},
-                                    best=best["design"])
+    tests = stats.paired_comparison(
+        {design: stats.image_scores(correct[design]) for design in designs}, best=best["design"]
+    )
     for design, row in rows.items():
         row.update(tests["vs_best"][design])
-        row["p_value_seeds_vs_best"] = 1.0 if row is best else stats.seed_level_p(row["test_accuracy_per_seed"],
-                                                                                  best["test_accuracy_per_seed"])
+        row["p_value_seeds_vs_best"] = (
+            1.0 if row is best else stats.seed_level_p(row["test_accuracy_per_seed"], best["test_accuracy_per_seed"])
+        )
     ranked = sorted(by_accuracy, key=lambda row: not row["ties_best"])  # stable: ties first, by accuracy
     for position, row in enumerate(ranked, 1):
         row["rank"] = 1 if row["ties_best"] else position
     return {"designs": [{key: row[key] for key in ROW_KEYS} for row in ranked], "pairwise_p": tests["pairwise_p"]}
 
 
-def collect(datasets: tuple[str, ...], designs: tuple[str, ...], seeds: tuple[int, ...],
-            recipes: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+def collect(
+    datasets: tuple[str, ...],
+    designs: tuple[str, ...],
+    seeds: tuple[int, ...],
+    recipes: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
     """compare.json's content; `recipes`: dataset -> design -> its recipe in one line (Params.recipe)."""
-    return {dataset: compare_dataset(dataset, designs, seeds, (recipes or {}).get(dataset, {}))
-            for dataset in datasets}
+    return {dataset: compare_dataset(dataset, designs, seeds, (recipes or {}).get(dataset, {})) for dataset in datasets}
 
 
 # --- compare.md
@@ -149,15 +196,22 @@ COLUMNS = (  # (header, cell of a row; `_best` marks the best row, `_tie` a shar
     ("rank", lambda r: f"{r['rank']}=" if r["_tie"] else str(r["rank"])),
     ("design", lambda r: r["design"]),
     ("seeds", lambda r: str(len(r["seeds"]))),
-    ("test accuracy", lambda r: f"{r['test_accuracy']:.4f}" + ("" if r["test_accuracy_std"] is None
-                                                               else f" ± {r['test_accuracy_std']:.4f}")),
+    (
+        "test accuracy",
+        lambda r: f"{r['test_accuracy']:.4f}"
+        + ("" if r["test_accuracy_std"] is None else f" ± {r['test_accuracy_std']:.4f}"),
+    ),
     ("95% CI", lambda r: "{:.4f}–{:.4f}".format(*r["test_accuracy_ci"])),
-    ("min–max over seeds", lambda r: "–" if len(r["seeds"]) == 1
-        else f"{r['test_accuracy_min']:.4f}–{r['test_accuracy_max']:.4f}"),
+    (
+        "min–max over seeds",
+        lambda r: "–" if len(r["seeds"]) == 1 else f"{r['test_accuracy_min']:.4f}–{r['test_accuracy_max']:.4f}",
+    ),
     ("p vs best", lambda r: "best" if r["_best"] else _p(r["p_value_vs_best"])),
     ("Holm p", lambda r: "–" if r["_best"] else _p(r["p_value_vs_best_holm"])),
-    ("seed-level p", lambda r: "–" if r["_best"] or r["p_value_seeds_vs_best"] is None
-        else _p(r["p_value_seeds_vs_best"])),
+    (
+        "seed-level p",
+        lambda r: "–" if r["_best"] or r["p_value_seeds_vs_best"] is None else _p(r["p_value_seeds_vs_best"]),
+    ),
     ("parameters", lambda r: f"{r['params']:,}"),
     ("MACs/image", lambda r: f"{r['macs_per_image']:,}"),
     ("latency (ms)", lambda r: f"{r['latency_ms']:.2f}"),
@@ -204,24 +258,35 @@ def markdown(table: dict[str, Any]) -> str:
         rows = entry["designs"]
         best = rows[0]["design"]
         shared = sum(row["ties_best"] for row in rows) > 1
-        lines += [f"## {dataset}", "", "| " + " | ".join(header for header, _ in COLUMNS) + " |",
-                  "|" + "|".join("---" if header == "design" else "---:" for header, _ in COLUMNS) + "|"]
+        lines += [
+            f"## {dataset}",
+            "",
+            "| " + " | ".join(header for header, _ in COLUMNS) + " |",
+            "|" + "|".join("---" if header == "design" else "---:" for header, _ in COLUMNS) + "|",
+        ]
         for row in rows:
             row = {**row, "_best": row["design"] == best, "_tie": shared and row["ties_best"]}
             lines.append("| " + " | ".join(cell(row) for _, cell in COLUMNS) + " |")
         lines += ["", "How each design was trained here:", ""]
         lines += [f"- **{row['design']}**: {row['recipe']}" for row in rows]
         designs = [row["design"] for row in rows]
-        lines += ["", f"Pairwise exact McNemar p-values on {dataset} (raw):", "",
-                  "| | " + " | ".join(designs) + " |", "|---|" + "---:|" * len(designs)]
+        lines += [
+            "",
+            f"Pairwise exact McNemar p-values on {dataset} (raw):",
+            "",
+            "| | " + " | ".join(designs) + " |",
+            "|---|" + "---:|" * len(designs),
+        ]
         for a in designs:
-            lines.append(f"| {a} | " + " | ".join("–" if a == b else _p(entry["pairwise_p"][a][b]) for b in designs)
-                         + " |")
+            lines.append(
+                f"| {a} | " + " | ".join("–" if a == b else _p(entry["pairwise_p"][a][b]) for b in designs) + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 # --- plots
+
 
 def accuracy_against(dataset: str, rows: list[dict[str, Any]], key: str, label: str):
     """Mean test accuracy with its 95% interval against a cost (log scale); ties with the best filled."""
@@ -231,10 +296,22 @@ def accuracy_against(dataset: str, rows: list[dict[str, Any]], key: str, label: 
     for row in rows:
         low, high = row["test_accuracy_ci"]
         mean = row["test_accuracy"]
-        axis.errorbar(row[key], mean, yerr=[[mean - low], [high - mean]], fmt="o", capsize=4, markersize=6,
-                      markerfacecolor=None if row["ties_best"] else "white")
-        axis.annotate(f"{row['design']} (rank {row['rank']})", (row[key], mean), textcoords="offset points",
-                      xytext=(6, 4), fontsize=8)
+        axis.errorbar(
+            row[key],
+            mean,
+            yerr=[[mean - low], [high - mean]],
+            fmt="o",
+            capsize=4,
+            markersize=6,
+            markerfacecolor=None if row["ties_best"] else "white",
+        )
+        axis.annotate(
+            f"{row['design']} (rank {row['rank']})",
+            (row[key], mean),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
     axis.set_xscale("log")
     axis.set_xlabel(f"{label} (log scale)")
     axis.set_ylabel("test accuracy (mean over seeds, 95% CI)")
@@ -268,8 +345,15 @@ def val_accuracy_curves(dataset: str, rows: list[dict[str, Any]]):
     for row in rows:
         color = None
         for index, curve in enumerate(row["val_accuracy_per_epoch"]):
-            (line,) = axis.plot(range(1, len(curve) + 1), curve, "o-", markersize=3, color=color, alpha=0.8,
-                                label=row["design"] if index == 0 else None)
+            (line,) = axis.plot(
+                range(1, len(curve) + 1),
+                curve,
+                "o-",
+                markersize=3,
+                color=color,
+                alpha=0.8,
+                label=row["design"] if index == 0 else None,
+            )
             color = line.get_color()  # one colour per design, one line per seed
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation accuracy")
@@ -280,18 +364,21 @@ def val_accuracy_curves(dataset: str, rows: list[dict[str, Any]]):
 
 
 def report_figures(dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {f"{dataset}_accuracy_vs_params.png": accuracy_against(dataset, rows, "params", "parameters"),
-            f"{dataset}_accuracy_vs_latency.png": accuracy_against(dataset, rows, "latency_ms",
-                                                                   "latency at batch 1 (ms)"),
-            f"{dataset}_seed_spread.png": seed_spread(dataset, rows),
-            f"{dataset}_val_accuracy.png": val_accuracy_curves(dataset, rows)}
+    return {
+        f"{dataset}_accuracy_vs_params.png": accuracy_against(dataset, rows, "params", "parameters"),
+        f"{dataset}_accuracy_vs_latency.png": accuracy_against(dataset, rows, "latency_ms", "latency at batch 1 (ms)"),
+        f"{dataset}_seed_spread.png": seed_spread(dataset, rows),
+        f"{dataset}_val_accuracy.png": val_accuracy_curves(dataset, rows),
+    }
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
     from pipeline.analysis import figures
 
-    recipes = {dataset: {design: params.recipe(design, dataset) for design in params.experiment_models}
-               for dataset in params.experiment_datasets}
+    recipes = {
+        dataset: {design: params.recipe(design, dataset) for design in params.experiment_models}
+        for dataset in params.experiment_datasets
+    }
     table = collect(params.experiment_datasets, params.experiment_models, params.experiment_seeds, recipes)
     names: dict[str, list[str]] = {}
     with files.atomic_directory(paths.REPORTS) as out:
@@ -304,11 +391,15 @@ def main(args: argparse.Namespace, params: Params) -> None:
             names[dataset] = list(pngs)
     for dataset, entry in table.items():
         rows = entry["designs"]
-        log.info("%s: %s", dataset, ", ".join(f"{r['design']} {r['test_accuracy']:.4f}"
-                                              f"{' (ties the best)' if r['ties_best'] else ''}" for r in rows))
+        log.info(
+            "%s: %s",
+            dataset,
+            ", ".join(
+                f"{r['design']} {r['test_accuracy']:.4f}{' (ties the best)' if r['ties_best'] else ''}" for r in rows
+            ),
+        )
         with tracking.stage_run(params, dataset, "compare"):
             tracking.log_metrics({f"test_accuracy.{r['design']}": r["test_accuracy"] for r in rows})
             tracking.log_metrics({f"p_value_vs_best_holm.{r['design']}": r["p_value_vs_best_holm"] for r in rows})
             for name in ("compare.md", "compare.json", *names[dataset]):
                 tracking.log_artifact(paths.REPORTS / name, "reports")
-

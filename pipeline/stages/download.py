@@ -44,18 +44,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from pipeline.core import files
-from pipeline.datasets.manifest import EXTRACTED, MANIFEST, MD5SUMS, REPACKED, read_manifest
-from pipeline.core import paths
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.datasets import DatasetSpec, RemoteFile, get
+from pipeline.core import files, paths
 from pipeline.core.errors import UserError
 from pipeline.core.progress import bar
+from pipeline.datasets import DatasetSpec, RemoteFile, get
+from pipeline.datasets.manifest import EXTRACTED, MANIFEST, MD5SUMS, REPACKED, read_manifest
 
 ARGUMENTS = ("dataset",)
 
@@ -89,8 +89,9 @@ def source_env_var(key: str) -> str:
     return f"PIPELINE_SOURCE_{key.upper()}"
 
 
-def sources_for(spec: DatasetSpec, dataset_source: str | None, mirror: str | None,
-                environ: Mapping[str, str] = os.environ) -> list[Source]:
+def sources_for(
+    spec: DatasetSpec, dataset_source: str | None, mirror: str | None, environ: Mapping[str, str] = os.environ
+) -> list[Source]:
     """The ordered places to look for `spec`'s files; environment variables win over params.
 
     `dataset_source` and `mirror` are the params values (`datasets.<key>.source`,
@@ -143,8 +144,12 @@ def verify(path: Path, remote: RemoteFile, local_sums: Mapping[str, str] | None,
     if local_sums is not None and local_sums.get(remote.name) == md5:
         if accept_repacks:
             return Verdict(True, REPACKED, md5)
-        return Verdict(False, f"md5 {md5} is not the official {remote.md5}; the source's {MD5SUMS} lists it as a "
-                              "repacked copy, set download.accept_local_repacks: true to accept it", md5)
+        return Verdict(
+            False,
+            f"md5 {md5} is not the official {remote.md5}; the source's {MD5SUMS} lists it as a "
+            "repacked copy, set download.accept_local_repacks: true to accept it",
+            md5,
+        )
     reason = f"{size} bytes with md5 {md5}, expected the official "
     reason += f"{remote.size} bytes with md5 {remote.md5}" if remote.size is not None else f"md5 {remote.md5}"
     if remote.payload_md5:
@@ -181,8 +186,8 @@ def read_md5sums(folder: Path) -> dict[str, str]:
                 continue
             md5, name = parts[0].lower(), parts[1].strip().lstrip("*")  # `*name` marks binary mode
             name = name.removeprefix("./")
-            if name.startswith(prefix) and "/" not in name[len(prefix):]:
-                sums[name[len(prefix):]] = md5
+            if name.startswith(prefix) and "/" not in name[len(prefix) :]:
+                sums[name[len(prefix) :]] = md5
     return sums
 
 
@@ -232,8 +237,9 @@ def _copy(stream: Any, target: Path, total: int | None, name: str) -> int:
     return written
 
 
-def fetch_file(remote: RemoteFile, sources: list[Source], out_dir: Path, key: str, accept_repacks: bool,
-               timeout: float) -> dict[str, Any]:
+def fetch_file(
+    remote: RemoteFile, sources: list[Source], out_dir: Path, key: str, accept_repacks: bool, timeout: float
+) -> dict[str, Any]:
     """Try every source in order; return the manifest entry of the first verified copy."""
     tried: list[str] = []
     target = out_dir / remote.name
@@ -256,19 +262,27 @@ def fetch_file(remote: RemoteFile, sources: list[Source], out_dir: Path, key: st
         finally:
             tmp.unlink(missing_ok=True)
         if verdict.how == REPACKED:
-            log.warning("%s: accepted a repacked local copy (md5 %s, not the official %s): results on it "
-                        "are not comparable with results on the official files", remote.name, verdict.md5, remote.md5)
+            log.warning(
+                "%s: accepted a repacked local copy (md5 %s, not the official %s): results on it "
+                "are not comparable with results on the official files",
+                remote.name,
+                verdict.md5,
+                remote.md5,
+            )
         log.info("%s: %s verified by %s", remote.name, location, verdict.how)
         return {"md5": verdict.md5, "bytes": target.stat().st_size, "verified_by": verdict.how, "source": location}
     raise DownloadError(
-        f"could not get a verified copy of {key}/{remote.name}. Sources tried, in order:\n" + "\n".join(tried) +
-        f"\nWithout internet access, point the pipeline at a copy of the data: set {MIRROR_ENV}=/path/to/mirror "
+        f"could not get a verified copy of {key}/{remote.name}. Sources tried, in order:\n"
+        + "\n".join(tried)
+        + f"\nWithout internet access, point the pipeline at a copy of the data: set {MIRROR_ENV}=/path/to/mirror "
         f"(or download.mirror in params.yaml) to a folder or URL holding {key}/{remote.name}, or set "
-        f"{source_env_var(key)} (or datasets.{key}.source) to a folder or URL holding {remote.name}.")
+        f"{source_env_var(key)} (or datasets.{key}.source) to a folder or URL holding {remote.name}."
+    )
 
 
-def download(spec: DatasetSpec, sources: list[Source], out_dir: Path, accept_repacks: bool = False,
-             timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+def download(
+    spec: DatasetSpec, sources: list[Source], out_dir: Path, accept_repacks: bool = False, timeout: float = 60.0
+) -> dict[str, dict[str, Any]]:
     """Make `out_dir` hold a verified copy of every file of `spec`; returns the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for leftover in out_dir.glob(".*.part"):  # from a run that was killed mid-transfer
@@ -297,10 +311,9 @@ def download(spec: DatasetSpec, sources: list[Source], out_dir: Path, accept_rep
     return _write_manifest(manifest_path, spec, manifest)
 
 
-
-
-def _extracted_copy(spec: DatasetSpec, sources: list[Source], out_dir: Path, previous: dict[str, Any],
-                    accept_repacks: bool) -> dict[str, dict[str, Any]] | None:
+def _extracted_copy(
+    spec: DatasetSpec, sources: list[Source], out_dir: Path, previous: dict[str, Any], accept_repacks: bool
+) -> dict[str, dict[str, Any]] | None:
     """Use (or keep) an extracted copy of the official layout found in a local source; None if there is none.
 
     Only consulted when no archive is present in `out_dir`; archives anywhere in the sources win.
@@ -321,7 +334,8 @@ def _extracted_copy(spec: DatasetSpec, sources: list[Source], out_dir: Path, pre
             raise DownloadError(
                 f"{source.base}: holds {spec.key} extracted, and extracted files have no official checksums; set "
                 f"download.accept_local_repacks: true in params.yaml to use this copy, or provide the official "
-                f"archives ({', '.join(r.name for r in spec.files)})")
+                f"archives ({', '.join(r.name for r in spec.files)})"
+            )
         count = size = 0
         for inside, origin in parts.items():
             if origin.is_dir():
@@ -333,11 +347,21 @@ def _extracted_copy(spec: DatasetSpec, sources: list[Source], out_dir: Path, pre
                     shutil.copyfileobj(src, dst)
                 copied = [out_dir / inside]
             count, size = count + len(copied), size + sum(p.stat().st_size for p in copied)
-        log.warning("%s: copied the extracted layout from %s (%d files); no official checksum applies to extracted "
-                    "files, so results are comparable with official ones only if that copy is intact", spec.key,
-                    source.base, count)
-        manifest = {EXTRACTED: {"source": source.base, "files": count, "bytes": size,
-                                "verified_by": "user-provided extracted layout (format checked when decoded)"}}
+        log.warning(
+            "%s: copied the extracted layout from %s (%d files); no official checksum applies to extracted "
+            "files, so results are comparable with official ones only if that copy is intact",
+            spec.key,
+            source.base,
+            count,
+        )
+        manifest = {
+            EXTRACTED: {
+                "source": source.base,
+                "files": count,
+                "bytes": size,
+                "verified_by": "user-provided extracted layout (format checked when decoded)",
+            }
+        }
         files.write_json(out_dir / MANIFEST, manifest)
         return manifest
     return None
@@ -350,8 +374,9 @@ def _write_manifest(path: Path, spec: DatasetSpec, manifest: dict[str, dict[str,
     return ordered
 
 
-def _present_and_valid(remote: RemoteFile, path: Path, recorded: dict[str, Any] | None,
-                       accept_repacks: bool) -> dict[str, Any] | None:
+def _present_and_valid(
+    remote: RemoteFile, path: Path, recorded: dict[str, Any] | None, accept_repacks: bool
+) -> dict[str, Any] | None:
     """The manifest entry of a file already in place that still verifies; else None (and no file).
 
     The official checksums are checked again every time (cheap, and catches a corrupted
@@ -378,10 +403,11 @@ def main(args: argparse.Namespace, params: Params) -> None:
     spec = get(args.dataset)
     settings = params.dataset(spec.key)
     sources = sources_for(spec, settings.source, params.download.mirror)
-    manifest = download(spec, sources, paths.RAW / spec.key, params.download.accept_local_repacks,
-                        params.download.timeout_seconds)
+    manifest = download(
+        spec, sources, paths.RAW / spec.key, params.download.accept_local_repacks, params.download.timeout_seconds
+    )
     with tracking.stage_run(params, spec.key, "download"):
-        tracking.log_params({f"file.{name}.{field}": value for name, entry in manifest.items()
-                             for field, value in entry.items()})
+        tracking.log_params(
+            {f"file.{name}.{field}": value for name, entry in manifest.items() for field, value in entry.items()}
+        )
         tracking.log_metrics({"bytes_total": sum(int(e["bytes"]) for e in manifest.values())})
-

@@ -40,8 +40,9 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
     from sklearn.metrics import classification_report
 
     labels = list(range(len(class_names)))
-    report = classification_report(y_true, y_pred, labels=labels, target_names=class_names, output_dict=True,
-                                   zero_division=0)
+    report = classification_report(
+        y_true, y_pred, labels=labels, target_names=class_names, output_dict=True, zero_division=0
+    )
     return {name: {k: float(v) for k, v in report[name].items()} for name in class_names}
 
 
@@ -51,8 +52,9 @@ def to_pixels(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     return np.clip(np.rint((x - offset) / scale), 0, 255).astype(np.uint8)
 
 
-def pick_samples(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, count: int,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+def pick_samples(
+    y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random sample of test images, and the most confident mistakes."""
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(y_true), size=min(count, len(y_true)), replace=False))
@@ -68,9 +70,13 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list
     probabilities = model.predict(x, batch_size=batch_size, verbose=0)
     y_pred = probabilities.argmax(axis=1)
     return {
-        "metrics": {"test_loss": float(loss), "test_accuracy": float(accuracy),
-                    "test_macro_f1": float(f1_score(y, y_pred, average="macro")),
-                    "test_errors": int((y_pred != y).sum()), "test_images": int(len(y))},
+        "metrics": {
+            "test_loss": float(loss),
+            "test_accuracy": float(accuracy),
+            "test_macro_f1": float(f1_score(y, y_pred, average="macro")),
+            "test_errors": int((y_pred != y).sum()),
+            "test_images": int(len(y)),
+        },
         "per_class": per_class_report(y, y_pred, class_names),
         "confusion": confusion_matrix(y, y_pred, labels=list(range(len(class_names)))),
         "y_pred": y_pred,
@@ -111,9 +117,11 @@ def prediction_cost(model: keras.Model, x: np.ndarray, model_file: Path) -> dict
     timed: list[float] = []
     while len(timed) < 3 or sum(timed) < THROUGHPUT_SECONDS:
         timed.append(seconds(batch))
-    return {"predict_latency_ms": 1000 * latency,
-            "predict_images_per_second": THROUGHPUT_BATCH / float(np.median(timed)),
-            "model_bytes": model_file.stat().st_size}
+    return {
+        "predict_latency_ms": 1000 * latency,
+        "predict_images_per_second": THROUGHPUT_BATCH / float(np.median(timed)),
+        "model_bytes": model_file.stat().st_size,
+    }
 
 
 def write_predictions(path: Path, y: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray) -> None:
@@ -121,8 +129,10 @@ def write_predictions(path: Path, y: np.ndarray, y_pred: np.ndarray, confidence:
     with files.atomic_file(path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(paths.PREDICTION_COLUMNS)
-        writer.writerows((index, int(label), int(predicted), f"{score:.6g}")
-                         for index, (label, predicted, score) in enumerate(zip(y, y_pred, confidence)))
+        writer.writerows(
+            (index, int(label), int(predicted), f"{score:.6g}")
+            for index, (label, predicted, score) in enumerate(zip(y, y_pred, confidence))
+        )
 
 
 def first_conv(model: keras.Model) -> keras.layers.Layer | None:
@@ -147,21 +157,33 @@ def main(args: argparse.Namespace, params: Params) -> None:
     class_names = meta["class_names"]
     x, y = files.load_split(args.dataset, "test")
     result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
-    log.info("%s on %s (seed %d): test accuracy %.4f, loss %.4f", args.design, args.dataset, seed,
-             result["metrics"]["test_accuracy"], result["metrics"]["test_loss"])
+    log.info(
+        "%s on %s (seed %d): test accuracy %.4f, loss %.4f",
+        args.design,
+        args.dataset,
+        seed,
+        result["metrics"]["test_accuracy"],
+        result["metrics"]["test_loss"],
+    )
 
     # One run with train's: the worker logs the model while this process draws the figures.
-    with tracking.stage_run(params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"],
-                            seed=seed) as tracked:
-        tracked.id  # wait until the worker has loaded and opened the run: then it is idle while timing runs
+    with tracking.stage_run(
+        params, args.dataset, "evaluate", model=args.design, run_id=run["run_id"], seed=seed
+    ) as tracked:
+        _ = tracked.id  # wait until the worker has loaded and opened the run: then it is idle while timing runs
         result["metrics"].update(prediction_cost(model, x, out.model_dir / "model.keras"))
-        log.info("cost per prediction: %.2f ms at batch 1, %.0f images/s at batch %d, %d model bytes",
-                 result["metrics"]["predict_latency_ms"], result["metrics"]["predict_images_per_second"],
-                 THROUGHPUT_BATCH, result["metrics"]["model_bytes"])
+        log.info(
+            "cost per prediction: %.2f ms at batch 1, %.0f images/s at batch %d, %d model bytes",
+            result["metrics"]["predict_latency_ms"],
+            result["metrics"]["predict_images_per_second"],
+            THROUGHPUT_BATCH,
+            result["metrics"]["model_bytes"],
+        )
         tracking.log_params({"evaluate": params.raw["evaluate"]})
         tracking.log_model(out.model_dir, result["metrics"])
-        tracking.log_metrics({f"test_f1_class_{i:02d}": s["f1-score"]
-                              for i, s in enumerate(result["per_class"].values())})
+        tracking.log_metrics(
+            {f"test_f1_class_{i:02d}": s["f1-score"] for i, s in enumerate(result["per_class"].values())}
+        )
         pngs = draw_figures(model, x, y, result, stats, class_names, out, params, f"{args.design} on {args.dataset}")
         with files.atomic_directory(out.figures) as folder:
             for name, figure in pngs.items():
@@ -180,29 +202,52 @@ def main(args: argparse.Namespace, params: Params) -> None:
         tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
 
 
-def draw_figures(model: keras.Model, x: np.ndarray, y: np.ndarray, result: dict, stats: dict[str, Any],
-                 class_names: list[str], out: paths.RunPaths, params: Params, title: str) -> dict[str, Any]:
+def draw_figures(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    result: dict,
+    stats: dict[str, Any],
+    class_names: list[str],
+    out: paths.RunPaths,
+    params: Params,
+    title: str,
+) -> dict[str, Any]:
     """The evaluation's figures by file name: learning curves, confusion matrices, samples,
     mistakes and, for a convolutional model, its first layer's filters and feature maps."""
     import keras
 
     from pipeline.analysis import figures
 
-    history = list(csv.DictReader(open(out.history, encoding="utf-8")))
+    with open(out.history, encoding="utf-8") as handle:
+        history = list(csv.DictReader(handle))
     history = [{k: float(v) for k, v in row.items()} for row in history]
     pixels = to_pixels(x, stats)
-    sample, mistakes = pick_samples(y, result["y_pred"], result["confidence"], params.evaluate.sample_images,
-                                    params.seed)  # the split's seed: every training seed shows the same images
+    sample, mistakes = pick_samples(
+        y, result["y_pred"], result["confidence"], params.evaluate.sample_images, params.seed
+    )  # the split's seed: every training seed shows the same images
     pngs = {
         "learning_curves.png": figures.learning_curves(history, title),
         "confusion.png": figures.confusion_matrix(result["confusion"], class_names, f"{title}: counts", False),
-        "confusion_normalized.png": figures.confusion_matrix(result["confusion"], class_names,
-                                                             f"{title}: row-normalized (recall)", True),
-        "samples.png": figures.image_grid(pixels[sample], y[sample], result["y_pred"][sample],
-                                          result["confidence"][sample], class_names, f"{title}: test samples"),
-        "mistakes.png": figures.image_grid(pixels[mistakes], y[mistakes], result["y_pred"][mistakes],
-                                           result["confidence"][mistakes], class_names,
-                                           f"{title}: most confident mistakes"),
+        "confusion_normalized.png": figures.confusion_matrix(
+            result["confusion"], class_names, f"{title}: row-normalized (recall)", True
+        ),
+        "samples.png": figures.image_grid(
+            pixels[sample],
+            y[sample],
+            result["y_pred"][sample],
+            result["confidence"][sample],
+            class_names,
+            f"{title}: test samples",
+        ),
+        "mistakes.png": figures.image_grid(
+            pixels[mistakes],
+            y[mistakes],
+            result["y_pred"][mistakes],
+            result["confidence"][mistakes],
+            class_names,
+            f"{title}: most confident mistakes",
+        ),
     }
     conv = first_conv(model)
     if conv is not None:

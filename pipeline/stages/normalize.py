@@ -21,10 +21,9 @@ import time
 
 import numpy as np
 
-from pipeline.core import files
-from pipeline.core import paths
 from pipeline import tracking
 from pipeline.config import NormalizeParams, Params
+from pipeline.core import files, paths
 from pipeline.portable.preprocess import apply_affine, fit_affine, shape_and_equalize
 
 ARGUMENTS = ("dataset",)
@@ -39,14 +38,23 @@ def normalize_splits(splits: dict[str, dict[str, np.ndarray]], settings: Normali
     stats.json: a stage output must be the same bytes for the same inputs, or DVC would
     retrain every design downstream of an unchanged dataset."""
     started = time.perf_counter()
-    prepared = {name: shape_and_equalize(s["x"], settings.equalize, settings.grayscale, settings.pad_to)
-                for name, s in splits.items()}
+    prepared = {
+        name: shape_and_equalize(s["x"], settings.equalize, settings.grayscale, settings.pad_to)
+        for name, s in splits.items()
+    }
     equalize_seconds = time.perf_counter() - started
     scale, offset = fit_affine(prepared["train"], settings.mode)
     out = {name: {"x": apply_affine(x, scale, offset), "y": splits[name]["y"]} for name, x in prepared.items()}
-    stats = {"mode": settings.mode, "scale": scale.tolist(), "offset": offset.tolist(),
-             "pad_to": settings.pad_to, "grayscale": settings.grayscale, "equalize": settings.equalize,
-             "input_shape": list(prepared["train"].shape[1:]), "fitted_on": "train"}
+    stats = {
+        "mode": settings.mode,
+        "scale": scale.tolist(),
+        "offset": offset.tolist(),
+        "pad_to": settings.pad_to,
+        "grayscale": settings.grayscale,
+        "equalize": settings.equalize,
+        "input_shape": list(prepared["train"].shape[1:]),
+        "fitted_on": "train",
+    }
     return out, stats, equalize_seconds
 
 
@@ -60,11 +68,24 @@ def main(args: argparse.Namespace, params: Params) -> None:
             files.save_arrays(out / f"{name}.npz", **split)
         files.write_json(out / "stats.json", stats)
         files.write_json(out / "meta.json", {**meta, "input_shape": stats["input_shape"]})
-    log.info("normalized %s: mode %s, equalize %s (%.1fs), input shape %s", args.dataset, stats["mode"],
-             stats["equalize"], seconds, stats["input_shape"])
+    log.info(
+        "normalized %s: mode %s, equalize %s (%.1fs), input shape %s",
+        args.dataset,
+        stats["mode"],
+        stats["equalize"],
+        seconds,
+        stats["input_shape"],
+    )
     with tracking.stage_run(params, args.dataset, "normalize"):
-        tracking.log_params({"mode": stats["mode"], "pad_to": stats["pad_to"], "grayscale": stats["grayscale"],
-                             "equalize": stats["equalize"],
-                             "input_shape": stats["input_shape"], "scale": stats["scale"], "offset": stats["offset"]})
+        tracking.log_params(
+            {
+                "mode": stats["mode"],
+                "pad_to": stats["pad_to"],
+                "grayscale": stats["grayscale"],
+                "equalize": stats["equalize"],
+                "input_shape": stats["input_shape"],
+                "scale": stats["scale"],
+                "offset": stats["offset"],
+            }
+        )
         tracking.log_metrics({"preprocess_seconds": seconds})
-

@@ -32,34 +32,51 @@ import json
 import logging
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipeline.core import paths
-from pipeline.datasets.archive import ArchiveError, CorruptArchiveError, check_member
 from pipeline.config import Params
+from pipeline.core import paths
+from pipeline.core.errors import DataError, MissingInputError, UserError
+from pipeline.core.progress import bar
 from pipeline.datasets import get
+from pipeline.datasets.archive import ArchiveError, CorruptArchiveError, check_member
 from pipeline.datasets.gtsrb import TEST_GT_CSV, TEST_GT_ZIP
 from pipeline.datasets.gtsrb_reader import CsvRow, GtsrbFormatError, check_size, read_csv, rows_by_name
 from pipeline.datasets.idx import is_idx, read_idx
 from pipeline.datasets.images import IMAGE_SUFFIXES, crop_and_resize, decode, is_image
-from pipeline.core.errors import DataError, MissingInputError, UserError
-from pipeline.portable.inference import MODEL_FILE, PREPROCESSING_FILE, Classifier  # Keras loads with the first model only
-from pipeline.core.progress import bar
+from pipeline.portable.inference import (
+    MODEL_FILE,
+    PREPROCESSING_FILE,
+    Classifier,
+)  # Keras loads with the first model only
 
 log = logging.getLogger(__name__)
 
 TRACKED = False  # logs nothing: no MLflow worker
 ARGUMENTS = (
-    "dataset", "design",
-    ("paths", {"nargs": "+", "metavar": "PATH",
-               "help": "image files (PPM, PNG, JPEG), folders or ZIP archives of them, IDX files (digits)"}),
+    "dataset",
+    "design",
+    (
+        "paths",
+        {
+            "nargs": "+",
+            "metavar": "PATH",
+            "help": "image files (PPM, PNG, JPEG), folders or ZIP archives of them, IDX files (digits)",
+        },
+    ),
     "--seed",
-    ("--labels", {"metavar": "CSV",
-                  "help": "GTSRB-format ground truth (a CSV, or a ZIP holding one): ROIs to crop to, and the accuracy"}),
+    (
+        "--labels",
+        {
+            "metavar": "CSV",
+            "help": "GTSRB-format ground truth (a CSV, or a ZIP holding one): ROIs to crop to, and the accuracy",
+        },
+    ),
     ("--json", {"action": "store_true", "help": "end with one line of JSON"}),
 )
 
@@ -106,14 +123,17 @@ def main(args: argparse.Namespace, params: Params) -> None:
 def check_trained(folder: Path, dataset: str, design: str, seed: int) -> None:
     train = f"train it first: `python -m pipeline train {dataset} {design} --seed {seed}` (or `dvc repro`)"
     if not (folder / MODEL_FILE).is_file():
-        raise MissingInputError(f"{folder / MODEL_FILE}: missing, {design} is not trained on {dataset} with seed "
-                                f"{seed}; {train}")
+        raise MissingInputError(
+            f"{folder / MODEL_FILE}: missing, {design} is not trained on {dataset} with seed {seed}; {train}"
+        )
     if not (folder / PREPROCESSING_FILE).is_file():
-        raise MissingInputError(f"{folder / PREPROCESSING_FILE}: missing, the model was trained by an older train "
-                                f"stage; {train}")
+        raise MissingInputError(
+            f"{folder / PREPROCESSING_FILE}: missing, the model was trained by an older train stage; {train}"
+        )
 
 
 # --- What PATH names.
+
 
 def collect(path_args: Sequence[str], dataset: str, stack: contextlib.ExitStack) -> Inputs:
     """The images of every PATH, in the order given; folders and archives in sorted order."""
@@ -123,8 +143,10 @@ def collect(path_args: Sequence[str], dataset: str, stack: contextlib.ExitStack)
         if path.is_dir():
             _folder(path, inputs)
         elif not path.is_file():
-            raise MissingInputError(f"{path}: no such file or folder; expected image files (PPM, PNG, JPEG), "
-                                    f"folders or ZIP archives of them")
+            raise MissingInputError(
+                f"{path}: no such file or folder; expected image files (PPM, PNG, JPEG), "
+                f"folders or ZIP archives of them"
+            )
         else:
             with open(path, "rb") as handle:
                 head = handle.read(16)
@@ -136,14 +158,20 @@ def collect(path_args: Sequence[str], dataset: str, stack: contextlib.ExitStack)
                 inputs.entries.append(_file_entry(path, str(path)))
             else:
                 idx = ", or IDX image files" if dataset in IDX_DATASETS else ""
-                raise DataError(f"{path}: not an image, ZIP or IDX file (it starts with {head[:8]!r}); expected PPM, "
-                                f"PNG or JPEG images, folders or ZIP archives of them{idx}", path)
+                raise DataError(
+                    f"{path}: not an image, ZIP or IDX file (it starts with {head[:8]!r}); expected PPM, "
+                    f"PNG or JPEG images, folders or ZIP archives of them{idx}",
+                    path,
+                )
     if not inputs.entries:
-        raise UserError(f"{', '.join(path_args)}: no images found ({len(inputs.skipped)} other file(s)); expected "
-                        f"PPM, PNG or JPEG files (named {', '.join(IMAGE_SUFFIXES)})")
+        raise UserError(
+            f"{', '.join(path_args)}: no images found ({len(inputs.skipped)} other file(s)); expected "
+            f"PPM, PNG or JPEG files (named {', '.join(IMAGE_SUFFIXES)})"
+        )
     if inputs.skipped:
-        log.info("skipped %d file(s) that are not images by their names, e.g. %s", len(inputs.skipped),
-                 inputs.skipped[0])
+        log.info(
+            "skipped %d file(s) that are not images by their names, e.g. %s", len(inputs.skipped), inputs.skipped[0]
+        )
     return inputs
 
 
@@ -176,8 +204,9 @@ def _archive(path: Path, stack: contextlib.ExitStack, inputs: Inputs) -> None:
         raise ArchiveError(f"{path}: {len(members):,} members; expected at most {MAX_MEMBERS:,}", path)
     for info in members:
         name = PurePosixPath(info.filename.replace("\\", "/"))
-        if (not name.name.lower().endswith(IMAGE_SUFFIXES) or name.name.startswith(".")
-                or name.parts[0] == "__MACOSX"):  # macOS's resource forks: ._x.png files that are no images
+        if (
+            not name.name.lower().endswith(IMAGE_SUFFIXES) or name.name.startswith(".") or name.parts[0] == "__MACOSX"
+        ):  # macOS's resource forks: ._x.png files that are no images
             inputs.skipped.append(f"{path}/{info.filename}")
             continue
         check_member(path, info, MAX_IMAGE_BYTES)
@@ -201,20 +230,27 @@ def _member_loader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) 
 
 def _idx_images(path: Path, dataset: str) -> list[Entry]:
     if dataset not in IDX_DATASETS:
-        raise DataError(f"{path}: an IDX file, which holds {' or '.join(IDX_DATASETS)} images; the {dataset} model "
-                        f"takes image files (PPM, PNG, JPEG), folders or ZIP archives of them", path)
+        raise DataError(
+            f"{path}: an IDX file, which holds {' or '.join(IDX_DATASETS)} images; the {dataset} model "
+            f"takes image files (PPM, PNG, JPEG), folders or ZIP archives of them",
+            path,
+        )
     images = read_idx(path, 3)[..., np.newaxis]
-    return [Entry(f"{path}[{index}]", f"{path.name}[{index}]", lambda index=index: images[index])
-            for index in range(len(images))]
+    return [
+        Entry(f"{path}[{index}]", f"{path.name}[{index}]", lambda index=index: images[index])
+        for index in range(len(images))
+    ]
 
 
 # --- --labels.
 
+
 def read_labels(path: Path, num_classes: int) -> dict[str, CsvRow]:
     """The rows of a GTSRB-format ground-truth CSV, or of the one a ZIP holds, by file name."""
     if not path.is_file():
-        raise MissingInputError(f"{path}: no such labels file; expected a GTSRB-format CSV ({TEST_GT_CSV}) or a "
-                                f"ZIP holding one")
+        raise MissingInputError(
+            f"{path}: no such labels file; expected a GTSRB-format CSV ({TEST_GT_CSV}) or a ZIP holding one"
+        )
     data = path.read_bytes()
     where = path
     if data.startswith(_ZIP_MAGIC):
@@ -233,8 +269,11 @@ def _csv_in_archive(path: Path) -> tuple[Path, bytes]:
             chosen = official or csvs
             if len(chosen) != 1:
                 found = ", ".join(info.filename for info in csvs) or "none"
-                raise ArchiveError(f"{path}: holds {len(chosen)} CSV files ({found}); expected one ground-truth CSV, "
-                                   f"{TEST_GT_CSV} as in {TEST_GT_ZIP}", path)
+                raise ArchiveError(
+                    f"{path}: holds {len(chosen)} CSV files ({found}); expected one ground-truth CSV, "
+                    f"{TEST_GT_CSV} as in {TEST_GT_ZIP}",
+                    path,
+                )
             check_member(path, chosen[0], MAX_IMAGE_BYTES)
             return Path(path, chosen[0].filename), archive.read(chosen[0])
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:
@@ -242,6 +281,7 @@ def _csv_in_archive(path: Path) -> tuple[Path, bytes]:
 
 
 # --- Classifying.
+
 
 @dataclass
 class Result:
@@ -253,8 +293,9 @@ class Result:
     labelled: bool
 
 
-def classify(classifier: Classifier, entries: list[Entry], rows: list[CsvRow | None] | None,
-             labels_file: str | None) -> Result:
+def classify(
+    classifier: Classifier, entries: list[Entry], rows: list[CsvRow | None] | None, labels_file: str | None
+) -> Result:
     """Every entry decoded, fitted to the model's images as split fits them, and classified, a chunk at a time.
 
     `rows`: each entry's labels row (None: it has none), or None without labels.
@@ -273,8 +314,14 @@ def classify(classifier: Classifier, entries: list[Entry], rows: list[CsvRow | N
             classes.append(probabilities.argmax(axis=1))
             confidences.append(probabilities.max(axis=1))
             progress.update(len(chunk))
-    return Result([entry.name for entry in entries], np.concatenate(classes), np.concatenate(confidences),
-                  [row.class_id if row is not None else None for row in rows], classifier.class_names, labelled)
+    return Result(
+        [entry.name for entry in entries],
+        np.concatenate(classes),
+        np.concatenate(confidences),
+        [row.class_id if row is not None else None for row in rows],
+        classifier.class_names,
+        labelled,
+    )
 
 
 def _load(entry: Entry, row: CsvRow | None, labels_file: str | None) -> np.ndarray:
@@ -289,26 +336,42 @@ def match(entries: list[Entry], labels: dict[str, CsvRow], labels_file: str) -> 
     rows = [labels.get(entry.file_name) for entry in entries]
     matched = [entry for entry, row in zip(entries, rows) if row is not None]
     if not matched:
-        raise UserError(f"{labels_file}: names none of the {len(entries)} image(s) (e.g. {entries[0].file_name}; "
-                        f"it lists e.g. {next(iter(labels))}); expected the ground truth of these images")
+        raise UserError(
+            f"{labels_file}: names none of the {len(entries)} image(s) (e.g. {entries[0].file_name}; "
+            f"it lists e.g. {next(iter(labels))}); expected the ground truth of these images"
+        )
     seen: dict[str, str] = {}
     for entry in matched:
         if entry.file_name in seen:
-            raise UserError(f"{labels_file}: {entry.file_name} is the name of two images, {seen[entry.file_name]} and "
-                            f"{entry.name}, so its row cannot tell them apart; give one of them")
+            raise UserError(
+                f"{labels_file}: {entry.file_name} is the name of two images, {seen[entry.file_name]} and "
+                f"{entry.name}, so its row cannot tell them apart; give one of them"
+            )
         seen[entry.file_name] = entry.name
     unlabelled = [entry.name for entry, row in zip(entries, rows) if row is None]
     if unlabelled:
-        log.warning("%d of %d image(s) have no row in %s, e.g. %s: classified whole, without ROI, and left out of "
-                    "the accuracy", len(unlabelled), len(entries), labels_file, unlabelled[0])
+        log.warning(
+            "%d of %d image(s) have no row in %s, e.g. %s: classified whole, without ROI, and left out of the accuracy",
+            len(unlabelled),
+            len(entries),
+            labels_file,
+            unlabelled[0],
+        )
     unused = sorted(set(labels).difference(seen))
     if unused:
-        log.warning("%d of %d row(s) of %s name no image given, e.g. %s: the accuracy is over the %d image(s) that "
-                    "have a row", len(unused), len(labels), labels_file, unused[0], len(matched))
+        log.warning(
+            "%d of %d row(s) of %s name no image given, e.g. %s: the accuracy is over the %d image(s) that have a row",
+            len(unused),
+            len(labels),
+            labels_file,
+            unused[0],
+            len(matched),
+        )
     return rows
 
 
 # --- Output.
+
 
 def summary(result: Result) -> dict[str, Any]:
     """The JSON the --json line prints."""
@@ -318,9 +381,15 @@ def summary(result: Result) -> dict[str, Any]:
         out["accuracy"] = float(np.mean([result.classes[i] == result.labels[i] for i in labelled]))
         out["labelled"] = len(labelled)
     out["predictions"] = [
-        {"file": name, "class": int(k), "name": result.class_names[k], "confidence": float(f"{p:.6g}"),
-         **({"label": label} if label is not None else {})}
-        for name, k, p, label in zip(result.names, result.classes, result.confidences, result.labels)]
+        {
+            "file": name,
+            "class": int(k),
+            "name": result.class_names[k],
+            "confidence": float(f"{p:.6g}"),
+            **({"label": label} if label is not None else {}),
+        }
+        for name, k, p, label in zip(result.names, result.classes, result.confidences, result.labels)
+    ]
     return out
 
 
@@ -345,4 +414,3 @@ def print_table(result: Result, as_json: bool) -> None:
         print(f"{data['images']} images")
     if as_json:
         print(json.dumps(data))
-

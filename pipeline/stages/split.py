@@ -14,21 +14,21 @@ import logging
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline.core import files
-from pipeline.core import paths
 from pipeline import tracking
 from pipeline.config import Params
+from pipeline.core import files, paths
+from pipeline.core.errors import DataError
 from pipeline.datasets import RawData, get
 from pipeline.datasets.manifest import damaged_file_advice
-from pipeline.core.errors import DataError
 
 ARGUMENTS = ("dataset",)
 
 log = logging.getLogger(__name__)
 
 
-def split_indices(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, groups: np.ndarray | None, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) indices into the official training set, stratified and seeded."""
     if groups is not None:
         from pipeline.datasets.gtsrb_reader import track_split
@@ -83,10 +83,15 @@ def main(args: argparse.Namespace, params: Params) -> None:
     log.info("split %s: %s", spec.key, ", ".join(f"{k} {v}" for k, v in meta["sizes"].items()))
 
     with tracking.stage_run(params, spec.key, "split"):
-        tracking.log_params({"val_fraction": settings.val_fraction, "options": settings.options,
-                             "image_shape": meta["image_shape"], "grouped_by": meta["grouped_by"]})
+        tracking.log_params(
+            {
+                "val_fraction": settings.val_fraction,
+                "options": settings.options,
+                "image_shape": meta["image_shape"],
+                "grouped_by": meta["grouped_by"],
+            }
+        )
         tracking.log_metrics({f"size_{name}": size for name, size in meta["sizes"].items()})
         tracking.log_metrics({f"class_min_{name}": min(c.values()) for name, c in counts.items()})
         tracking.log_metrics({f"class_max_{name}": max(c.values()) for name, c in counts.items()})
         tracking.log_artifact(paths.SPLIT / spec.key / "counts.json")
-

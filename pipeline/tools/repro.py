@@ -1,6 +1,7 @@
 """`python -m pipeline repro [-j auto|N] [TARGET ...]`: `dvc repro`, with independent stages side by side.
 
-DVC runs stages one after another, and a LeNet-sized training keeps only one core busy. This runner reads the stage graph and what is stale once, in this process,
+DVC runs stages one after another, and a LeNet-sized training keeps only one core busy. This runner
+reads the stage graph and what is stale once, in this process,
 through DVC's Python API (a run with nothing to do costs what `dvc status` costs), then runs
 every stale stage, and every stage downstream of one, as `dvc repro -s <stage>` as soon as the
 stages it depends on have succeeded. DVC itself still decides whether a stage must run (one
@@ -43,14 +44,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Sequence
+from typing import IO
 
-from pipeline.core.process import gpu_present
-from pipeline.training import compute
 from pipeline.config import Params, load_params
 from pipeline.core.errors import UserError
 from pipeline.core.paths import RunPaths
+from pipeline.core.process import gpu_present
+from pipeline.training import compute
 
 LOCK_FAILURE = "Unable to acquire lock"
 LOCK_RETRIES = 8  # back-off 0.5 s, 1 s, 2 s, ... up to LOCK_BACKOFF_MAX
@@ -60,8 +62,13 @@ UNKNOWN_EPOCH_SECONDS = 30.0  # a training with nothing on record: a guess, used
 TENSORFLOW_STAGES = ("train", "evaluate")
 # What every `dvc repro` prints after updating dvc.lock (the start of each line): said once at the
 # end instead of once per stage.
-DVC_HINTS = ("To track the changes with git, run:", "git add ", "To enable auto staging, run:",
-             "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage.")
+DVC_HINTS = (
+    "To track the changes with git, run:",
+    "git add ",
+    "To enable auto staging, run:",
+    "dvc config core.autostage true",
+    "Use `dvc push` to send your updates to remote storage.",
+)
 
 
 @dataclass
@@ -147,10 +154,15 @@ def stale_stages(targets: Sequence[str]) -> list[tuple[str, str, set[str]]]:
             selected = chosen | {up.addressing for name in chosen for up in nx.descendants(graph, stages[name])}
         changed = set(repo.status(targets=sorted(selected) if targets else None))
     order = [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))]  # upstream first
-    run = [name for name in order if name in selected and (
-        name in changed or any(up.addressing in changed for up in nx.descendants(graph, stages[name])))]
-    return [(name, stages[name].cmd, {up.addressing for up in graph.successors(stages[name])} & set(run))
-            for name in run]
+    run = [
+        name
+        for name in order
+        if name in selected
+        and (name in changed or any(up.addressing in changed for up in nx.descendants(graph, stages[name])))
+    ]
+    return [
+        (name, stages[name].cmd, {up.addressing for up in graph.successors(stages[name])} & set(run)) for name in run
+    ]
 
 
 def plan(stale: list[tuple[str, str, set[str]]], params: Params | None, cores: int) -> tuple[list[Stage], int]:
@@ -161,8 +173,16 @@ def plan(stale: list[tuple[str, str, set[str]]], params: Params | None, cores: i
     stages = []
     for name, command, upstream in stale:
         threads, tensorflow = stage_threads(command, params, auto_threads)
-        stages.append(Stage(name, upstream, min(threads, cores), tensorflow and gpu_present(),
-                            stage_command(command)[0] == "train", estimated_seconds(command, params)))
+        stages.append(
+            Stage(
+                name,
+                upstream,
+                min(threads, cores),
+                tensorflow and gpu_present(),
+                stage_command(command)[0] == "train",
+                estimated_seconds(command, params),
+            )
+        )
     for stage in reversed(stages):  # upstream first in `stale`: every stage behind this one is done
         behind = [other.priority for other in stages if stage.name in other.upstream]
         stage.priority = stage.seconds + max(behind, default=0.0)
@@ -202,8 +222,9 @@ class Runner:
         chosen: list[Stage] = []
         waiting_until: float | None = None
         for stage in self.ready():
-            fits = (sum(other.threads for _, other in busy) + stage.threads <= self.cores
-                    and not (stage.gpu and any(other.gpu for _, other in busy)))
+            fits = sum(other.threads for _, other in busy) + stage.threads <= self.cores and not (
+                stage.gpu and any(other.gpu for _, other in busy)
+            )
             if fits and (waiting_until is None or now + stage.seconds <= waiting_until):
                 chosen.append(stage)
                 busy.append((now + stage.seconds, stage))
@@ -240,8 +261,14 @@ class Runner:
         return ["dvc", "--wait-for-lock", "repro", "--single-item", stage]
 
     def start(self, stage: Stage, attempt: int = 0) -> None:
-        process = subprocess.Popen(self.command(stage.name), env=self.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(
+            self.command(stage.name),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         job = Job(stage, process, attempt=attempt, started=time.monotonic())
         self.running[stage.name] = job
         threading.Thread(target=self.follow, args=(job,), daemon=True).start()
@@ -270,7 +297,7 @@ class Runner:
         if job.process.returncode == 0:
             self.done.add(job.stage.name)
         elif job.lock_failed and not job.ran and job.attempt < LOCK_RETRIES:
-            delay = min(LOCK_BACKOFF_MAX, 0.5 * 2 ** job.attempt)
+            delay = min(LOCK_BACKOFF_MAX, 0.5 * 2**job.attempt)
             self.say(f"{job.stage.name:<{self.width}} | DVC's lock is taken: retrying in {delay:.1f} s")
             time.sleep(delay)
             self.start(job.stage, job.attempt + 1)
@@ -287,8 +314,9 @@ PARAMS = False  # read only when a TensorFlow stage is to run (its threads and e
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-j", "--jobs", default="auto",
-                        help="the cores to fill: auto (the cores this process may use) or a number")
+    parser.add_argument(
+        "-j", "--jobs", default="auto", help="the cores to fill: auto (the cores this process may use) or a number"
+    )
     parser.add_argument("targets", nargs="*", help="stages or stage groups (default: every stage)")
 
 

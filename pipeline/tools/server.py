@@ -1,9 +1,9 @@
 """`make server`: start, stop and check the team's MLflow tracking server (pipeline/tracking/server.py).
 
-    python -m pipeline server start   [--dir DIR] [--backend postgresql|sqlite] [--port N] [--host H] [--workers N]
-    python -m pipeline server stop    [--dir DIR]
-    python -m pipeline server status  [--dir DIR]
-    python -m pipeline server install            # Debian's postgresql, with apt-get (needs root or sudo)
+python -m pipeline server start   [--dir DIR] [--backend postgresql|sqlite] [--port N] [--host H] [--workers N]
+python -m pipeline server stop    [--dir DIR]
+python -m pipeline server status  [--dir DIR]
+python -m pipeline server install            # Debian's postgresql, with apt-get (needs root or sudo)
 """
 
 from __future__ import annotations
@@ -11,16 +11,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.tracking.server import (BACKENDS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_WORKERS, NOT_RUNNING, ServerFolder,
-                                      default_folder, install_postgresql, start, status, stop)
+from pipeline.tracking.server import (
+    BACKENDS,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_WORKERS,
+    NOT_RUNNING,
+    ServerFolder,
+    default_folder,
+    install_postgresql,
+    start,
+    status,
+    stop,
+)
 
 PARAMS = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("start", "start the database and the MLflow server"), ("stop", "stop both"),
-                       ("status", "say what runs (exit status 3 when the server does not answer)")):
+    for name, text in (
+        ("start", "start the database and the MLflow server"),
+        ("stop", "stop both"),
+        ("status", "say what runs (exit status 3 when the server does not answer)"),
+    ):
         command = commands.add_parser(name, help=text)
         command.add_argument("--dir", type=Path, default=None, help="the server's folder (default: .server/ here)")
         if name == "start":
@@ -39,8 +53,11 @@ def main(args: argparse.Namespace, params: None) -> int:
     if args.command == "start":
         start(folder, args.backend, args.port, args.host, args.workers)
     elif args.command == "stop":
-        print(f"server: stopped the server in {folder.root}" if stop(folder) else
-              f"server: nothing was running in {folder.root}")
+        print(
+            f"server: stopped the server in {folder.root}"
+            if stop(folder)
+            else f"server: nothing was running in {folder.root}"
+        )
     else:
         answers, report = status(folder)
         print(report)

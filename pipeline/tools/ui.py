@@ -28,22 +28,34 @@ DEFAULT_PORT = 5000
 DEFAULT_WORKERS = 1
 
 
-def command(root: Path, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
-            workers: int = DEFAULT_WORKERS) -> list[str]:
+def command(
+    root: Path, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, workers: int = DEFAULT_WORKERS
+) -> list[str]:
     """The `mlflow ui` command line serving the store of the project at `root`."""
     root = Path(root).resolve()
-    return [mlflow_executable(), "ui",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root", str(root / "mlruns"),
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+    return [
+        mlflow_executable(),
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--default-artifact-root",
+        str(root / "mlruns"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
 PARAMS = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, default=None,
-                        help="the project whose store to serve (default: this repository)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="the project whose store to serve (default: this repository)"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"default: {DEFAULT_HOST} (this machine only)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"default: {DEFAULT_WORKERS}")

@@ -6,9 +6,28 @@ the spool's and the server's change what MLflow holds, never a stage's DVC outpu
 May import: core, portable.
 """
 
-from pipeline.tracking.client import (TrackingError, log_artifact, log_metrics, log_model, log_params, log_text,
-                                      stage_run, warm_up)
+from pipeline.tracking.client import (
+    TrackingError,
+    log_artifact,
+    log_metrics,
+    log_model,
+    log_params,
+    log_text,
+    stage_run,
+    warm_up,
+)
 from pipeline.tracking.store import TrackingServerError, check_server, server_problem
 
-__all__ = ["TrackingError", "TrackingServerError", "check_server", "log_artifact", "log_metrics", "log_model",
-           "log_params", "log_text", "server_problem", "stage_run", "warm_up"]
+__all__ = [
+    "TrackingError",
+    "TrackingServerError",
+    "check_server",
+    "log_artifact",
+    "log_metrics",
+    "log_model",
+    "log_params",
+    "log_text",
+    "server_problem",
+    "stage_run",
+    "warm_up",
+]

@@ -12,8 +12,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.tracking.store import enabled, tracking_uri
 
@@ -39,6 +40,7 @@ class TrackingError(RuntimeError):
 
 
 # --- What a stage calls. Outside a stage run, or with tracking off, the log calls do nothing.
+
 
 def log_params(values: dict[str, Any]) -> None:
     _log("params", {key: str(value)[:MAX_PARAM_LENGTH] for key, value in flatten(values).items()})
@@ -95,8 +97,9 @@ def _log(kind: str, *args: Any) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(params: Any, dataset: str, stage: str, model: str | None = None,
-              run_id: str | None = None, seed: int | None = None) -> Iterator[_Untracked | _WorkerRun]:
+def stage_run(
+    params: Any, dataset: str, stage: str, model: str | None = None, run_id: str | None = None, seed: int | None = None
+) -> Iterator[_Untracked | _WorkerRun]:
     """Open (or, with `run_id`, reopen) the MLflow run of a stage; yields it (`.id` is None when off).
 
     `params`: the run's Params (its `seed`, the data split's, is logged unless `seed` is given).
@@ -109,8 +112,13 @@ def stage_run(params: Any, dataset: str, stage: str, model: str | None = None,
     if not enabled():
         yield _Untracked()
         return
-    start = {"dataset": dataset, "stage": stage, "model": model, "run_id": run_id,
-             "seed": params.seed if seed is None else seed}
+    start = {
+        "dataset": dataset,
+        "stage": stage,
+        "model": model,
+        "run_id": run_id,
+        "seed": params.seed if seed is None else seed,
+    }
     worker = _running_worker()
     worker.send("start", start)
     _active = run = _WorkerRun(worker)
@@ -121,7 +129,7 @@ def stage_run(params: Any, dataset: str, stage: str, model: str | None = None,
     finally:
         _active = None
         try:
-            run.id  # replies come in order: the run's id, then its end
+            _ = run.id  # replies come in order: the run's id, then its end
             worker.send("end", status)
             worker.reply()
         except TrackingError:
@@ -131,13 +139,17 @@ def stage_run(params: Any, dataset: str, stage: str, model: str | None = None,
 
 # --- The worker process, and this process's handle on it.
 
+
 class _Worker:
     def __init__(self, with_keras: bool) -> None:
         self.uri = tracking_uri()
         # The worker must import this package even when the stage was started from elsewhere.
         package_parent = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri,
-               "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": self.uri,
+            "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
+        }
         command = [sys.executable, "-m", "pipeline.tracking.worker", *(["--with-keras"] if with_keras else [])]
         self.process = subprocess.Popen(command, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -160,9 +172,11 @@ class _Worker:
 
     def failed(self) -> TrackingError:
         code = self.process.wait()
-        return TrackingError(f"MLflow tracking failed: its worker process exited with status {code} (its error "
-                             f"is above). Check the store at {tracking_uri()}, or set PIPELINE_TRACKING=off to "
-                             f"run without tracking.")
+        return TrackingError(
+            f"MLflow tracking failed: its worker process exited with status {code} (its error "
+            f"is above). Check the store at {tracking_uri()}, or set PIPELINE_TRACKING=off to "
+            f"run without tracking."
+        )
 
 
 _worker: _Worker | None = None
@@ -188,5 +202,3 @@ def _running_worker(with_keras: bool = False) -> _Worker:
     if _worker is None:
         _worker = _Worker(with_keras)
     return _worker
-
-

@@ -31,7 +31,8 @@ def log_model_folder(model_dir: str, metrics: dict[str, float]) -> None:
     meta = json.loads((folder / "preprocessing.json").read_text(encoding="utf-8"))["meta"]
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *meta["image_shape"]))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, len(meta["class_names"])))]))
+        outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, len(meta["class_names"])))]),
+    )
     with tempfile.TemporaryDirectory(prefix="mlflow-model-") as work:
         data, code = Path(work, "trained_model"), Path(work, SHIPPED_PACKAGE)
         data.mkdir()
@@ -42,9 +43,14 @@ def log_model_folder(model_dir: str, metrics: dict[str, float]) -> None:
             shutil.copy2(module, code / module.name)
         warnings.filterwarnings("ignore", message=".*input example was not provided")  # the signature says it all
         logged = mlflow.pyfunc.log_model(
-            name="model", loader_module=f"{SHIPPED_PACKAGE}.inference", data_path=str(data), code_paths=[str(code)],
-            signature=signature, pip_requirements=_model_requirements(),
-            metadata={"dataset": meta["dataset"], "class_names": meta["class_names"]})
+            name="model",
+            loader_module=f"{SHIPPED_PACKAGE}.inference",
+            data_path=str(data),
+            code_paths=[str(code)],
+            signature=signature,
+            pip_requirements=_model_requirements(),
+            metadata={"dataset": meta["dataset"], "class_names": meta["class_names"]},
+        )
     mlflow.log_metrics(metrics, model_id=logged.model_id)
 
 
@@ -58,7 +64,9 @@ def _model_requirements() -> list[str]:
                 return version(distribution)
         raise PackageNotFoundError(distributions[0])
 
-    return [f"mlflow=={mlflow_api().__version__}", f"keras=={installed('keras')}",
-            f"tensorflow=={installed('tensorflow', 'tensorflow-cpu')}", f"numpy=={installed('numpy')}"]
-
-
+    return [
+        f"mlflow=={mlflow_api().__version__}",
+        f"keras=={installed('keras')}",
+        f"tensorflow=={installed('tensorflow', 'tensorflow-cpu')}",
+        f"numpy=={installed('numpy')}",
+    ]

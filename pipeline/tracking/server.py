@@ -64,11 +64,13 @@ def default_folder() -> Path:
 
 # ---- PostgreSQL -------------------------------------------------------------------------------
 
+
 def postgres_bin() -> Path | None:
     """The folder of PostgreSQL's server programs: Debian's newest /usr/lib/postgresql/<version>/bin,
     else wherever `initdb` is on PATH; None when PostgreSQL is not installed."""
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
-                    if p.parts[-3].isdigit() else 0)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     if debian:
         return debian[-1].parent
     found = shutil.which("initdb")
@@ -85,20 +87,28 @@ def install_postgresql() -> Path:
     elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
         sudo = ["sudo", "-n"]
     else:
-        raise ServerError("PostgreSQL: not installed, and installing it needs root; run `sudo make server-deps` "
-                          "(Debian/Ubuntu: sudo apt-get install postgresql), or use `make server SERVER_BACKEND=sqlite`")
+        raise ServerError(
+            "PostgreSQL: not installed, and installing it needs root; run `sudo make server-deps` "
+            "(Debian/Ubuntu: sudo apt-get install postgresql), or use `make server SERVER_BACKEND=sqlite`"
+        )
     if not shutil.which("apt-get"):
-        raise ServerError("PostgreSQL: not installed, and this system has no apt-get; install PostgreSQL's server "
-                          "(initdb, pg_ctl) with its package manager, or use `make server SERVER_BACKEND=sqlite`")
+        raise ServerError(
+            "PostgreSQL: not installed, and this system has no apt-get; install PostgreSQL's server "
+            "(initdb, pg_ctl) with its package manager, or use `make server SERVER_BACKEND=sqlite`"
+        )
     print("server: installing Debian's postgresql with apt-get", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"],
+    ):
         result = subprocess.run([*sudo, *command], env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise ServerError(f"PostgreSQL: `{' '.join(command)}` failed ({result.returncode}): "
-                              f"{_last_line(result.stderr or result.stdout)}; install the postgresql package by hand, "
-                              f"or use `make server SERVER_BACKEND=sqlite`")
+            raise ServerError(
+                f"PostgreSQL: `{' '.join(command)}` failed ({result.returncode}): "
+                f"{_last_line(result.stderr or result.stdout)}; install the postgresql package by hand, "
+                f"or use `make server SERVER_BACKEND=sqlite`"
+            )
     found = postgres_bin()
     if found is None:
         raise ServerError("PostgreSQL: apt-get installed postgresql but no initdb was found under /usr/lib/postgresql")
@@ -125,8 +135,20 @@ class Cluster:
             handle.write(password + "\n")
         try:
             self._own(self.data, password_file)
-            self._run("initdb", "-D", str(self.data), "-U", DB_USER, "--pwfile", str(password_file),
-                      "--auth-host=scram-sha-256", "--auth-local=reject", "-E", "UTF8", "--locale=C.UTF-8")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                DB_USER,
+                "--pwfile",
+                str(password_file),
+                "--auth-host=scram-sha-256",
+                "--auth-local=reject",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            )
         finally:
             password_file.unlink(missing_ok=True)
 
@@ -136,8 +158,16 @@ class Cluster:
     def start(self, port: int) -> None:
         self.log.touch()
         self._own(self.log)
-        self._pg_ctl("start", "-w", "-t", "120", "-l", str(self.log),
-                     "-o", f"-c listen_addresses={DB_HOST} -c port={port} -c unix_socket_directories=''")
+        self._pg_ctl(
+            "start",
+            "-w",
+            "-t",
+            "120",
+            "-l",
+            str(self.log),
+            "-o",
+            f"-c listen_addresses={DB_HOST} -c port={port} -c unix_socket_directories=''",
+        )
 
     def stop(self) -> None:
         if self.running():
@@ -153,9 +183,11 @@ class Cluster:
         result = subprocess.run(command, capture_output=True, text=True)
         if check and result.returncode != 0:
             tail = _tail(self.log) if program == "pg_ctl" and self.log.is_file() else ""
-            raise ServerError(f"{self.data}: PostgreSQL's `{program}{' ' + arguments[0] if program == 'pg_ctl' else ''}` failed "
-                              f"({result.returncode}): {_last_line(result.stderr or result.stdout)}; see "
-                              f"{self.log}{tail}")
+            raise ServerError(
+                f"{self.data}: PostgreSQL's `{program}{' ' + arguments[0] if program == 'pg_ctl' else ''}` failed "
+                f"({result.returncode}): {_last_line(result.stderr or result.stdout)}; see "
+                f"{self.log}{tail}"
+            )
         return result
 
     def _own(self, *paths: Path) -> None:
@@ -165,28 +197,40 @@ class Cluster:
         try:
             owner = pwd.getpwnam(CLUSTER_OWNER)
         except KeyError:
-            raise ServerError(f"{self.data}: PostgreSQL refuses to run as root and there is no `{CLUSTER_OWNER}` user "
-                              f"to run it; install Debian's postgresql package (it creates one), or run "
-                              f"`make server` as another user") from None
+            raise ServerError(
+                f"{self.data}: PostgreSQL refuses to run as root and there is no `{CLUSTER_OWNER}` user "
+                f"to run it; install Debian's postgresql package (it creates one), or run "
+                f"`make server` as another user"
+            ) from None
         for path in paths:
             os.chown(path, owner.pw_uid, owner.pw_gid)
         reach = subprocess.run(["runuser", "-u", CLUSTER_OWNER, "--", "test", "-w", str(paths[0])])
         if reach.returncode != 0:
-            raise ServerError(f"{self.data.parent}: the `{CLUSTER_OWNER}` user, who runs PostgreSQL for root, cannot "
-                              f"reach this folder (a folder above it is closed to other users, as /root is); choose "
-                              f"one it can reach, e.g. `make server SERVER_DIR=/var/tmp/mlflow-server`")
+            raise ServerError(
+                f"{self.data.parent}: the `{CLUSTER_OWNER}` user, who runs PostgreSQL for root, cannot "
+                f"reach this folder (a folder above it is closed to other users, as /root is); choose "
+                f"one it can reach, e.g. `make server SERVER_DIR=/var/tmp/mlflow-server`"
+            )
 
 
 def _create_database(port: int, passfile: Path) -> None:
     import psycopg  # the server's driver: only `make server` needs it, never a stage
 
-    with psycopg.connect(host=DB_HOST, port=port, user=DB_USER, dbname="postgres", passfile=str(passfile),
-                         autocommit=True, connect_timeout=30) as connection:
+    with psycopg.connect(
+        host=DB_HOST,
+        port=port,
+        user=DB_USER,
+        dbname="postgres",
+        passfile=str(passfile),
+        autocommit=True,
+        connect_timeout=30,
+    ) as connection:
         if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone() is None:
             connection.execute(f"CREATE DATABASE {DB_NAME}")
 
 
 # ---- The server folder ------------------------------------------------------------------------
+
 
 @dataclass
 class ServerFolder:
@@ -216,8 +260,10 @@ class ServerFolder:
     def cluster(self, pg_bin: Path | None = None) -> Cluster:
         pg_bin = pg_bin or postgres_bin()
         if pg_bin is None:
-            raise ServerError("PostgreSQL: not installed; run `make server-deps` (as root: installs Debian's "
-                              "postgresql), or use `make server SERVER_BACKEND=sqlite`")
+            raise ServerError(
+                "PostgreSQL: not installed; run `make server-deps` (as root: installs Debian's "
+                "postgresql), or use `make server SERVER_BACKEND=sqlite`"
+            )
         return Cluster(self.root / "postgres", pg_bin, self.root / "postgres.log")
 
     def state(self) -> dict[str, Any] | None:
@@ -246,20 +292,39 @@ def backend_uri(folder: ServerFolder, backend: str, db_port: int | None) -> str:
 
 def mlflow_command(store: str, artifacts: Path, host: str, port: int, workers: int) -> list[str]:
     """`mlflow server` with proxied artifacts: clients upload and download through it (mlflow-artifacts:)."""
-    return [mlflow_executable(), "server", "--backend-store-uri", store, "--artifacts-destination", str(artifacts),
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+    return [
+        mlflow_executable(),
+        "server",
+        "--backend-store-uri",
+        store,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
-def start(folder: ServerFolder, backend: str = "postgresql", port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
-          workers: int = DEFAULT_WORKERS) -> str:
+def start(
+    folder: ServerFolder,
+    backend: str = "postgresql",
+    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
+    workers: int = DEFAULT_WORKERS,
+) -> str:
     """Start the database (PostgreSQL) and the MLflow server in `folder`; returns the tracking URI.
     A server already running there is left as it is."""
     folder.root.mkdir(parents=True, exist_ok=True)
     state = folder.state()
     if state and _server_alive(state):
         if (state["backend"], state["port"], state["host"]) != (backend, port, host):
-            raise ServerError(f"{folder.root}: a {state['backend']} server already runs there at {state['uri']}; "
-                              f"stop it first (`make server-stop SERVER_DIR={folder.root}`)")
+            raise ServerError(
+                f"{folder.root}: a {state['backend']} server already runs there at {state['uri']}; "
+                f"stop it first (`make server-stop SERVER_DIR={folder.root}`)"
+            )
         print(f"server: already running at {state['uri']}", flush=True)
         return state["uri"]
     if not _port_free(host, port):
@@ -283,18 +348,36 @@ def start(folder: ServerFolder, backend: str = "postgresql", port: int = DEFAULT
     uri = f"http://{host}:{port}"
     command = mlflow_command(backend_uri(folder, backend, db_port), folder.artifacts, host, port, workers)
     with open(folder.mlflow_log, "ab") as log:
-        process = subprocess.Popen(command, cwd=folder.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)  # its group: stop reaches workers
-    state = {"backend": backend, "uri": uri, "host": host, "port": port, "pid": process.pid, "db_port": db_port,
-             "store": backend_uri(folder, backend, db_port), "artifacts": str(folder.artifacts)}
+        process = subprocess.Popen(
+            command,
+            cwd=folder.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # its group: stop reaches workers
+    state = {
+        "backend": backend,
+        "uri": uri,
+        "host": host,
+        "port": port,
+        "pid": process.pid,
+        "db_port": db_port,
+        "store": backend_uri(folder, backend, db_port),
+        "artifacts": str(folder.artifacts),
+    }
     folder.save_state(state)
     try:
         _wait_until_it_answers(uri, process, folder.mlflow_log)
     except BaseException:
         stop(folder)
         raise
-    print(f"server: MLflow tracking server on {uri} ({backend}; artifacts in {folder.artifacts})\n"
-          f"  export MLFLOW_TRACKING_URI={uri}", flush=True)
+    print(
+        f"server: MLflow tracking server on {uri} ({backend}; artifacts in {folder.artifacts})\n"
+        f"  export MLFLOW_TRACKING_URI={uri}",
+        flush=True,
+    )
     return uri
 
 
@@ -320,13 +403,17 @@ def status(folder: ServerFolder) -> tuple[bool, str]:
     if state is None:
         return False, f"no server in {folder.root} (start one with `make server SERVER_DIR={folder.root}`)"
     problem = server_problem(state["uri"], timeout=5) if _server_alive(state) else "not running"
-    lines = [f"MLflow tracking server {state['uri']}: {'answers' if problem is None else problem}",
-             f"  backend store: {state['store']}", f"  artifacts: {state['artifacts']}",
-             f"  logs: {folder.mlflow_log}"]
+    lines = [
+        f"MLflow tracking server {state['uri']}: {'answers' if problem is None else problem}",
+        f"  backend store: {state['store']}",
+        f"  artifacts: {state['artifacts']}",
+        f"  logs: {folder.mlflow_log}",
+    ]
     if state["backend"] == "postgresql":
         cluster = folder.cluster()
-        lines.append(f"  PostgreSQL cluster {cluster.data}: {'running' if cluster.running() else 'stopped'} "
-                     f"(log {cluster.log})")
+        lines.append(
+            f"  PostgreSQL cluster {cluster.data}: {'running' if cluster.running() else 'stopped'} (log {cluster.log})"
+        )
     if problem is None:
         lines.append(f"  export MLFLOW_TRACKING_URI={state['uri']}")
     return problem is None, "\n".join(lines)
@@ -336,8 +423,11 @@ def _wait_until_it_answers(uri: str, process: subprocess.Popen, log: Path) -> No
     deadline = time.monotonic() + START_TIMEOUT
     while (problem := server_problem(uri, timeout=5)) is not None:
         if process.poll() is not None or time.monotonic() > deadline:
-            what = f"exited with status {process.returncode}" if process.poll() is not None else \
-                f"did not answer within {START_TIMEOUT} s ({problem})"
+            what = (
+                f"exited with status {process.returncode}"
+                if process.poll() is not None
+                else f"did not answer within {START_TIMEOUT} s ({problem})"
+            )
             raise ServerError(f"{uri}: the MLflow server {what}; see {log}{_tail(log)}")
         time.sleep(1)
 
@@ -351,8 +441,11 @@ def _server_alive(state: dict[str, Any]) -> bool:
         return False
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and "server" in process.cmdline() \
+        return (
+            process.status() != psutil.STATUS_ZOMBIE
+            and "server" in process.cmdline()
             and str(state["port"]) in process.cmdline()
+        )
     except psutil.Error:
         return False
 

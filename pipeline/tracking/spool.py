@@ -25,8 +25,9 @@ import datetime
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.core import files
 from pipeline.core.errors import UserError
@@ -107,14 +108,34 @@ class SpooledRun:
         self.data = data
 
     @classmethod
-    def create(cls, uri: str, start: dict[str, Any], context: dict[str, str], run_id: str | None,
-               requests: list[list[Any]], done: int, reason: str) -> SpooledRun:
+    def create(
+        cls,
+        uri: str,
+        start: dict[str, Any],
+        context: dict[str, str],
+        run_id: str | None,
+        requests: list[list[Any]],
+        done: int,
+        reason: str,
+    ) -> SpooledRun:
         """A new entry for a run of `start` going to `uri`; `done` of its `requests` reached the server."""
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        entry = cls(spool_dir() / f"{stamp}-{uuid.uuid4().hex[:8]}", {
-            "uri": uri, "start": start, "context": context, "run_id": run_id,
-            "local_id": None if run_id else LOCAL_ID_PREFIX + uuid.uuid4().hex, "requests": [], "done": done,
-            "status": None, "complete": False, "writer_pid": os.getpid(), "reason": reason})
+        entry = cls(
+            spool_dir() / f"{stamp}-{uuid.uuid4().hex[:8]}",
+            {
+                "uri": uri,
+                "start": start,
+                "context": context,
+                "run_id": run_id,
+                "local_id": None if run_id else LOCAL_ID_PREFIX + uuid.uuid4().hex,
+                "requests": [],
+                "done": done,
+                "status": None,
+                "complete": False,
+                "writer_pid": os.getpid(),
+                "reason": reason,
+            },
+        )
         for request in requests:
             entry.add(request, save=False)
         entry.save()
@@ -172,9 +193,11 @@ class SpooledRun:
     def describe(self) -> str:
         start = self.data["start"]
         what = " ".join(str(part) for part in (start["stage"], start["dataset"], start.get("model")) if part)
-        return (f"{self.folder.name}: {what} (DVC experiment {self.data['context'].get('DVC_EXP_NAME', '?')}), "
-                f"{len(self.data['requests']) - self.data['done']} of {len(self.data['requests'])} requests to log "
-                f"into {self.data['uri']}")
+        return (
+            f"{self.folder.name}: {what} (DVC experiment {self.data['context'].get('DVC_EXP_NAME', '?')}), "
+            f"{len(self.data['requests']) - self.data['done']} of {len(self.data['requests'])} requests to log "
+            f"into {self.data['uri']}"
+        )
 
     def save(self) -> None:
         files.write_json(self.folder / ENTRY_FILE, self.data)

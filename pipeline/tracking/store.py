@@ -48,6 +48,7 @@ def mlflow_api() -> Any:
 
 # --- A tracking server: checked before a stage works, so a stage never trains for an hour and then fails to log.
 
+
 class TrackingServerError(UserError):
     """The tracking server MLFLOW_TRACKING_URI names does not answer, or refuses."""
 
@@ -62,8 +63,9 @@ def check_server() -> None:
     if enabled() and urllib.parse.urlparse(uri).scheme in ("http", "https"):
         problem = server_problem(uri)
         if problem is not None:
-            raise TrackingServerError(f"MLFLOW_TRACKING_URI={uri}: {problem}; or set PIPELINE_TRACKING=off to run "
-                                      f"without tracking")
+            raise TrackingServerError(
+                f"MLFLOW_TRACKING_URI={uri}: {problem}; or set PIPELINE_TRACKING=off to run without tracking"
+            )
 
 
 def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | None:
@@ -75,23 +77,28 @@ def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | Non
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
-                                     headers=_server_credentials())
+    request = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", headers=_server_credentials()
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=_tls_context(uri)) as response:
             json.load(response)
     except urllib.error.HTTPError as error:
         status = f"HTTP {error.code} {error.reason}"
         if error.code in (401, 403):
-            return (f"the server refused ({status}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
-                    f"or MLFLOW_TRACKING_TOKEN")
+            return (
+                f"the server refused ({status}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+                f"or MLFLOW_TRACKING_TOKEN"
+            )
         if error.code >= 500:
             return f"the server answers but fails ({status}); check its log and its database (`make server-status`)"
         return f"no MLflow tracking server answers there ({status}); check the URI (http://host:port)"
     except OSError as error:  # URLError, refused, unreachable, timed out, TLS
         reason = getattr(error, "reason", error)
-        return (f"no server answers ({reason}); start it (`make server`) or check the host and port, "
-                f"or unset MLFLOW_TRACKING_URI to log into this project's mlflow.db")
+        return (
+            f"no server answers ({reason}); start it (`make server`) or check the host and port, "
+            f"or unset MLFLOW_TRACKING_URI to log into this project's mlflow.db"
+        )
     except ValueError:
         return "something answers, but not as an MLflow tracking server; check the URI (http://host:port)"
     return None
@@ -117,5 +124,3 @@ def _tls_context(uri: str) -> ssl.SSLContext | None:
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
         return ssl._create_unverified_context()  # the user asked for it, as MLflow's client honours it
     return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
-
-

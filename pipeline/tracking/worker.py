@@ -17,11 +17,12 @@ import os
 import signal
 import subprocess
 import sys
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 from pipeline.core.process import exit_now
 from pipeline.tracking import export, spool
-from pipeline.tracking.store import mlflow_api, artifact_root, check_server, project_store_uri, tracking_uri
+from pipeline.tracking.store import artifact_root, check_server, mlflow_api, project_store_uri, tracking_uri
 
 
 def experiment_id(dataset: str) -> str:
@@ -53,8 +54,13 @@ def dvc_experiment() -> str:
 
 
 def run_tags(dataset: str, stage: str, model: str | None, seed: int) -> dict[str, str]:
-    tags = {"stage": stage, "dataset": dataset, "dvc_experiment": dvc_experiment(),
-            "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
+    tags = {
+        "stage": stage,
+        "dataset": dataset,
+        "dvc_experiment": dvc_experiment(),
+        "git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
+    }
     if model:  # a design's run: one per training seed
         tags.update(model=model, seed=str(seed))
     return tags
@@ -84,8 +90,9 @@ def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None,
         else:
             mlflow.set_tag("train_run_id", trained.info.run_id)
             # what was trained, so this run compares on its own; not the first evaluation's own params
-            _mlflow_params({key: value for key, value in trained.data.params.items()
-                            if not key.startswith(f"{stage}.")})
+            _mlflow_params(
+                {key: value for key, value in trained.data.params.items() if not key.startswith(f"{stage}.")}
+            )
         yield run.info.run_id
 
 
@@ -105,7 +112,7 @@ def _get_run(run_id: str) -> Any:
 def _mlflow_params(values: dict[str, str]) -> None:
     items = list(values.items())
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        mlflow_api().log_params(dict(items[start:start + 100]))
+        mlflow_api().log_params(dict(items[start : start + 100]))
 
 
 # The code an MLflow model ships (pipeline/portable/inference.py and what it imports), as a package of its
@@ -165,8 +172,9 @@ def _creating_store() -> Iterator[None]:
         yield
 
 
-def _serve_run(start: dict[str, Any], requests: IO[str], replies: IO[str],
-               answers: bool = True) -> tuple[str | None, bool]:
+def _serve_run(
+    start: dict[str, Any], requests: IO[str], replies: IO[str], answers: bool = True
+) -> tuple[str | None, bool]:
     """Log into one run until its end request; returns the stage's status (None if input closed) and whether
     the store still answers. When a tracking server stops answering (or did already), the run goes to the
     spool instead (pipeline.tracking.spool) and the stage goes on."""
@@ -198,8 +206,12 @@ def _serve_run(start: dict[str, Any], requests: IO[str], replies: IO[str],
         entry = spool.SpooledRun.create(tracking_uri(), start, _stage_context(), run_id, logged, done, str(error))
         if run_id is None:
             print(entry.local_id, file=replies, flush=True)  # the stage is waiting for its run's id
-        print(f"warning: tracking: {tracking_uri()}: {_spool_reason(error)}; this run is kept in {entry.folder} "
-              f"and the stage goes on; when the server answers, `make resync` logs it", file=sys.stderr, flush=True)
+        print(
+            f"warning: tracking: {tracking_uri()}: {_spool_reason(error)}; this run is kept in {entry.folder} "
+            f"and the stage goes on; when the server answers, `make resync` logs it",
+            file=sys.stderr,
+            flush=True,
+        )
         for line in requests if status is None else ():  # keep what the stage logs until it ends the run
             request = json.loads(line)
             if request[0] == "end":
@@ -239,12 +251,15 @@ def replay(entry: spool.SpooledRun) -> str:
     of it). If the server fails again, `entry` records how far it got, and the error propagates."""
     with spool.environment(entry.context):
         own = entry.run_id is not None and _get_run(entry.run_id) is not None
-        run = _reopened_run(entry.run_id) if own else _mlflow_run(**{**entry.start,
-                                                                     "run_id": spool.resolved(entry.start["run_id"])})
+        run = (
+            _reopened_run(entry.run_id)
+            if own
+            else _mlflow_run(**{**entry.start, "run_id": spool.resolved(entry.start["run_id"])})
+        )
         try:
             with run as run_id:
                 entry.started(run_id)
-                for request in entry.requests[entry.done:]:
+                for request in entry.requests[entry.done :]:
                     _MLFLOW_LOGGERS[request[0]](*request[1:])
                     entry.logged_one()
                 if entry.status != "FINISHED":
@@ -276,8 +291,10 @@ def resync(to: str | None = None) -> list[tuple[spool.SpooledRun, str]]:
         except Exception as error:
             if not spool.server_unreachable(error):
                 raise
-            raise spool.ResyncError(f"{uri}: stopped answering while {entry.folder} was replayed (what reached it is "
-                              f"recorded); run `make resync` again when it answers") from None
+            raise spool.ResyncError(
+                f"{uri}: stopped answering while {entry.folder} was replayed (what reached it is "
+                f"recorded); run `make resync` again when it answers"
+            ) from None
         entry.remove()
         replayed.append((entry, run_id))
         print(f"resync: {description}: logged into run {run_id}", flush=True)
@@ -292,8 +309,11 @@ def _worker_main() -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars for uploads of KBs are noise
     # A server gone for more than about 10 s sends the run to the spool, rather than holding the stage's
     # end for MLflow's default of 7 retries over 4 minutes, twice (the failed call, then ending the run).
-    for variable, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")):
+    for variable, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60"),
+    ):
         os.environ.setdefault(variable, value)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints must not mix with the replies

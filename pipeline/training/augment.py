@@ -20,11 +20,12 @@ import tensorflow as tf
 from pipeline.training.recipe import AugmentSettings
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, settings: AugmentSettings,
-                  pixel_scale: np.ndarray) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, settings: AugmentSettings, pixel_scale: np.ndarray) -> tf.Tensor:
     """A jittered copy of a (N, H, W, C) float batch; `seed` is a stateless seed, shape [2]."""
     count = tf.shape(images)[0]
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)  # one stream per draw: angle, shear, zoom, x, y, flip, contrast, brightness
+    seeds = tf.random.experimental.stateless_split(
+        tf.cast(seed, tf.int64), num=8
+    )  # one stream per draw: angle, shear, zoom, x, y, flip, contrast, brightness
 
     def uniform(index: int, limit: float) -> tf.Tensor:
         return tf.random.stateless_uniform([count], seeds[index], -limit, limit)
@@ -36,8 +37,11 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, settings: AugmentSettings,
         shear = uniform(1, math.radians(settings.shear))
         scale = 1.0 + uniform(2, settings.zoom)
         shift_x, shift_y = uniform(3, settings.translation) * width, uniform(4, settings.translation) * height
-        mirror = (tf.where(tf.random.stateless_uniform([count], seeds[5]) < 0.5, -1.0, 1.0) if settings.flip
-                  else tf.ones([count]))
+        mirror = (
+            tf.where(tf.random.stateless_uniform([count], seeds[5]) < 0.5, -1.0, 1.0)
+            if settings.flip
+            else tf.ones([count])
+        )
         out = _warp(out, angle, shear, scale, mirror, shift_x, shift_y, height, width)
     if settings.contrast:
         factor = 1.0 + uniform(6, settings.contrast)
@@ -49,8 +53,17 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, settings: AugmentSettings,
     return out
 
 
-def _warp(images: tf.Tensor, angle: tf.Tensor, shear: tf.Tensor, scale: tf.Tensor, mirror: tf.Tensor,
-          shift_x: tf.Tensor, shift_y: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+def _warp(
+    images: tf.Tensor,
+    angle: tf.Tensor,
+    shear: tf.Tensor,
+    scale: tf.Tensor,
+    mirror: tf.Tensor,
+    shift_x: tf.Tensor,
+    shift_y: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+) -> tf.Tensor:
     """Warp each image by rotation . shear . zoom . mirror about its centre, then shift.
 
     ImageProjectiveTransformV3 maps each OUTPUT pixel to the input pixel it samples, so the
@@ -68,5 +81,10 @@ def _warp(images: tf.Tensor, angle: tf.Tensor, shear: tf.Tensor, scale: tf.Tenso
     zeros = tf.zeros_like(angle)
     transforms = tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="NEAREST")
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )

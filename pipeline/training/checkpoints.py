@@ -51,7 +51,7 @@ class Checkpoint:
     fingerprint: str
 
     @classmethod
-    def of_run(cls, dataset: str, design: str, seed: int, fingerprint: str) -> "Checkpoint":
+    def of_run(cls, dataset: str, design: str, seed: int, fingerprint: str) -> Checkpoint:
         return cls(files.project_root() / FOLDER / dataset / design / f"seed_{seed}", fingerprint)
 
     @property

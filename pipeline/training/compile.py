@@ -15,8 +15,9 @@ def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optim
     """The recipe's optimizer: its learning-rate schedule and decoupled weight decay."""
     from pipeline.training.schedules import Schedule
 
-    rate = (settings.learning_rate if settings.schedule == "constant"
-            else Schedule.for_settings(settings, steps_per_epoch))
+    rate = (
+        settings.learning_rate if settings.schedule == "constant" else Schedule.for_settings(settings, steps_per_epoch)
+    )
     decay = settings.weight_decay or None  # None: Keras' own default (AdamW 0.004, the others none)
     if settings.optimizer == "adam":
         return keras.optimizers.Adam(rate, weight_decay=decay)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.core.process import gpu_present
 from pipeline.core.errors import UserError
+from pipeline.core.process import gpu_present
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,18 @@ def use_threads(threads: int) -> None:
     import tensorflow as tf
 
     threading = tf.config.threading
-    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (threads,
-                                                                                                          threads):
+    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (
+        threads,
+        threads,
+    ):
         return
     try:
         threading.set_intra_op_parallelism_threads(threads)
         threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError as error:  # a programming error: something ran an op first
-        raise RuntimeError(f"cannot set TensorFlow to {threads} threads: its runtime already started ({error})") \
-            from None
+        raise RuntimeError(
+            f"cannot set TensorFlow to {threads} threads: its runtime already started ({error})"
+        ) from None
 
 
 def cpu_flags() -> set[str]:
@@ -94,8 +97,11 @@ def cpu_model() -> str:
 def warn_if_emulated(policy: str) -> None:
     """bfloat16 on a CPU without its instructions is emulated: slower than float32, and a surprise."""
     if policy == "mixed_bfloat16" and not gpu_present() and not cpu_flags() & set(BF16_FLAGS):
-        log.warning("train.precision mixed_bfloat16 on a CPU without bfloat16 instructions (lscpu flags %s): "
-                    "TensorFlow emulates it, slower than float32", " or ".join(BF16_FLAGS))
+        log.warning(
+            "train.precision mixed_bfloat16 on a CPU without bfloat16 instructions (lscpu flags %s): "
+            "TensorFlow emulates it, slower than float32",
+            " or ".join(BF16_FLAGS),
+        )
 
 
 def device() -> str:

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import tracking
-from pipeline.core.process import gpu_present
 from pipeline.core import files, paths
+from pipeline.core.process import gpu_present
 from pipeline.core.progress import is_tty
 from pipeline.designs import Design
 from pipeline.designs.keras_build import build_model
@@ -53,8 +53,9 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
     return _fixed_pipeline(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
 
 
-def training_batches(x: np.ndarray, y: np.ndarray, settings: TrainSettings, seed: int, first_epoch: int,
-                     pixel_scale: np.ndarray) -> tf.data.Dataset:
+def training_batches(
+    x: np.ndarray, y: np.ndarray, settings: TrainSettings, seed: int, first_epoch: int, pixel_scale: np.ndarray
+) -> tf.data.Dataset:
     """The training batches of epochs first_epoch..settings.epochs-1, one epoch after another.
 
     Epoch e's order and jitter are stateless functions of (seed, e) (and the batch's index),
@@ -73,8 +74,9 @@ def training_batches(x: np.ndarray, y: np.ndarray, settings: TrainSettings, seed
         def gather(batch: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             images = tf.gather(x_all, index)
             if settings.augment.enabled:  # a key of its own: -(global batch number) - 1, never a shuffle's epoch
-                images = augment_batch(images, tf.stack([seed, -(epoch * steps + batch) - 1]), settings.augment,
-                                       pixel_scale)
+                images = augment_batch(
+                    images, tf.stack([seed, -(epoch * steps + batch) - 1]), settings.augment, pixel_scale
+                )
             return images, tf.gather(y_all, index)
 
         return indices.map(gather)
@@ -117,20 +119,32 @@ class EpochLog(keras.callbacks.Callback):
                 self.best_weights = [np.array(w) for w in self.model.get_weights()]
         patience = self.settings.early_stopping_patience
         if patience and epoch + 1 - self.best_epoch >= patience:
-            log.info("early stop: no better validation accuracy for %d epochs since epoch %d", patience,
-                     self.best_epoch)
+            log.info(
+                "early stop: no better validation accuracy for %d epochs since epoch %d", patience, self.best_epoch
+            )
             self.model.stop_training = True
         if epoch + 1 < self.settings.epochs and not self.model.stop_training:
             self.checkpoint.save(self.model, self.state(), self.best_weights)
         # logged once the checkpoint is saved: after "epoch e/N", an interruption resumes at e + 1
-        log.info("epoch %d/%d %.1fs  %s  lr %.3g", epoch + 1, self.settings.epochs, seconds,
-                 "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())), rate)
+        log.info(
+            "epoch %d/%d %.1fs  %s  lr %.3g",
+            epoch + 1,
+            self.settings.epochs,
+            seconds,
+            "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
+            rate,
+        )
         tracking.log_metrics({**metrics, "learning_rate": rate, "epoch_seconds": seconds}, step=epoch + 1)
 
     def state(self) -> dict[str, Any]:
-        return {"epochs_done": len(self.rows), "history": self.rows, "best_epoch": self.best_epoch,
-                "best_val_accuracy": self.best_val_accuracy, "run_id": self.run_id,
-                "train_seconds": self.train_seconds()}
+        return {
+            "epochs_done": len(self.rows),
+            "history": self.rows,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "run_id": self.run_id,
+            "train_seconds": self.train_seconds(),
+        }
 
     def train_seconds(self) -> float:
         return self.earlier_seconds + time.perf_counter() - self.fit_started
@@ -140,14 +154,29 @@ def run_fingerprint(design_spec: Any, dataset: str, seed: int, settings: TrainSe
     """What determines a training run, for its checkpoint: a checkpoint of other params is never resumed."""
     data = paths.NORMALIZED / dataset
     meta = files.read_json(data / "meta.json")  # first: a missing input is the user's error, said so
-    return fingerprint({"dataset": dataset, "meta": meta, "design": design_spec, "seed": seed,
-                        "train": settings.as_params(), "tensorflow": tf.__version__,
-                        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
-                       [data / "train.npz", data / "val.npz", data / "stats.json"])
+    return fingerprint(
+        {
+            "dataset": dataset,
+            "meta": meta,
+            "design": design_spec,
+            "seed": seed,
+            "train": settings.as_params(),
+            "tensorflow": tf.__version__,
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        },
+        [data / "train.npz", data / "val.npz", data / "stats.json"],
+    )
 
 
-def train(design: Design, dataset: str, seed: int, checkpoint: Checkpoint, settings: TrainSettings,
-          state: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+def train(
+    design: Design,
+    dataset: str,
+    seed: int,
+    checkpoint: Checkpoint,
+    settings: TrainSettings,
+    state: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Fit a design on a dataset with its recipe `settings` (threads resolved), from scratch or, given a
     checkpoint's `state`, from where it stopped."""
     compute.use_threads(settings.threads)  # before the first op: TensorFlow fixes its pools then
@@ -163,44 +192,74 @@ def train(design: Design, dataset: str, seed: int, checkpoint: Checkpoint, setti
     if state:
         model = load_model(checkpoint.model_file)  # weights, optimizer state and step count
         checkpoint.restore_random_states(model, state)
-        log.info("resuming %s on %s after epoch %d of %d (checkpoint %s)", design.name, dataset,
-                 state["epochs_done"], settings.epochs, checkpoint.folder)
+        log.info(
+            "resuming %s on %s after epoch %d of %d (checkpoint %s)",
+            design.name,
+            dataset,
+            state["epochs_done"],
+            settings.epochs,
+            checkpoint.folder,
+        )
     else:
-        model = compile_model(build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), seed,
-                                          settings.precision), design, settings, steps)
+        model = compile_model(
+            build_model(design, tuple(meta["input_shape"]), len(meta["class_names"]), seed, settings.precision),
+            design,
+            settings,
+            steps,
+        )
     summary = io.StringIO()
     model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
     architecture = architecture_report(model, settings.batch_size)
-    log.info("%s on %s: %d parameters, %d train / %d val images, %s", design.name, dataset, model.count_params(),
-             len(y_train), len(y_val), settings)
+    log.info(
+        "%s on %s: %d parameters, %d train / %d val images, %s",
+        design.name,
+        dataset,
+        model.count_params(),
+        len(y_train),
+        len(y_val),
+        settings,
+    )
 
     epoch_log = EpochLog(settings, steps, checkpoint, {**state, "run_id": run_id})
     first_epoch = state.get("epochs_done", 0)
-    model.fit(training_batches(x_train, y_train, settings, seed, first_epoch, np.asarray(stats["scale"])),
-              epochs=settings.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-              validation_data=batches(x_val, y_val, VALIDATION_BATCH_SIZE), callbacks=[epoch_log],
-              shuffle=False,  # training_batches() shuffles, seeded; Keras cannot shuffle a dataset
-              verbose=1 if is_tty() else 0)
+    model.fit(
+        training_batches(x_train, y_train, settings, seed, first_epoch, np.asarray(stats["scale"])),
+        epochs=settings.epochs,
+        initial_epoch=first_epoch,
+        steps_per_epoch=steps,
+        validation_data=batches(x_val, y_val, VALIDATION_BATCH_SIZE),
+        callbacks=[epoch_log],
+        shuffle=False,  # training_batches() shuffles, seeded; Keras cannot shuffle a dataset
+        verbose=1 if is_tty() else 0,
+    )
     train_seconds = epoch_log.train_seconds()
     rows = epoch_log.rows
     if settings.restore_best and epoch_log.best_epoch != rows[-1]["epoch"]:
         model.set_weights(epoch_log.best_weights)
-        log.info("restored the weights of epoch %d (best validation accuracy %.4f)", epoch_log.best_epoch,
-                 epoch_log.best_val_accuracy)
+        log.info(
+            "restored the weights of epoch %d (best validation accuracy %.4f)",
+            epoch_log.best_epoch,
+            epoch_log.best_val_accuracy,
+        )
     kept = epoch_log.best_epoch if settings.restore_best else rows[-1]["epoch"]
-    return {"model": model, "summary": summary.getvalue(), "architecture": architecture, "history": rows,
-            "settings": settings, "meta": meta, "metrics": {
-                "train_seconds": train_seconds,
-                "epochs_run": len(rows),
-                "params": int(model.count_params()),
-                "macs_per_image": architecture["totals"]["macs"],
-                "best_epoch": epoch_log.best_epoch,
-                "best_val_accuracy": epoch_log.best_val_accuracy,
-                "kept_epoch": kept,  # whose weights were saved: the best one with restore_best, else the last
-                "final_val_accuracy": rows[-1]["val_accuracy"],
-                "final_train_accuracy": rows[-1]["accuracy"],
-                "images_per_second": len(y_train) * len(rows) / sum(row["seconds"] for row in rows),
-                "threads": settings.threads,  # what it was computed with: another count changes the last digits
-            }}
-
-
+    return {
+        "model": model,
+        "summary": summary.getvalue(),
+        "architecture": architecture,
+        "history": rows,
+        "settings": settings,
+        "meta": meta,
+        "metrics": {
+            "train_seconds": train_seconds,
+            "epochs_run": len(rows),
+            "params": int(model.count_params()),
+            "macs_per_image": architecture["totals"]["macs"],
+            "best_epoch": epoch_log.best_epoch,
+            "best_val_accuracy": epoch_log.best_val_accuracy,
+            "kept_epoch": kept,  # whose weights were saved: the best one with restore_best, else the last
+            "final_val_accuracy": rows[-1]["val_accuracy"],
+            "final_train_accuracy": rows[-1]["accuracy"],
+            "images_per_second": len(y_train) * len(rows) / sum(row["seconds"] for row in rows),
+            "threads": settings.threads,  # what it was computed with: another count changes the last digits
+        },
+    }

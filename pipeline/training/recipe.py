@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.core import validate as v
 from pipeline.designs import Design
@@ -74,7 +75,7 @@ class TrainSettings:
     threads: int | str  # TensorFlow's threads, or `auto` (pipeline/training/compute.py): they change float results
     precision: str  # float32 | mixed_bfloat16 (pipeline/training/compute.py)
 
-    def merged(self, overrides: dict[str, Any]) -> "TrainSettings":
+    def merged(self, overrides: dict[str, Any]) -> TrainSettings:
         """These settings with some keys overridden (a partial train block); `augment` merges key by key."""
         values = {**self.__dict__, **overrides}
         if "augment" in overrides:
@@ -92,17 +93,30 @@ class TrainSettings:
             schedule += f" (warm-up {self.warmup_epochs})"
         elif self.schedule == "step":
             schedule += f" (x{self.step_factor:g} every {self.step_epochs})"
-        parts = [f"{self.epochs} epochs", f"batch {self.batch_size}", f"{self.optimizer} {self.learning_rate:g}",
-                 schedule]
+        parts = [
+            f"{self.epochs} epochs",
+            f"batch {self.batch_size}",
+            f"{self.optimizer} {self.learning_rate:g}",
+            schedule,
+        ]
         if self.weight_decay:
             parts.append(f"weight decay {self.weight_decay:g}")
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.augment.enabled:
             a = self.augment
-            jitter = [f"{name} {value:g}{unit}" for name, value, unit in (
-                ("rotation", a.rotation, "°"), ("translation", a.translation, ""), ("zoom", a.zoom, ""),
-                ("shear", a.shear, "°"), ("brightness", a.brightness, ""), ("contrast", a.contrast, "")) if value]
+            jitter = [
+                f"{name} {value:g}{unit}"
+                for name, value, unit in (
+                    ("rotation", a.rotation, "°"),
+                    ("translation", a.translation, ""),
+                    ("zoom", a.zoom, ""),
+                    ("shear", a.shear, "°"),
+                    ("brightness", a.brightness, ""),
+                    ("contrast", a.contrast, ""),
+                )
+                if value
+            ]
             parts.append(f"jitter ({', '.join(jitter + (['flip'] if a.flip else []))})")
         if self.early_stopping_patience:
             parts.append(f"early stopping {self.early_stopping_patience}")
@@ -116,8 +130,7 @@ class TrainSettings:
 def _threads(value: Any, where: str) -> int | str:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1024):
         return value
-    raise v.fail(where, "must be a positive int (TensorFlow's threads) or auto (cores / trainings side by side)",
-                 value)
+    raise v.fail(where, "must be a positive int (TensorFlow's threads) or auto (cores / trainings side by side)", value)
 
 
 TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
@@ -148,9 +161,10 @@ def parse_train(value: Any, where: str, partial: bool = False) -> tuple[dict[str
     """
     optional = (*TRAIN_KEYS, PER_DATASET) if partial else (PER_DATASET,)
     block = v.keys(value, where, required=() if partial else TRAIN_KEYS, optional=optional)
-    per_dataset = {dataset: _parse_train_keys(overrides, v.join(v.join(where, PER_DATASET), dataset), partial=True)
-                   for dataset, overrides in v.mapping(block.get(PER_DATASET) or {},
-                                                       v.join(where, PER_DATASET)).items()}
+    per_dataset = {
+        dataset: _parse_train_keys(overrides, v.join(v.join(where, PER_DATASET), dataset), partial=True)
+        for dataset, overrides in v.mapping(block.get(PER_DATASET) or {}, v.join(where, PER_DATASET)).items()
+    }
     return _parse_train_keys({k: x for k, x in block.items() if k != PER_DATASET}, where, partial), per_dataset
 
 
@@ -162,19 +176,27 @@ def _parse_train_keys(value: Any, where: str, partial: bool) -> dict[str, Any]:
     parsed = {key: TRAIN_KEYS[key](block[key], v.join(where, key)) for key in block}
     if "augment" in block:
         augment_where = v.join(where, "augment")
-        jitter = v.keys(block["augment"], augment_where, required=() if partial else AUGMENT_KEYS,
-                        optional=AUGMENT_KEYS if partial else ())
+        jitter = v.keys(
+            block["augment"],
+            augment_where,
+            required=() if partial else AUGMENT_KEYS,
+            optional=AUGMENT_KEYS if partial else (),
+        )
         augment = {key: AUGMENT_KEYS[key](jitter[key], v.join(augment_where, key)) for key in jitter}
         parsed["augment"] = augment if partial else AugmentSettings(**augment)
     return parsed
 
 
-def merged_recipe(shared: TrainSettings, shared_per_dataset: dict[str, dict[str, Any]], design: Design,
-                  dataset: str) -> TrainSettings:
+def merged_recipe(
+    shared: TrainSettings, shared_per_dataset: dict[str, dict[str, Any]], design: Design, dataset: str
+) -> TrainSettings:
     """A design's recipe on a dataset: the shared block, its per_dataset values, the design's own
     block, then the design's per_dataset values; the more specific wins."""
-    return (shared.merged(shared_per_dataset.get(dataset, {})).merged(design.train_overrides)
-            .merged(design.train_per_dataset.get(dataset, {})))
+    return (
+        shared.merged(shared_per_dataset.get(dataset, {}))
+        .merged(design.train_overrides)
+        .merged(design.train_per_dataset.get(dataset, {}))
+    )
 
 
 def check_recipe(design: Design, settings: TrainSettings, dataset: str) -> None:
@@ -185,10 +207,12 @@ def check_recipe(design: Design, settings: TrainSettings, dataset: str) -> None:
     if dataset in design.train_per_dataset:
         where = f"models.{design.name}.train.{PER_DATASET}.{dataset}"
     if settings.schedule == "cosine" and settings.warmup_epochs >= settings.epochs:
-        raise v.ConfigError(f"{where}: warmup_epochs ({settings.warmup_epochs}) must be fewer than epochs "
-                            f"({settings.epochs}) for the cosine schedule; lower {where}.warmup_epochs")
+        raise v.ConfigError(
+            f"{where}: warmup_epochs ({settings.warmup_epochs}) must be fewer than epochs "
+            f"({settings.epochs}) for the cosine schedule; lower {where}.warmup_epochs"
+        )
     if settings.label_smoothing and design.builtin == "lenet5_classic" and design.classic_output == "rbf":
-        raise v.ConfigError(f"models.{design.name}: label_smoothing applies to softmax outputs, and this design's "
-                            f"output is rbf; set its train: {{label_smoothing: 0}} or output: softmax")
-
-
+        raise v.ConfigError(
+            f"models.{design.name}: label_smoothing applies to softmax outputs, and this design's "
+            f"output is rbf; set its train: {{label_smoothing: 0}} or output: softmax"
+        )

@@ -63,7 +63,7 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         self.rates = [float(rate) for rate in rates]
 
     @classmethod
-    def for_settings(cls, settings: TrainSettings, steps_per_epoch: int) -> "Schedule":
+    def for_settings(cls, settings: TrainSettings, steps_per_epoch: int) -> Schedule:
         return cls([rate_at(step, settings, steps_per_epoch) for step in range(settings.epochs * steps_per_epoch)])
 
     def __call__(self, step):
