@@ -4,9 +4,7 @@ Why: the split stage decodes all 39,209 training images (PPM, ROI crop, resize t
 every time GTSRB's raw data or its options change. Compared, on the same images:
 
 - ``reader``: ``pipeline.datasets.gtsrb_reader.read_training_set`` as the split stage
-  runs it (one worker process per core);
-- ``reader_1proc``: the same in one process (``workers=1``): what parsing PPMs with NumPy
-  and batching the Pillow resize buy without parallelism;
+  runs it (in one process: PPMs parsed with NumPy, the Pillow resize batched);
 - ``naive``: the textbook single-process Pillow loop (read each class CSV; per image:
   ``Image.open``, ``crop(ROI)``, ``resize((32, 32), BILINEAR)``, ``np.asarray``), which
   computes exactly the same arrays (checked here);
@@ -16,13 +14,12 @@ every time GTSRB's raw data or its options change. Compared, on the same images:
 
 The archive is extracted, the PNG copies written and every file read once (warm page
 cache) before any timing. Each measured run is a fresh child process, methods alternate
-(reader, reader_1proc, naive, keras, reader, ...), and the child reports its own time
-(imports excluded) and peak RSS (``ru_maxrss``; for the reader also the peak of its worker
-processes). The median over the repeats is compared.
+(reader, naive, keras, reader, ...), and the child reports its own time (imports
+excluded) and peak RSS (``ru_maxrss``). The median over the repeats is compared.
 
 Usage (from the repository root; needs ../shared/datasets/gtsrb)::
 
-    .venv/bin/python bench/bench_gtsrb_decode.py [--repeats 3] [--zip PATH] [--workers N]
+    .venv/bin/python bench/bench_gtsrb_decode.py [--repeats 3] [--zip PATH]
 
 Prints the JSON result on stdout and a one-line summary on stderr, and writes the JSON
 to bench/results/gtsrb_decode.json.
@@ -51,17 +48,17 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_ZIP = ROOT.parent / "shared" / "datasets" / "gtsrb" / "GTSRB_Final_Training_Images.zip"
 RESULT = ROOT / "bench" / "results" / "gtsrb_decode.json"
-METHODS = ("reader", "reader_1proc", "naive", "keras")
+METHODS = ("reader", "naive", "keras")
 SIZE = 32
 
 
 # --------------------------------------------------------------------------- the three methods
 
 
-def run_reader(root: Path, workers: int | None) -> tuple[np.ndarray, np.ndarray]:
+def run_reader(root: Path) -> tuple[np.ndarray, np.ndarray]:
     from pipeline.datasets.gtsrb_reader import read_training_set
 
-    split = read_training_set(root, size=SIZE, crop_roi=True, workers=workers, progress=False)
+    split = read_training_set(root, size=SIZE, crop_roi=True, progress=False)
     return split.images, split.labels
 
 
@@ -93,8 +90,15 @@ def run_keras(png_root: Path) -> tuple[np.ndarray, np.ndarray]:
     import keras
 
     dataset = keras.utils.image_dataset_from_directory(
-        png_root, labels="inferred", label_mode="int", image_size=(SIZE, SIZE), interpolation="bilinear",
-        batch_size=512, shuffle=False, verbose=False)
+        png_root,
+        labels="inferred",
+        label_mode="int",
+        image_size=(SIZE, SIZE),
+        interpolation="bilinear",
+        batch_size=512,
+        shuffle=False,
+        verbose=False,
+    )
     batches = [(x.numpy(), y.numpy()) for x, y in dataset]
     images = np.concatenate([x for x, _ in batches])
     labels = np.concatenate([y for _, y in batches])
@@ -104,7 +108,7 @@ def run_keras(png_root: Path) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- child process
 
 
-def child(method: str, data_dir: Path, out: Path, workers: int | None) -> None:
+def child(method: str, data_dir: Path, out: Path) -> None:
     """Run one method once; print {"seconds", "peak_rss_mib", ...} as JSON."""
     # Import what the method needs before the clock starts: only the work is timed.
     if method == "keras":
@@ -115,26 +119,24 @@ def child(method: str, data_dir: Path, out: Path, workers: int | None) -> None:
         import pipeline.datasets.gtsrb_reader  # noqa: F401
     start = time.perf_counter()
     if method == "reader":
-        images, labels = run_reader(data_dir, workers)
-    elif method == "reader_1proc":
-        images, labels = run_reader(data_dir, 1)
+        images, labels = run_reader(data_dir)
     elif method == "naive":
         images, labels = run_naive(data_dir)
     else:
         images, labels = run_keras(data_dir)
     seconds = time.perf_counter() - start
     np.save(out, images)
-    kib = 1024
-    report = {"seconds": seconds, "images": int(len(images)), "classes": int(len(np.unique(labels))),
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
-              "workers_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib}
+    report = {
+        "seconds": seconds,
+        "images": int(len(images)),
+        "classes": int(len(np.unique(labels))),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     print(json.dumps(report))
 
 
-def run_child(method: str, data_dir: Path, out: Path, workers: int | None) -> dict:
+def run_child(method: str, data_dir: Path, out: Path) -> dict:
     command = [sys.executable, __file__, "--child", method, "--data", str(data_dir), "--out", str(out)]
-    if workers is not None:
-        command += ["--workers", str(workers)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -168,13 +170,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zip", type=Path, default=DEFAULT_ZIP, help="GTSRB_Final_Training_Images.zip")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=None, help="reader processes (default: one per core)")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.data, args.out, args.workers)
+        child(args.child, args.data, args.out)
         return 0
     if not args.zip.is_file():
         print(f"{args.zip}: not found; pass --zip", file=sys.stderr)
@@ -182,7 +183,7 @@ def main() -> int:
 
     from PIL import __version__ as pillow_version
 
-    from pipeline.archive import safe_extract_zip
+    from pipeline.datasets.archive import safe_extract_zip
 
     with tempfile.TemporaryDirectory(prefix="bench-gtsrb-") as tmp:
         tmp = Path(tmp)
@@ -190,19 +191,18 @@ def main() -> int:
         extracted = safe_extract_zip(args.zip, tmp / "extracted", progress=False)
         write_png_copies(extracted, tmp / "png")
         warm_page_cache(extracted, tmp / "png")
-        data = {"reader": extracted, "reader_1proc": extracted, "naive": extracted, "keras": tmp / "png"}
+        data = {"reader": extracted, "naive": extracted, "keras": tmp / "png"}
         runs: dict[str, list[dict]] = {method: [] for method in METHODS}
         load_before = os.getloadavg()
         for repeat in range(args.repeats):
             for method in METHODS:
-                report = run_child(method, data[method], tmp / f"{method}.npy", args.workers)
+                report = run_child(method, data[method], tmp / f"{method}.npy")
                 runs[method].append(report)
                 print(f"  run {repeat + 1}/{args.repeats} {method:6s} {report['seconds']:7.2f} s", file=sys.stderr)
         load_after = os.getloadavg()
         arrays = {method: np.load(tmp / f"{method}.npy") for method in METHODS}
 
-    identical = bool(np.array_equal(arrays["reader"], arrays["naive"])
-                     and np.array_equal(arrays["reader_1proc"], arrays["naive"]))
+    identical = bool(np.array_equal(arrays["reader"], arrays["naive"]))
     keras_diff = float(np.abs(arrays["keras"].astype(np.int16) - arrays["naive"]).mean())
     seconds = {method: statistics.median(r["seconds"] for r in runs[method]) for method in METHODS}
     result = {
@@ -214,12 +214,9 @@ def main() -> int:
         "seconds_all": {method: [r["seconds"] for r in runs[method]] for method in METHODS},
         "speedup_vs_naive": seconds["naive"] / seconds["reader"],
         "speedup_vs_keras": seconds["keras"] / seconds["reader"],
-        "speedup_1proc_vs_naive": seconds["naive"] / seconds["reader_1proc"],
         "peak_rss_mib": {method: max(r["peak_rss_mib"] for r in runs[method]) for method in METHODS},
-        "reader_workers_peak_rss_mib": max(r["workers_peak_rss_mib"] for r in runs["reader"]),
         "reader_equals_naive_pillow": identical,
         "keras_mean_abs_diff_vs_naive": keras_diff,
-        "reader_workers": args.workers or len(os.sched_getaffinity(0)),
         "cpus": len(os.sched_getaffinity(0)),
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "python": platform.python_version(),
@@ -230,15 +227,14 @@ def main() -> int:
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"GTSRB decode of {result['images']} images: reader {seconds['reader']:.2f} s, naive Pillow loop "
-          f"{seconds['naive']:.2f} s ({result['speedup_vs_naive']:.1f}x), keras image_dataset_from_directory "
-          f"{seconds['keras']:.2f} s ({result['speedup_vs_keras']:.1f}x); reader in 1 process "
-          f"{seconds['reader_1proc']:.2f} s ({result['speedup_1proc_vs_naive']:.1f}x); "
-          f"identical to Pillow: {identical}; "
-          f"peak RSS reader {result['peak_rss_mib']['reader']:.0f} MiB (+ workers "
-          f"{result['reader_workers_peak_rss_mib']:.0f} MiB each at most), naive "
-          f"{result['peak_rss_mib']['naive']:.0f} MiB, keras {result['peak_rss_mib']['keras']:.0f} MiB",
-          file=sys.stderr)
+    print(
+        f"GTSRB decode of {result['images']} images: reader {seconds['reader']:.2f} s, naive Pillow loop "
+        f"{seconds['naive']:.2f} s ({result['speedup_vs_naive']:.1f}x), keras image_dataset_from_directory "
+        f"{seconds['keras']:.2f} s ({result['speedup_vs_keras']:.1f}x); identical to Pillow: {identical}; "
+        f"peak RSS reader {result['peak_rss_mib']['reader']:.0f} MiB, naive "
+        f"{result['peak_rss_mib']['naive']:.0f} MiB, keras {result['peak_rss_mib']['keras']:.0f} MiB",
+        file=sys.stderr,
+    )
     return 0 if identical else 1
 
 

@@ -9,10 +9,8 @@ tracking on, as a user runs them:
 - ``one_after_another``: `dvc repro train`, each training on every core (train.threads =
   the cores: the fastest a training alone gets);
 - ``one_after_another_1_thread``: `dvc repro train` with the shipped train.threads 1;
-- ``side_by_side``: `python -m pipeline.repro train` (what `make repro` runs), train.threads 1:
-  the trainings share the cores (3 seeds on 2 cores all start at once);
-- ``side_by_side_no_share``: `python -m pipeline.repro --no-share train`: one training per core,
-  in waves (on 2 cores the third seed alone): what sharing the cores adds.
+- ``side_by_side``: `python -m pipeline repro train` (what `make repro` runs), train.threads 1:
+  one training per core, in waves (on 2 cores the third seed runs alone).
 
 Contenders alternate, round by round, each from the same state (the trainings' outputs,
 their dvc.lock entries and DVC's run cache removed); the speed-up is the ratio of median wall
@@ -46,10 +44,11 @@ VARYING = ("train_seconds", "images_per_second")  # measurements, not results
 
 def contenders(cores: int) -> dict[str, tuple[list[str], int]]:
     """name -> (command, train.threads)."""
-    return {"one_after_another": (["dvc", "repro", "train"], cores),
-            "one_after_another_1_thread": (["dvc", "repro", "train"], 1),
-            "side_by_side": ([sys.executable, "-m", "pipeline.repro", "train"], 1),
-            "side_by_side_no_share": ([sys.executable, "-m", "pipeline.repro", "--no-share", "train"], 1)}
+    return {
+        "one_after_another": (["dvc", "repro", "train"], cores),
+        "one_after_another_1_thread": (["dvc", "repro", "train"], 1),
+        "side_by_side": ([sys.executable, "-m", "pipeline", "repro", "train"], 1),
+    }
 
 
 def reset(work: Path, built_lock: str, threads: int) -> None:
@@ -66,8 +65,9 @@ def run(work: Path, command: list[str], seeds: list[int]) -> dict:
     wall = time.perf_counter() - started
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    metrics = {seed: json.loads((work / f"metrics/mnist/{DESIGN}/seed_{seed}/train.json").read_text())
-               for seed in seeds}
+    metrics = {
+        seed: json.loads((work / f"metrics/mnist/{DESIGN}/seed_{seed}/train.json").read_text()) for seed in seeds
+    }
     return {"wall_seconds": wall, "metrics": metrics}
 
 
@@ -77,14 +77,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
-    from pipeline.compute import available_cores
+    from pipeline.training.compute import available_cores
 
     cores = available_cores()
     load_before = load()
     work = Path(tempfile.mkdtemp(prefix="bench-parallel-"))
     try:
-        git_copy(work, {"experiments.datasets": ["mnist"], "experiments.models": [DESIGN],
-                        "experiments.seeds": args.seeds, "train.epochs": args.epochs})
+        git_copy(
+            work,
+            {
+                "experiments.datasets": ["mnist"],
+                "experiments.models": [DESIGN],
+                "experiments.seeds": args.seeds,
+                "train.epochs": args.epochs,
+            },
+        )
         subprocess.run(["dvc", "repro", "normalize@mnist"], cwd=work, env=env(), check=True, capture_output=True)
         built_lock = (work / "dvc.lock").read_text()
         runs: dict[str, list[dict]] = {name: [] for name in contenders(cores)}
@@ -100,24 +107,30 @@ def main() -> int:
     def results(run_: dict) -> dict:
         return {seed: {k: v for k, v in m.items() if k not in VARYING} for seed, m in run_["metrics"].items()}
 
-    identical = all(results(a) == results(b) for name in ("side_by_side", "side_by_side_no_share")
-                    for a in runs[name] for b in runs["one_after_another_1_thread"])
+    identical = all(results(a) == results(b) for a in runs["side_by_side"] for b in runs["one_after_another_1_thread"])
     result = {
-        "benchmark": "seeds side by side vs one after another", "cpus": cores, "design": DESIGN, "dataset": "mnist",
-        "seeds": args.seeds, "epochs": args.epochs, "rounds": args.rounds, "wall_seconds_median": wall,
+        "benchmark": "seeds side by side vs one after another",
+        "cpus": cores,
+        "design": DESIGN,
+        "dataset": "mnist",
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+        "wall_seconds_median": wall,
         "speedup_vs_one_after_another": wall["one_after_another"] / wall["side_by_side"],
         "speedup_vs_one_after_another_1_thread": wall["one_after_another_1_thread"] / wall["side_by_side"],
-        "speedup_vs_no_share": wall["side_by_side_no_share"] / wall["side_by_side"],
         "identical_metrics_same_threads": identical,
-        "load_average": {"before": load_before, "after": load()}, "runs": runs,
+        "load_average": {"before": load_before, "after": load()},
+        "runs": runs,
     }
     write_result(RESULT, result)
-    print(f"{len(args.seeds)} seeds of {DESIGN} on MNIST, {args.epochs} epochs: side by side "
-          f"{wall['side_by_side']:.1f} s, one after another {wall['one_after_another']:.1f} s "
-          f"(x{result['speedup_vs_one_after_another']:.2f}), one after another on 1 thread "
-          f"{wall['one_after_another_1_thread']:.1f} s (x{result['speedup_vs_one_after_another_1_thread']:.2f}), "
-          f"in waves (--no-share) {wall['side_by_side_no_share']:.1f} s (x{result['speedup_vs_no_share']:.2f}); "
-          f"same metrics for the same threads: {identical}")
+    print(
+        f"{len(args.seeds)} seeds of {DESIGN} on MNIST, {args.epochs} epochs: side by side "
+        f"{wall['side_by_side']:.1f} s, one after another {wall['one_after_another']:.1f} s "
+        f"(x{result['speedup_vs_one_after_another']:.2f}), one after another on 1 thread "
+        f"{wall['one_after_another_1_thread']:.1f} s (x{result['speedup_vs_one_after_another_1_thread']:.2f}); "
+        f"same metrics for the same threads: {identical}"
+    )
     return 0
 
 

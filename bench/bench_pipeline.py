@@ -1,7 +1,7 @@
 """Benchmark: what DVC orchestration costs. No-op `dvc repro`, and the default `make repro`.
 
-- default: `make repro`'s command (`python -m pipeline.repro`: the stages side by side, see
-  pipeline/repro.py) on the shipped params.yaml from scratch, in a scratch copy of the
+- default: `make repro`'s command (`python -m pipeline repro`: the stages side by side, see
+  pipeline/tools/repro.py) on the shipped params.yaml from scratch, in a scratch copy of the
   repository (data from ../shared/datasets via PIPELINE_DATA_MIRROR), with the wall time
   and peak RSS of every stage (its process tree, tracking worker included), sampled every
   0.2 s;
@@ -9,7 +9,7 @@
   "is anything stale?". Also timed, alternated with it: `dvc --version` (DVC's start-up),
   `dvc repro <first stage>` (a download: no upstream, so every stage is loaded and one is
   checked), which split the no-op into a fixed cost and a cost per stage checked, and the
-  parallel runner's no-op (`python -m pipeline.repro`: one status in-process, no stage
+  parallel runner's no-op (`python -m pipeline repro`: one status in-process, no stage
   started); and the CPU time of each no-op (wall above CPU is waiting).
 
 Usage (from the repository root):
@@ -40,7 +40,6 @@ from pathlib import Path
 
 import psutil
 import yaml
-
 from scratch import ROOT, env, git_copy, load, write_result
 
 RESULT = ROOT / "bench" / "results" / "pipeline.json"
@@ -51,8 +50,12 @@ def no_op(project: Path, repeats: int = 11) -> dict:
     if json.loads(status.stdout or "{}"):
         sys.exit(f"{project} is not up to date: run `dvc repro` first, then measure the no-op")
     stages = list(yaml.safe_load((project / "dvc.lock").read_text())["stages"])
-    commands = {"repro": ["dvc", "repro"], "one_stage": ["dvc", "repro", stages[0]],
-                "startup": ["dvc", "--version"], "runner": [sys.executable, "-m", "pipeline.repro"]}
+    commands = {
+        "repro": ["dvc", "repro"],
+        "one_stage": ["dvc", "repro", stages[0]],
+        "startup": ["dvc", "--version"],
+        "runner": [sys.executable, "-m", "pipeline", "repro"],
+    }
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: list[float] = []
     for _ in range(repeats):  # alternated, so that a slow spell of the machine hits all three alike
@@ -65,14 +68,21 @@ def no_op(project: Path, repeats: int = 11) -> dict:
             if name == "repro":
                 cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     median = {name: statistics.median(seconds) for name, seconds in wall.items()}
-    return {"seconds": median["repro"], "all": wall["repro"], "cpu_seconds": statistics.median(cpu),
-            "stages": len(stages), "startup_seconds": median["startup"], "one_stage_seconds": median["one_stage"],
-            "per_stage_seconds": (median["repro"] - median["one_stage"]) / (len(stages) - 1),
-            "runner_seconds": median["runner"], "runner_all": wall["runner"]}
+    return {
+        "seconds": median["repro"],
+        "all": wall["repro"],
+        "cpu_seconds": statistics.median(cpu),
+        "stages": len(stages),
+        "startup_seconds": median["startup"],
+        "one_stage_seconds": median["one_stage"],
+        "per_stage_seconds": (median["repro"] - median["one_stage"]) / (len(stages) - 1),
+        "runner_seconds": median["runner"],
+        "runner_all": wall["runner"],
+    }
 
 
 class StageSampler(threading.Thread):
-    """Samples the RSS of every `python -m pipeline.<stage> ...` process under `root_pid`."""
+    """Samples the RSS of every `python -m pipeline <stage> ARGS` process under `root_pid`."""
 
     def __init__(self, root_pid: int) -> None:
         super().__init__(daemon=True)
@@ -93,10 +103,10 @@ class StageSampler(threading.Thread):
                     rss = child.memory_info().rss + sum(c.memory_info().rss for c in child.children(recursive=True))
                 except psutil.Error:
                     continue
-                module = cmd[2] if len(cmd) >= 3 and cmd[1] == "-m" else ""
-                # A stage's tracking worker (pipeline.tracking) is its child: counted in the stage's RSS.
-                if module.startswith("pipeline.") and module != "pipeline.tracking":
-                    name = module.removeprefix("pipeline.") + "@" + "-".join(a for a in cmd[3:] if a != "--seed")
+                # A stage is `python -m pipeline <stage> ARGS`; its tracking worker (`python -m
+                # pipeline.tracking.worker`) is its child, counted in the stage's RSS, not a stage.
+                if len(cmd) >= 4 and cmd[1:3] == ["-m", "pipeline"]:
+                    name = cmd[3] + "@" + "-".join(a for a in cmd[4:] if a != "--seed")
                     stage = self.stages.setdefault(name, {"first_seen": now, "peak_rss_mib": 0.0})
                     stage["last_seen"] = now
                     stage["peak_rss_mib"] = max(stage["peak_rss_mib"], rss / 2**20)
@@ -109,8 +119,14 @@ def default_repro() -> dict:
         git_copy(work)
         load_before = load()
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-m", "pipeline.repro"], cwd=work, env=env(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "repro"],
+            cwd=work,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         sampler = StageSampler(process.pid)
         sampler.start()
         output, _ = process.communicate()
@@ -118,16 +134,25 @@ def default_repro() -> dict:
         sampler.done.set()
         sampler.join()
         if process.returncode:
-            sys.exit(f"python -m pipeline.repro failed:\n{output[-3000:]}")
-        stages = {name: {"seconds": s["last_seen"] - s["first_seen"], "peak_rss_mib": s["peak_rss_mib"]}
-                  for name, s in sampler.stages.items()}
+            sys.exit(f"python -m pipeline repro failed:\n{output[-3000:]}")
+        stages = {
+            name: {"seconds": s["last_seen"] - s["first_seen"], "peak_rss_mib": s["peak_rss_mib"]}
+            for name, s in sampler.stages.items()
+        }
         # what the run trained to: a speed-up must not cost accuracy
-        accuracy = {"/".join(path.parts[-4:-1]): json.loads(path.read_text())["test_accuracy"]
-                    for path in sorted(work.glob("metrics/*/*/seed_*/evaluate.json"))}
-        return {"command": "python -m pipeline.repro", "wall_seconds": wall,
-                "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()), "stages": stages,
-                "test_accuracy": accuracy, "load_average": {"before": load_before, "after": load()},
-                "no_op": no_op(work)}
+        accuracy = {
+            "/".join(path.parts[-4:-1]): json.loads(path.read_text())["test_accuracy"]
+            for path in sorted(work.glob("metrics/*/*/seed_*/evaluate.json"))
+        }
+        return {
+            "command": "python -m pipeline repro",
+            "wall_seconds": wall,
+            "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
+            "stages": stages,
+            "test_accuracy": accuracy,
+            "load_average": {"before": load_before, "after": load()},
+            "no_op": no_op(work),
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -148,8 +173,10 @@ def main() -> int:
     write_result(RESULT, result)
     print(json.dumps(result, indent=2))
     quick = result["no_op_repro"]
-    line = (f"no-op dvc repro {quick['seconds']:.2f} s ({quick['startup_seconds']:.2f} s start-up, "
-            f"{quick['per_stage_seconds'] * 1000:.0f} ms per stage x {quick['stages']})")
+    line = (
+        f"no-op dvc repro {quick['seconds']:.2f} s ({quick['startup_seconds']:.2f} s start-up, "
+        f"{quick['per_stage_seconds'] * 1000:.0f} ms per stage x {quick['stages']})"
+    )
     if "default_repro" in result:
         full = result["default_repro"]
         line += f"; default dvc repro {full['wall_seconds'] / 60:.1f} min, peak RSS {full['peak_rss_mib']:.0f} MiB"

@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from scratch import ROOT, data_project, load, stage_env, write_result
 
 RESULT = ROOT / "bench" / "results" / "precision.json"
@@ -42,17 +41,26 @@ def train_and_evaluate(work: Path, dataset: str, design: str, precision: str) ->
     params["models"][design]["train"]["precision"] = precision
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("train", "evaluate"):
-        subprocess.run([sys.executable, "-m", f"pipeline.{stage}", dataset, design], cwd=work,
-                       env=stage_env(work, tracked=False), check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "pipeline", stage, dataset, design],
+            cwd=work,
+            env=stage_env(work, tracked=False),
+            check=True,
+            capture_output=True,
+        )
     seed = params["experiments"]["seeds"][0]
     metrics = work / "metrics" / dataset / design / f"seed_{seed}"
     with open(work / "plots" / "history" / dataset / design / f"seed_{seed}.csv", encoding="utf-8") as handle:
         epochs = [float(row["seconds"]) for row in csv.DictReader(handle)]
     trained = json.loads((metrics / "train.json").read_text())
     evaluated = json.loads((metrics / "evaluate.json").read_text())
-    return {"epoch_seconds": epochs, "best_val_accuracy": trained["best_val_accuracy"],
-            "test_accuracy": evaluated["test_accuracy"], "predict_latency_ms": evaluated["predict_latency_ms"],
-            "predict_images_per_second": evaluated["predict_images_per_second"]}
+    return {
+        "epoch_seconds": epochs,
+        "best_val_accuracy": trained["best_val_accuracy"],
+        "test_accuracy": evaluated["test_accuracy"],
+        "predict_latency_ms": evaluated["predict_latency_ms"],
+        "predict_images_per_second": evaluated["predict_images_per_second"],
+    }
 
 
 def main() -> int:
@@ -61,19 +69,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="default: every core")
     args = parser.parse_args()
-    from pipeline.compute import BF16_FLAGS, available_cores, cpu_flags
+    from pipeline.training.compute import BF16_FLAGS, available_cores, cpu_flags
 
     threads = args.threads or available_cores()
-    result = {"benchmark": "mixed_bfloat16 vs float32", "cpus": available_cores(), "threads": threads,
-              "bf16_flags": sorted(cpu_flags() & set(BF16_FLAGS)), "rounds": args.rounds,
-              "load_average": {"before": load()}, "runs": {}}
+    result = {
+        "benchmark": "mixed_bfloat16 vs float32",
+        "cpus": available_cores(),
+        "threads": threads,
+        "bf16_flags": sorted(cpu_flags() & set(BF16_FLAGS)),
+        "rounds": args.rounds,
+        "load_average": {"before": load()},
+        "runs": {},
+    }
     for entry in args.runs:
         dataset, design, epochs = entry.split(":")
         if not (ROOT / "data" / "normalized" / dataset / "train.npz").is_file():
             sys.exit(f"data/normalized/{dataset}: missing; run `dvc repro normalize@{dataset}` first")
         recipe = yaml.safe_load((ROOT / "params.yaml").read_text())["models"][design].get("train", {})
-        work = data_project(dataset, {f"models.{design}.train": {**recipe, "epochs": int(epochs), "threads": threads}},
-                            "bench-precision-")
+        work = data_project(
+            dataset,
+            {f"models.{design}.train": {**recipe, "epochs": int(epochs), "threads": threads}},
+            "bench-precision-",
+        )
         runs: dict[str, list[dict]] = {precision: [] for precision in PRECISIONS}
         try:
             for _ in range(args.rounds):
@@ -81,20 +98,27 @@ def main() -> int:
                     runs[precision].append(train_and_evaluate(work, dataset, design, precision))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        epoch = {p: statistics.median(s for r in rs for s in r["epoch_seconds"][1:] or r["epoch_seconds"])
-                 for p, rs in runs.items()}
-        summary = {"epochs": int(epochs), "epoch_seconds_median": epoch,
-                   "speedup": epoch["float32"] / epoch["mixed_bfloat16"],
-                   "best_val_accuracy": {p: rs[0]["best_val_accuracy"] for p, rs in runs.items()},
-                   "test_accuracy": {p: rs[0]["test_accuracy"] for p, rs in runs.items()},
-                   "predict_latency_ms": {p: statistics.median(r["predict_latency_ms"] for r in rs)
-                                          for p, rs in runs.items()},
-                   "runs": runs}
+        epoch = {
+            p: statistics.median(s for r in rs for s in r["epoch_seconds"][1:] or r["epoch_seconds"])
+            for p, rs in runs.items()
+        }
+        summary = {
+            "epochs": int(epochs),
+            "epoch_seconds_median": epoch,
+            "speedup": epoch["float32"] / epoch["mixed_bfloat16"],
+            "best_val_accuracy": {p: rs[0]["best_val_accuracy"] for p, rs in runs.items()},
+            "test_accuracy": {p: rs[0]["test_accuracy"] for p, rs in runs.items()},
+            "predict_latency_ms": {p: statistics.median(r["predict_latency_ms"] for r in rs) for p, rs in runs.items()},
+            "runs": runs,
+        }
         result["runs"][f"{dataset}/{design}"] = summary
-        print(f"{design} on {dataset}, {epochs} epochs, {threads} threads: epoch {epoch['float32']:.2f} s float32, "
-              f"{epoch['mixed_bfloat16']:.2f} s mixed_bfloat16 (x{summary['speedup']:.2f}); test accuracy "
-              f"{summary['test_accuracy']['float32']:.4f} vs {summary['test_accuracy']['mixed_bfloat16']:.4f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{design} on {dataset}, {epochs} epochs, {threads} threads: epoch {epoch['float32']:.2f} s float32, "
+            f"{epoch['mixed_bfloat16']:.2f} s mixed_bfloat16 (x{summary['speedup']:.2f}); test accuracy "
+            f"{summary['test_accuracy']['float32']:.4f} vs {summary['test_accuracy']['mixed_bfloat16']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
     result["load_average"]["after"] = load()
     write_result(RESULT, result)
     return 0

@@ -27,13 +27,19 @@ import time
 from pathlib import Path
 
 import yaml
-
 from scratch import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "recipes.json"
-JITTER = {"rotation": 10.0, "translation": 0.1, "zoom": 0.1, "shear": 5.0, "brightness": 0.1, "contrast": 0.2,
-          "flip": False}
+JITTER = {
+    "rotation": 10.0,
+    "translation": 0.1,
+    "zoom": 0.1,
+    "shear": 5.0,
+    "brightness": 0.1,
+    "contrast": 0.2,
+    "flip": False,
+}
 
 
 def epoch_seconds(augment: bool, epochs: int) -> list[float]:
@@ -45,34 +51,49 @@ def epoch_seconds(augment: bool, epochs: int) -> list[float]:
 
 
 def child(augment: bool, epochs: int) -> None:
-    import pipeline  # noqa: F401  the stages' TensorFlow settings (oneDNN)
     from dataclasses import replace
 
+    import pipeline  # noqa: F401  the stages' TensorFlow settings (oneDNN)
     from pipeline.config import load_params
-    from pipeline.designs import AugmentSettings
-    from pipeline.train import train
+    from pipeline.training.compute import resolve_threads
+    from pipeline.training.loop import train
+    from pipeline.training.recipe import AugmentSettings
 
     params = load_params(ROOT / "params.yaml")
-    # the shared recipe (not the design's own GTSRB one), jitter on or off, nothing else
-    settings = replace(params.train, epochs=epochs, augment=AugmentSettings(**(JITTER if augment else {})),
-                       schedule="constant", restore_best=False)
+    # the shared recipe (not the design's own GTSRB one), jitter on or off, nothing else; threads
+    # resolved as the train stage resolves them (run_settings in pipeline/stages/train.py)
+    settings = replace(
+        params.train,
+        epochs=epochs,
+        augment=AugmentSettings(**(JITTER if augment else {})),
+        schedule="constant",
+        restore_best=False,
+        threads=resolve_threads(params.train.threads),
+    )
 
     class NoCheckpoint:
         def save(self, *args: object) -> None:  # measure training, not checkpoint writes
             pass
 
-    result = train(params, "gtsrb", "lenet5_modern", params.run_seed(None), NoCheckpoint(),  # type: ignore[arg-type]
-                   settings=settings)
+    result = train(
+        params.design("lenet5_modern"),
+        "gtsrb",
+        params.run_seed(None),
+        NoCheckpoint(),  # type: ignore[arg-type]
+        settings,
+    )
     print(json.dumps({"epoch_seconds": [row["seconds"] for row in result["history"]]}))
 
 
 def equalization(repeats: int) -> dict[str, list[float]]:
     import numpy as np
 
-    from pipeline import files
-    from pipeline.preprocess import equalized
+    from pipeline.core import files
+    from pipeline.portable.preprocess import equalized
 
-    images = np.concatenate([files.load_arrays(ROOT / f"data/split/gtsrb/{name}.npz")["x"] for name in ("train", "val")])
+    images = np.concatenate(
+        [files.load_arrays(ROOT / f"data/split/gtsrb/{name}.npz")["x"] for name in ("train", "val")]
+    )
     seconds: dict[str, list[float]] = {"histogram": [], "clahe": []}
     for _ in range(repeats):
         for method in seconds:
@@ -100,7 +121,9 @@ def main() -> None:
         jittered += epoch_seconds(True, args.epochs)[1:]
     eq = equalization(args.repeats)
     result = {
-        "benchmark": "recipe costs", "cpus": os.cpu_count(), "augment": JITTER,
+        "benchmark": "recipe costs",
+        "cpus": os.cpu_count(),
+        "augment": JITTER,
         "threads": yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["threads"],
         "epoch_seconds": {"plain": plain, "augmented": jittered},
         "epoch_seconds_median": {"plain": statistics.median(plain), "augmented": statistics.median(jittered)},
@@ -108,10 +131,12 @@ def main() -> None:
         "equalization": {**eq, "median": {m: statistics.median(eq[m]) for m in ("histogram", "clahe")}},
     }
     write_result(RESULT, result)
-    print(f"augmentation +{result['augmentation_overhead']:.1%} per LeNet-5 modern GTSRB epoch "
-          f"({result['epoch_seconds_median']['augmented']:.2f} s vs {result['epoch_seconds_median']['plain']:.2f} s); "
-          f"equalizing {eq['images']} images: histogram {result['equalization']['median']['histogram']:.2f} s, "
-          f"CLAHE {result['equalization']['median']['clahe']:.2f} s")
+    print(
+        f"augmentation +{result['augmentation_overhead']:.1%} per LeNet-5 modern GTSRB epoch "
+        f"({result['epoch_seconds_median']['augmented']:.2f} s vs {result['epoch_seconds_median']['plain']:.2f} s); "
+        f"equalizing {eq['images']} images: histogram {result['equalization']['median']['histogram']:.2f} s, "
+        f"CLAHE {result['equalization']['median']['clahe']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark: vectorized reference ops vs naive per-pixel loops.
 
-Why: ``pipeline.reference_ops`` claims to be fast enough to check real batches;
+Why: ``tests.reference_ops`` claims to be fast enough to check real batches;
 this measures how much the im2col/``sliding_window_view`` formulation buys over
 the textbook loops (one Python iteration per image, output row and column; each
 iteration is itself vectorized over channels and the kernel window) on the
@@ -24,8 +24,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.reference_ops import (  # noqa: E402
+from tests.reference_ops import (  # noqa: E402
     conv_backward,
     conv_forward,
     pool_backward,
@@ -64,9 +64,7 @@ def naive_conv_forward(A: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarra
     return np.maximum(Z + b, 0)
 
 
-def naive_conv_backward(
-    dZ: np.ndarray, A: np.ndarray, W: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def naive_conv_backward(dZ: np.ndarray, A: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m, h, w, _ = A.shape
     kh, kw, _, c_new = W.shape
     A_pad, pt, pl = _pad_same(A, kh, kw)

@@ -18,14 +18,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.conftest import edit_params  # noqa: E402
+
 MIRROR = ROOT.parent / "shared" / "datasets"
 BIN = Path(sys.executable).parent
 
 
 def env(**extra: str) -> dict[str, str]:
     """The environment `make` gives the tools: this venv first on PATH, data from the shared mirror."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "3",
-            "PIPELINE_DATA_MIRROR": str(MIRROR), **extra}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PIPELINE_DATA_MIRROR": str(MIRROR),
+        **extra,
+    }
 
 
 def git_copy(work: Path, params: dict[str, Any] | None = None) -> Path:
@@ -38,9 +44,11 @@ def git_copy(work: Path, params: dict[str, Any] | None = None) -> Path:
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, work / name)
     set_params(work, params or {})
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm",
-                     "bench"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm", "bench"],
+    ):
         subprocess.run(command, cwd=work, check=True, capture_output=True)
     return work
 
@@ -57,8 +65,13 @@ def data_project(dataset: str, params: dict[str, Any], prefix: str) -> Path:
 
 
 def stage_env(work: Path, tracked: bool) -> dict[str, str]:
-    """`python -m pipeline.<stage>` in a `data_project`: this repository's code, tracking in `work` or off."""
-    variables = {**env(), "DVC_ROOT": str(work), "PYTHONPATH": str(ROOT), "PIPELINE_TRACKING": "on" if tracked else "off"}
+    """`python -m pipeline <stage>` in a `data_project`: this repository's code, tracking in `work` or off."""
+    variables = {
+        **env(),
+        "DVC_ROOT": str(work),
+        "PYTHONPATH": str(ROOT),
+        "PIPELINE_TRACKING": "on" if tracked else "off",
+    }
     variables.pop("MLFLOW_TRACKING_URI", None)
     return variables
 

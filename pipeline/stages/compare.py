@@ -4,8 +4,7 @@ Reads only files (every (dataset, design, seed)'s train.json, evaluate.json, pre
 and history), never MLflow, and writes:
 
 - reports/compare.json, a stable format: `{dataset: {"designs": [row, ...], "pairwise_p":
-  {design: {design: p}}}}`, rows ranked as in compare.md; each row's keys are ROW_KEYS (README:
-  Seeds and significance);
+  {design: {design: p}}}}`, rows ranked as in compare.md; each row's keys are ROW_KEYS (docs/statistics.md);
 - reports/compare.md, the same as tables, ties with the best drawn as ties;
 - per dataset, reports/<dataset>_accuracy_vs_params.png and _accuracy_vs_latency.png (with 95%
   intervals), _seed_spread.png (every seed's test accuracy) and _val_accuracy.png (per epoch).
@@ -34,7 +33,7 @@ ARGUMENTS = ()
 
 log = logging.getLogger(__name__)
 
-# Every row of compare.json has these keys (documented in the README).
+# Every row of compare.json has these keys (documented in docs/statistics.md).
 ROW_KEYS = (
     "design",
     "rank",

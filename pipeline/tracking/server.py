@@ -18,7 +18,7 @@ Everything the server keeps lives in DIR (default: `.server/` in this project):
 - `server.json` (what runs where, for stop and status), `mlflow.log` and `postgres.log`.
 
 Stages log to it when `MLFLOW_TRACKING_URI=http://HOST:PORT` is set (pipeline.tracking.worker); the server
-binds 127.0.0.1 unless told otherwise, and has no login of its own (see the README before --host 0.0.0.0).
+binds 127.0.0.1 unless told otherwise, and has no login of its own (see docs/several-machines.md before --host 0.0.0.0).
 """
 
 from __future__ import annotations
