@@ -23,6 +23,7 @@ import requests
 
 from pipeline import tracking
 from pipeline.config import load_params
+from pipeline.tracking import client as tracking_client
 from pipeline.tracking import server, spool
 from pipeline.tracking.server import free_port
 from tests.conftest import REPO, tool_env
@@ -234,7 +235,7 @@ def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
-    monkeypatch.setattr(tracking, "_worker", None)  # a worker of this environment (its spool is in tmp_path)
+    monkeypatch.setattr(tracking_client, "_worker", None)  # a worker of this environment (its spool is in tmp_path)
     summary = tmp_path / "summary.txt"
     summary.write_text("as trained\n")
     model = tiny_model(tmp_path / "trained")
