@@ -131,14 +131,28 @@ def test_the_local_store_and_tracking_off_are_not_checked(monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("PIPELINE_TRACKING", "off")
     tracking.check_server()
+    monkeypatch.delenv("PIPELINE_TRACKING")
+    for uri in ("sqlite:///elsewhere/mlflow.db", "postgresql+psycopg://u@127.0.0.1/db", "file:///tmp/mlruns", "/tmp/x"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        tracking.check_server()  # stores MLflow knows, nothing to reach first
 
 
-def test_a_stage_whose_server_is_down_stops_before_any_work_with_one_line(tmp_path: Path) -> None:
-    """`python -m pipeline split` as dvc repro runs it: exit status 2, the URI and what to do, no output."""
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("http://127.0.0.1:{port}", "no server answers ("),
+        ("notascheme://x", "MLflow has no tracking store for 'notascheme://'; use http(s)://host:port"),
+    ],
+    ids=["server down", "unknown scheme"],
+)
+def test_a_stage_whose_store_is_unusable_stops_before_any_work_with_one_line(
+    tmp_path: Path, uri: str, expected: str
+) -> None:
+    """`python -m pipeline download mnist` as dvc repro runs it: exit status 2, the URI and what to do, no output."""
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    uri = f"http://127.0.0.1:{free_port()}"
+    uri = uri.format(port=free_port())
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "split", "mnist"],
+        [sys.executable, "-m", "pipeline", "download", "mnist"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -146,8 +160,7 @@ def test_a_stage_whose_server_is_down_stops_before_any_work_with_one_line(tmp_pa
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"error: MLFLOW_TRACKING_URI={uri}: no server answers (")
-    assert "start it (`make server`) or check the host and port" in result.stderr
+    assert result.stderr.startswith(f"error: MLFLOW_TRACKING_URI={uri}: {expected}")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "data").exists()
 

@@ -56,16 +56,49 @@ class TrackingServerError(UserError):
 SERVER_CHECK_TIMEOUT = 15.0  # seconds
 
 
+# The schemes MLflow's tracking-store registry knows without plugins (mlflow/tracking/_tracking_service/utils.py);
+# a plugin adds its own through the `mlflow.tracking_store` entry points.
+MLFLOW_SCHEMES = (
+    "",
+    "file",
+    "http",
+    "https",
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+    "databricks-uc",
+    "uc",
+)
+
+
 def check_server() -> None:
-    """Raise TrackingServerError, naming the URI and what to check, unless the tracking server stages
-    log to answers an MLflow request. Stores that are not servers (the project's SQLite file) pass."""
+    """Raise TrackingServerError, naming the URI and what to check, unless MLflow can use the URI stages
+    log to and, for a server, it answers an MLflow request. The project's SQLite file passes."""
     uri = tracking_uri()
-    if enabled() and urllib.parse.urlparse(uri).scheme in ("http", "https"):
+    if not enabled():
+        return
+    scheme = urllib.parse.urlparse(uri).scheme
+    # `sqlite:///...` and `postgresql+psycopg://...` name an engine before the `+driver`; `C:\\...` a drive
+    if scheme.split("+")[0] not in MLFLOW_SCHEMES and len(scheme) > 1 and scheme not in _plugin_schemes():
+        raise TrackingServerError(
+            f"MLFLOW_TRACKING_URI={uri}: MLflow has no tracking store for '{scheme}://'; use http(s)://host:port "
+            f"for a server, sqlite:///path/mlflow.db or postgresql://..., or unset it to log into this "
+            f"project's mlflow.db"
+        )
+    if scheme in ("http", "https"):
         problem = server_problem(uri)
         if problem is not None:
             raise TrackingServerError(
                 f"MLFLOW_TRACKING_URI={uri}: {problem}; or set PIPELINE_TRACKING=off to run without tracking"
             )
+
+
+def _plugin_schemes() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
 
 
 def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | None:
