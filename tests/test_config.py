@@ -87,7 +87,20 @@ def test_a_command_trains_the_seed_given_else_the_first_configured_one() -> None
         ({"experiments__seeds": []}, "experiments.seeds: must be a non-empty list of ints, got []"),
         ({"experiments__seeds": 42}, "experiments.seeds: must be a non-empty list of ints, got 42"),
         ({"experiments__seeds": [1, "2"]}, "experiments.seeds.1: must be an int from 0 to 2147483647, got '2'"),
-        ({"experiments__seeds": [3, 1, 3]}, "experiments.seeds: must not repeat an entry, got [3]"),
+        (
+            {"experiments__seeds": [1, 1]},
+            "experiments.seeds: must not repeat an entry, but experiments.seeds.1 repeats experiments.seeds.0 (1), "
+            "got [1, 1]",
+        ),
+        (
+            {"experiments__seeds": [3, 1, 3]},
+            "experiments.seeds: must not repeat an entry, but experiments.seeds.2 repeats experiments.seeds.0 (3)",
+        ),
+        (
+            {"experiments__models": ["lenet5_modern", "lenet5_classic", "lenet5_modern"]},
+            "experiments.models: must not repeat an entry, but experiments.models.2 repeats experiments.models.0 "
+            "('lenet5_modern')",
+        ),
         ({"experiments__seeds": ...}, "experiments.seeds: missing; this key is required"),
         ({"evaluate__sample_images": 0}, "evaluate.sample_images: must be an int from 1 to 100, got 0"),
         ({"colour": "red"}, "colour: unknown key"),

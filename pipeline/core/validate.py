@@ -119,9 +119,14 @@ def integer_list(value: Any, where: str, minimum: int | None = None, maximum: in
 
 
 def _no_repeats(items: list[Any], where: str) -> None:
-    duplicates = sorted({item for item in items if items.count(item) > 1})
-    if duplicates:
-        raise fail(where, "must not repeat an entry", duplicates)
+    for index, item in enumerate(items):
+        first = items.index(item)
+        if first != index:
+            raise fail(
+                where,
+                f"must not repeat an entry, but {join(where, index)} repeats {join(where, first)} ({item!r})",
+                items,
+            )
 
 
 def pair(value: Any, where: str, minimum: int = 1) -> tuple[int, int]:
