@@ -388,6 +388,27 @@ def test_input_shapes_follow_the_dataset_and_normalize():
     assert params.input_shape("fashion_mnist") == (28, 28, 1) and params.input_shape("gtsrb") == (48, 48, 1)
 
 
+def test_input_shapes_and_the_design_check_follow_a_datasets_own_normalize():
+    """normalize.per_dataset.<dataset> changes the images a dataset's designs get, so params load judges those."""
+    per_dataset = {"gtsrb": {"grayscale": True, "pad_to": 48}, "mnist": {"pad_to": None}}
+    params = parse_params(params_with(**{"normalize.per_dataset": per_dataset}))
+    assert params.input_shape("gtsrb") == (48, 48, 1)  # 32x32 signs, padded to 48 and made gray
+    assert params.input_shape("mnist") == (28, 28, 1)  # unpadded
+    assert params.input_shape("fashion_mnist") == (32, 32, 1)  # the shared pad_to: 32
+    tight = [
+        {"type": "conv", "filters": 4, "kernel": 9},
+        POOL,
+        {"type": "conv", "filters": 4, "kernel": 11},
+        FLAT,
+        DENSE,
+    ]
+    parse_params(params_with(tight))  # 32 -> 24 -> 12 -> 2: fits the padded images
+    with pytest.raises(
+        ConfigError, match=r"layers\.2 \(conv\): input is 10x10, smaller than the 11x11 kernel, on mnist"
+    ):
+        parse_params(params_with(tight, **{"normalize.per_dataset": {"mnist": {"pad_to": None}}}))
+
+
 def test_checking_designs_needs_no_tensorflow():
     """params.yaml is checked in milliseconds: neither TensorFlow nor Keras is imported to check a design."""
     probe = (

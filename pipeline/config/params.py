@@ -109,10 +109,11 @@ class Params:
         """(height, width, channels) of the images the models of dataset `key` get: the dataset's
         images as split writes them, then normalize's grayscale and pad_to (see pipeline/stages/normalize.py)."""
         height, width, channels = datasets.REGISTRY[key].image_shape(self.dataset(key).options)
-        if self.normalize.grayscale:
+        normalize = self.normalize_for(key)
+        if normalize.grayscale:
             channels = 1
-        if self.normalize.pad_to is not None:
-            height, width = max(height, self.normalize.pad_to), max(width, self.normalize.pad_to)
+        if normalize.pad_to is not None:
+            height, width = max(height, normalize.pad_to), max(width, normalize.pad_to)
         return height, width, channels
 
     def recipe(self, name: str, dataset: str) -> str:
