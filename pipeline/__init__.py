@@ -9,11 +9,12 @@ Importing this package sets TensorFlow's environment before TensorFlow loads, wh
 
 import os
 
-from pipeline.core.process import gpu_present
+from pipeline.core.process import gpu_present, quiet_tensorflow_start
 
 # TensorFlow's C++ start-up notices (CPU features, oneDNN) would open every command's log;
 # its warnings and errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow_start()  # and the notices its libraries print while they load; TF_CPP_MIN_LOG_LEVEL=0 shows all
 
 # TensorFlow's pip wheels turn their oneDNN kernels on only for CPUs with AVX-512 VNNI/BF16 or
 # AMX; elsewhere convolutions and pooling run on Eigen kernels built without AVX2, much slower

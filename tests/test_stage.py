@@ -323,3 +323,24 @@ def test_an_unknown_command_is_one_line(capsys: pytest.CaptureFixture) -> None:
 def test_the_architecture_report_of_an_unknown_design_is_one_line(project: Path, capsys: pytest.CaptureFixture) -> None:
     assert run_stage("architecture", "gtsrb", "student_gtsrbx") == 2
     assert one_error(capsys).startswith("error: models.student_gtsrbx: missing; known designs: lenet5_modern,")
+
+
+@pytest.mark.parametrize("switch", [None, "0"], ids=["default", "TF_CPP_MIN_LOG_LEVEL=0"])
+def test_tensorflows_load_notices_are_hidden_unless_asked_for(switch: str | None) -> None:
+    """absl's "before absl::InitializeLog()" and oneDNN's notice read as errors; TensorFlow's own switch shows them.
+    What else goes to stderr while TensorFlow loads still shows, in order."""
+    probe = "import sys, pipeline; print('before', file=sys.stderr); import keras; print('after', file=sys.stderr)"
+    env = tool_env() if switch is None else tool_env(TF_CPP_MIN_LOG_LEVEL=switch)
+    if switch is None:
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    if switch is None:
+        assert lines == ["before", "after"]
+    else:
+        assert lines[0] == "before" and lines[-1] == "after"
+        assert any("absl::InitializeLog()" in line for line in lines)
+        assert any("oneDNN custom operations are on" in line for line in lines)
