@@ -76,6 +76,10 @@ SERVER_HOST ?= 127.0.0.1
 server: setup $(if $(filter postgresql,$(SERVER_BACKEND)),server-deps)  ## start the MLflow tracking server (and its database)
 	python -m pipeline server start --dir $(SERVER_DIR) --backend $(SERVER_BACKEND) --port $(SERVER_PORT) --host $(SERVER_HOST)
 
+server-user: setup    ## create the tracking server's user NAME (its login: SERVER_DIR/users/NAME.credentials)
+	@test -n "$(NAME)" || { echo "server-user: say who, e.g. make server-user NAME=alice" >&2; exit 2; }
+	python -m pipeline server user --dir $(SERVER_DIR) $(NAME)
+
 server-stop: setup    ## stop the tracking server and its database
 	python -m pipeline server stop --dir $(SERVER_DIR)
 

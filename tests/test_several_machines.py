@@ -1,4 +1,5 @@
-"""Several machines, one tracking server: the pipeline against a real `mlflow server` on PostgreSQL, and
+"""Several machines, one tracking server: the pipeline against a real `mlflow server` on PostgreSQL, each
+machine logging in as its own user, and
 experiments run on two clones at the same time, shared through a git remote and a DVC remote, and seen
 from a third; a server that goes away mid-stage loses nothing.
 
@@ -25,6 +26,7 @@ from pipeline.core.paths import RunPaths
 from pipeline.tracking import server
 from pipeline.tracking.server import free_port
 from tests.conftest import TINY_PROJECT_MODELS, copy_project, run, tiny_params, tool_env, write_mirror
+from tests.test_server_auth import login
 from tests.test_tracking_server import answers_the_check_only, server_cli, stand_in_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -47,9 +49,25 @@ EXPERIMENTS = {
 }
 
 
+# Who logs in from each machine: the baseline's, two that run experiments at once, one that works offline.
+USERS = ("lab", "alice", "bob", "dave")
+
+
+@dataclass
+class Server:
+    uri: str
+    logins: dict[str, dict[str, str]]  # each user's environment: the server's URI and their login
+
+
+def login_env(credentials: Path) -> dict[str, str]:
+    user, password = login(credentials)
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+
 @pytest.fixture(scope="module")
-def tracking_uri() -> Iterator[str]:
-    """`make server` (PostgreSQL backend) in a folder the cluster's owner can reach, on a free port."""
+def tracking_server() -> Iterator[Server]:
+    """`make server` (PostgreSQL backend, logins on) in a folder the cluster's owner can reach, on a free
+    port, with a user for each machine (`make server-user`); this process reads it as its admin."""
     if server.postgres_bin() is None:
         try:
             server.install_postgresql()
@@ -60,7 +78,16 @@ def tracking_uri() -> Iterator[str]:
     port = free_port()
     try:
         server_cli("start", "--dir", folder, "--port", port)
-        yield f"http://127.0.0.1:{port}"
+        for user in USERS:
+            server_cli("user", "--dir", folder, user)
+        uri = f"http://127.0.0.1:{port}"
+        logins = {
+            user: {"MLFLOW_TRACKING_URI": uri, **login_env(folder / "users" / f"{user}.credentials")} for user in USERS
+        }
+        with pytest.MonkeyPatch.context() as environment:
+            for name, value in login_env(folder / "admin.credentials").items():
+                environment.setenv(name, value)
+            yield Server(uri, logins)
     finally:
         server_cli("stop", "--dir", folder, check=False)
         shutil.rmtree(folder, ignore_errors=True)
@@ -69,26 +96,27 @@ def tracking_uri() -> Iterator[str]:
 @dataclass
 class Shared:
     uri: str  # the tracking server
+    logins: dict[str, dict[str, str]]  # each machine's user's environment (Server.logins)
     origin: Path  # the bare git repository every machine pushes to
     base: Path  # where the machines' clones go
     first: Path  # the machine that ran the baseline
 
 
 @pytest.fixture(scope="module")
-def shared(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Shared:
+def shared(tracking_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Shared:
     """The first machine: `dvc repro` logging to the server, outputs committed, `git push`, `dvc push --run-cache`."""
     base = tmp_path_factory.mktemp("machines")
     origin = base / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base)
     first = copy_project(base / "first", tiny_params(write_mirror(base / "mirror")))
     run(["dvc", "remote", "add", "-d", "shared", str(base / "dvc-remote")], first)
-    run(["dvc", "repro"], first, MLFLOW_TRACKING_URI=tracking_uri)
+    run(["dvc", "repro"], first, **tracking_server.logins["lab"])
     run(["git", "add", "-A"], first)
     run(["git", "commit", "-qm", "baseline: outputs and dvc.lock"], first)
     run(["git", "remote", "add", "origin", str(origin)], first)
     run(["git", "push", "-q", "origin", "main"], first)
     run(["dvc", "push", "--run-cache"], first)
-    return Shared(tracking_uri, origin, base, first)
+    return Shared(tracking_server.uri, tracking_server.logins, origin, base, first)
 
 
 def clone(shared: Shared, name: str) -> Path:
@@ -157,7 +185,7 @@ def test_two_machines_share_their_experiments_and_a_third_sees_them_all(shared: 
         name: subprocess.Popen(
             ["dvc", "exp", "run", "-n", exp, "-S", change],
             cwd=machines[name],
-            env=tool_env(MLFLOW_TRACKING_URI=shared.uri),
+            env=tool_env(**shared.logins[name]),
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -221,7 +249,7 @@ def test_a_server_that_goes_away_mid_stage_loses_nothing(shared: Shared) -> None
     train_run = json.loads((machine / RunPaths("mnist", "student_b", SEED).model_dir / "run.json").read_text())
     assert train_run["run_id"].startswith("spooled-")  # it never reached a server
 
-    resync = run(["python", "-m", "pipeline", "resync", "--to", shared.uri], machine)
+    resync = run(["python", "-m", "pipeline", "resync", "--to", shared.uri], machine, **shared.logins["dave"])
     assert "resync: 3 of 3 kept runs logged" in resync.stdout
     client = mlflow.MlflowClient(shared.uri)
     runs = design_runs(client, "offline")

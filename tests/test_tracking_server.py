@@ -81,8 +81,13 @@ def stand_in() -> Iterator[Callable[[int, bytes], str]]:
         )
 
 
-def test_a_server_that_answers_passes_and_gets_the_users_credentials(monkeypatch) -> None:
+def test_a_server_that_answers_passes_and_gets_the_users_credentials(monkeypatch, tmp_path: Path) -> None:
     seen = []
+    (tmp_path / ".mlflow").mkdir()  # where MLflow's client reads a login the variables do not give
+    (tmp_path / ".mlflow" / "credentials").write_text(
+        "[mlflow]\nmlflow_tracking_username = bea\nmlflow_tracking_password = s3cret\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
 
     def answer(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         seen.append(headers.get("Authorization"))
@@ -97,16 +102,22 @@ def test_a_server_that_answers_passes_and_gets_the_users_credentials(monkeypatch
         tracking.check_server()
         monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
         tracking.check_server()
-    assert seen == ["Basic YWRhOnNlY3JldA==", "Bearer t0ken"]  # as MLflow's client sends them
+        monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        tracking.check_server()
+    assert seen == ["Basic YWRhOnNlY3JldA==", "Bearer t0ken", "Basic YmVhOnMzY3JldA=="]  # as MLflow's client sends them
 
 
 @pytest.mark.parametrize(
     "status, body, expected",
     [
         (
-            403,
+            401,
             b"",
-            "the server refused (HTTP 403 Forbidden); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+            "it asks for a login (HTTP 401 Unauthorized); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(or ~/.mlflow/credentials, or MLFLOW_TRACKING_TOKEN) to a user of that server (its admin adds one with "
+            "`make server-user NAME=...`)",
         ),
         (503, b"", "the server answers but fails (HTTP 503 Service Unavailable); check its log and its database"),
         (404, b"", "no MLflow tracking server answers there (HTTP 404 Not Found); check the URI"),
@@ -114,9 +125,12 @@ def test_a_server_that_answers_passes_and_gets_the_users_credentials(monkeypatch
     ],
 )
 def test_a_refusing_failing_or_foreign_server_is_named_with_what_to_check(
-    stand_in, monkeypatch, status, body, expected
+    stand_in, monkeypatch, tmp_path, status, body, expected
 ) -> None:
     uri = stand_in(status, body)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no saved login
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
     with pytest.raises(tracking.TrackingServerError) as raised:
@@ -210,7 +224,9 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
     """`make server SERVER_BACKEND=sqlite` in a temporary folder, on a free port; stopped after, also on failure."""
     folder, port = tmp_path_factory.mktemp("sqlite-server"), free_port()
     try:
-        server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)
+        server_cli(
+            "start", "--dir", folder, "--backend", "sqlite", "--port", port, "--no-auth"
+        )  # logins: test_server_auth
         yield folder, port
     finally:
         server_cli("stop", "--dir", folder, check=False)
@@ -225,7 +241,7 @@ def test_the_server_starts_says_what_runs_and_proxies_artifacts(sqlite_server) -
     client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
     experiment = client.get_experiment(client.create_experiment("proxied"))
     assert experiment.artifact_location.startswith("mlflow-artifacts:"), "clients would need the server's disk"
-    again = server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)  # make server, twice
+    again = server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port, "--no-auth")  # twice
     assert "already running" in again.stdout
 
 
@@ -276,7 +292,7 @@ def test_a_run_whose_server_goes_away_is_kept_and_resync_logs_it_when_it_is_back
     ]
     summary.write_text("replaced by a later run\n")  # the kept copy is what resync logs
 
-    server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port)
+    server_cli("start", "--dir", folder, "--backend", "sqlite", "--port", port, "--no-auth")
     resync = subprocess.run(
         [sys.executable, "-m", "pipeline", "resync"],
         cwd=tmp_path,

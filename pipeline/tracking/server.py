@@ -1,8 +1,10 @@
 """`make server`: one MLflow tracking server for every machine of a class or team, in a folder you choose.
 
     python -m pipeline server start   [--dir DIR] [--backend postgresql|sqlite] [--port N] [--host H] [--workers N]
+                                      [--no-auth]
     python -m pipeline server stop    [--dir DIR]
     python -m pipeline server status  [--dir DIR]
+    python -m pipeline server user    NAME [--dir DIR]
     python -m pipeline server install            # Debian's postgresql, with apt-get (needs root or sudo)
 
 Everything the server keeps lives in DIR (default: `.server/` in this project):
@@ -15,10 +17,15 @@ Everything the server keeps lives in DIR (default: `.server/` in this project):
 - `mlflow.db` instead, with `--backend sqlite`: the lighter option, for one machine's users.
 - `artifacts/`: every run's figures, reports and models. The server proxies them (clients see
   `mlflow-artifacts:` URIs and upload and download through HTTP), so no client needs this disk.
+- logins (MLflow's basic-auth app): `admin.credentials` (the admin's, generated on the first start),
+  `users/NAME.credentials` (`server user NAME`), `basic_auth.ini` (MLFLOW_AUTH_CONFIG_PATH) and
+  `session.key`, all readable by their owner only; the users and permissions themselves are in the
+  `mlflow_auth` database (`basic_auth.db` with SQLite).
 - `server.json` (what runs where, for stop and status), `mlflow.log` and `postgres.log`.
 
-Stages log to it when `MLFLOW_TRACKING_URI=http://HOST:PORT` is set (pipeline.tracking.worker); the server
-binds 127.0.0.1 unless told otherwise, and has no login of its own (see docs/several-machines.md before --host 0.0.0.0).
+Stages log to it when `MLFLOW_TRACKING_URI=http://HOST:PORT` is set (pipeline.tracking.worker), logging in
+with MLFLOW_TRACKING_USERNAME/PASSWORD or ~/.mlflow/credentials. The server binds 127.0.0.1 unless told
+otherwise; without logins (--no-auth) it binds nothing else. TLS: a reverse proxy (docs/several-machines.md).
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ DEFAULT_WORKERS = 2
 BACKENDS = ("postgresql", "sqlite")
 DB_HOST = "127.0.0.1"
 DB_USER = DB_NAME = "mlflow"
+AUTH_DB_NAME = "mlflow_auth"
+ADMIN = "admin"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# MLflow's permissions: READ lets every user see every run; a user writes to what they created, and to
+# the datasets' shared experiments, which `server user` grants them (EDIT: log, not delete others' runs).
+DEFAULT_PERMISSION = "READ"
+SHARED_PERMISSION = "EDIT"
 CLUSTER_OWNER = "postgres"  # who runs the cluster when we are root: the user Debian's package creates
 START_TIMEOUT = 300  # seconds: the first start creates MLflow's tables, slow on a busy 2-core machine
 STOP_TIMEOUT = 30
@@ -131,8 +145,7 @@ class Cluster:
         """initdb: superuser `mlflow` with `password` over TCP; no local logins."""
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
         password_file = self.data.parent / f".initdb-{secrets.token_hex(4)}"
-        with os.fdopen(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-            handle.write(password + "\n")
+        write_secret(password_file, password + "\n")
         try:
             self._own(self.data, password_file)
             self._run(
@@ -213,7 +226,8 @@ class Cluster:
             )
 
 
-def _create_database(port: int, passfile: Path) -> None:
+def _create_databases(port: int, passfile: Path) -> None:
+    """MLflow's database, and the one of its logins (users, passwords, permissions)."""
     import psycopg  # the server's driver: only `make server` needs it, never a stage
 
     with psycopg.connect(
@@ -225,8 +239,9 @@ def _create_database(port: int, passfile: Path) -> None:
         autocommit=True,
         connect_timeout=30,
     ) as connection:
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone() is None:
-            connection.execute(f"CREATE DATABASE {DB_NAME}")
+        for name in (DB_NAME, AUTH_DB_NAME):
+            if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                connection.execute(f"CREATE DATABASE {name}")
 
 
 # ---- The server folder ------------------------------------------------------------------------
@@ -257,6 +272,18 @@ class ServerFolder:
     def mlflow_log(self) -> Path:
         return self.root / "mlflow.log"
 
+    @property
+    def auth_config(self) -> Path:
+        return self.root / "basic_auth.ini"
+
+    @property
+    def admin_credentials(self) -> Path:
+        return self.credentials_file(ADMIN)
+
+    def credentials_file(self, user: str) -> Path:
+        """A user's login, in the format of MLflow's ~/.mlflow/credentials, readable by its owner only."""
+        return self.root / "users" / f"{user}.credentials" if user != ADMIN else self.root / "admin.credentials"
+
     def cluster(self, pg_bin: Path | None = None) -> Cluster:
         pg_bin = pg_bin or postgres_bin()
         if pg_bin is None:
@@ -277,24 +304,135 @@ class ServerFolder:
         if self.pgpass.is_file():
             return self.pgpass.read_text().strip().rsplit(":", 1)[1]
         password = secrets.token_urlsafe(24)
-        # libpq ignores a password file that others can read
-        with os.fdopen(os.open(self.pgpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-            handle.write(f"{DB_HOST}:*:*:{DB_USER}:{password}\n")
+        write_secret(self.pgpass, f"{DB_HOST}:*:*:{DB_USER}:{password}\n")  # libpq ignores one others can read
         return password
 
 
-def backend_uri(folder: ServerFolder, backend: str, db_port: int | None) -> str:
-    """The server's backend store. No password in it: libpq reads it from PGPASSFILE, so it shows nowhere."""
+def backend_uri(folder: ServerFolder, backend: str, db_port: int | None, database: str = DB_NAME) -> str:
+    """The server's backend store (or, with AUTH_DB_NAME, its logins' store). No password in it: libpq
+    reads it from PGPASSFILE, so it shows nowhere."""
     if backend == "sqlite":
-        return f"sqlite:///{folder.root / 'mlflow.db'}"
-    return f"postgresql+psycopg://{DB_USER}@{DB_HOST}:{db_port}/{DB_NAME}"
+        return f"sqlite:///{folder.root / ('mlflow.db' if database == DB_NAME else 'basic_auth.db')}"
+    return f"postgresql+psycopg://{DB_USER}@{DB_HOST}:{db_port}/{database}"
 
 
-def mlflow_command(store: str, artifacts: Path, host: str, port: int, workers: int) -> list[str]:
+# ---- Logins -----------------------------------------------------------------------------------
+
+
+def write_secret(path: Path, text: str) -> None:
+    """`text` into a new file only its owner can read: never through a command line or a log."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(text)
+
+
+def write_credentials(path: Path, user: str, password: str) -> None:
+    write_secret(path, f"[mlflow]\nmlflow_tracking_username = {user}\nmlflow_tracking_password = {password}\n")
+
+
+def read_credentials(path: Path) -> tuple[str, str]:
+    """(user, password) from a credentials file (MLflow's ~/.mlflow/credentials format)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    try:
+        config.read_string(path.read_text())
+        login = config["mlflow"]
+        return login["mlflow_tracking_username"], login["mlflow_tracking_password"]
+    except (OSError, KeyError, configparser.Error) as error:
+        raise ServerError(
+            f"{path}: not a readable login ({error}); it should hold [mlflow] mlflow_tracking_username "
+            f"and mlflow_tracking_password"
+        ) from None
+
+
+def admin_login(folder: ServerFolder) -> tuple[str, str]:
+    """The admin's login, made on the first start with authentication and kept in admin.credentials."""
+    if not folder.admin_credentials.is_file():
+        write_credentials(folder.admin_credentials, ADMIN, secrets.token_urlsafe(24))
+    return read_credentials(folder.admin_credentials)
+
+
+def session_key(folder: ServerFolder) -> str:
+    """The key that signs the UI's sessions and CSRF tokens, the same for every worker and restart."""
+    path = folder.root / "session.key"
+    if not path.is_file():
+        write_secret(path, secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def write_auth_config(folder: ServerFolder, backend: str, db_port: int | None) -> None:
+    """MLflow's basic-auth settings (MLFLOW_AUTH_CONFIG_PATH), rewritten at every start: the database's
+    port changes. It holds no secret; the admin's password reaches the server through its environment."""
+    folder.auth_config.unlink(missing_ok=True)
+    write_secret(
+        folder.auth_config,
+        "[mlflow]\n"
+        f"default_permission = {DEFAULT_PERMISSION}\n"
+        f"database_uri = {backend_uri(folder, backend, db_port, AUTH_DB_NAME)}\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+
+
+def add_user(folder: ServerFolder, name: str, shared_experiments: list[str]) -> Path:
+    """Create the user `name` on the running server with a new password, kept in its credentials file,
+    and let it log into the datasets' shared experiments (created here if missing)."""
+    import requests
+
+    state = folder.state()
+    if not state or not _server_alive(state):
+        raise ServerError(f"{folder.root}: no server runs there; start it (`make server SERVER_DIR={folder.root}`)")
+    if not state.get("auth"):
+        raise ServerError(f"{state['uri']}: this server runs without logins (--no-auth); restart it without --no-auth")
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name == ADMIN:
+        raise ServerError(f"user {name!r}: a user name is letters, digits, '-', '_' or '.', and not {ADMIN!r}")
+    target = folder.credentials_file(name)
+    if target.exists():
+        raise ServerError(f"user {name!r}: already created (its login is in {target})")
+    session = requests.Session()
+    session.auth = admin_login(folder)
+
+    def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = session.request(method, state["uri"] + path, timeout=60, **kwargs)
+        if not response.ok:
+            raise ServerError(f"{state['uri']}{path}: answered {response.status_code}: {response.text[:200]}")
+        return response.json() if response.content else {}
+
+    password = secrets.token_urlsafe(18)
+    call("POST", "/api/2.0/mlflow/users/create", json={"username": name, "password": password})
+    write_credentials(target, name, password)
+    for experiment in shared_experiments:
+        found = session.get(
+            state["uri"] + "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": experiment}, timeout=60
+        )
+        if found.ok:
+            experiment_id = found.json()["experiment"]["experiment_id"]
+        else:  # as a stage creates it (pipeline.tracking.worker.experiment_id)
+            experiment_id = call(
+                "POST",
+                "/api/2.0/mlflow/experiments/create",
+                json={"name": experiment, "tags": [{"key": "dataset", "value": experiment}]},
+            )["experiment_id"]
+        call(
+            "POST",
+            "/api/3.0/mlflow/users/permissions/grant",
+            json={
+                "username": name,
+                "resource_type": "experiment",
+                "resource_id": experiment_id,
+                "permission": SHARED_PERMISSION,
+            },
+        )
+    return target
+
+
+def mlflow_command(store: str, artifacts: Path, host: str, port: int, workers: int, auth: bool) -> list[str]:
     """`mlflow server` with proxied artifacts: clients upload and download through it (mlflow-artifacts:)."""
     return [
         mlflow_executable(),
         "server",
+        *(["--app-name", "basic-auth"] if auth else []),
         "--backend-store-uri",
         store,
         "--artifacts-destination",
@@ -314,13 +452,19 @@ def start(
     port: int = DEFAULT_PORT,
     host: str = DEFAULT_HOST,
     workers: int = DEFAULT_WORKERS,
+    auth: bool = True,
 ) -> str:
     """Start the database (PostgreSQL) and the MLflow server in `folder`; returns the tracking URI.
     A server already running there is left as it is."""
+    if not auth and host not in LOOPBACK:
+        raise ServerError(
+            f"--host {host} --no-auth: anyone who reaches this port could write and delete every run; "
+            f"drop --no-auth (users log in; `make server-user NAME=...` adds them), or bind {DEFAULT_HOST}"
+        )
     folder.root.mkdir(parents=True, exist_ok=True)
     state = folder.state()
     if state and _server_alive(state):
-        if (state["backend"], state["port"], state["host"]) != (backend, port, host):
+        if (state["backend"], state["port"], state["host"], state.get("auth", False)) != (backend, port, host, auth):
             raise ServerError(
                 f"{folder.root}: a {state['backend']} server already runs there at {state['uri']}; "
                 f"stop it first (`make server-stop SERVER_DIR={folder.root}`)"
@@ -342,11 +486,18 @@ def start(
         if db_port is None:
             db_port = free_port()
             cluster.start(db_port)
-        _create_database(db_port, folder.pgpass)
+        _create_databases(db_port, folder.pgpass)
         env["PGPASSFILE"] = str(folder.pgpass)
+    if auth:
+        write_auth_config(folder, backend, db_port)
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder.auth_config)
+        # read by MLflow when it creates the admin, on the first start; the environment, not the
+        # command line, so no other user sees it (ps shows command lines to everyone)
+        env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"] = admin_login(folder)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = session_key(folder)
 
     uri = f"http://{host}:{port}"
-    command = mlflow_command(backend_uri(folder, backend, db_port), folder.artifacts, host, port, workers)
+    command = mlflow_command(backend_uri(folder, backend, db_port), folder.artifacts, host, port, workers, auth)
     with open(folder.mlflow_log, "ab") as log:
         process = subprocess.Popen(
             command,
@@ -355,8 +506,9 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # its group: stop reaches workers
+            start_new_session=True,  # its group: stop reaches workers
+            umask=0o077,  # its databases (password hashes too) and artifacts: for the server's owner only
+        )
     state = {
         "backend": backend,
         "uri": uri,
@@ -366,15 +518,21 @@ def start(
         "db_port": db_port,
         "store": backend_uri(folder, backend, db_port),
         "artifacts": str(folder.artifacts),
+        "auth": auth,
     }
     folder.save_state(state)
     try:
-        _wait_until_it_answers(uri, process, folder.mlflow_log)
+        _wait_until_it_answers(uri, process, folder.mlflow_log, admin_login(folder) if auth else None)
     except BaseException:
         stop(folder)
         raise
+    logins = (
+        f"logins required; the admin's is in {folder.admin_credentials}, `make server-user NAME=...` adds users"
+        if auth
+        else "no logins: this machine only"
+    )
     print(
-        f"server: MLflow tracking server on {uri} ({backend}; artifacts in {folder.artifacts})\n"
+        f"server: MLflow tracking server on {uri} ({backend}; artifacts in {folder.artifacts}; {logins})\n"
         f"  export MLFLOW_TRACKING_URI={uri}",
         flush=True,
     )
@@ -402,9 +560,11 @@ def status(folder: ServerFolder) -> tuple[bool, str]:
     state = folder.state()
     if state is None:
         return False, f"no server in {folder.root} (start one with `make server SERVER_DIR={folder.root}`)"
-    problem = server_problem(state["uri"], timeout=5) if _server_alive(state) else "not running"
+    login = admin_login(folder) if state.get("auth") else None
+    problem = server_problem(state["uri"], timeout=5, login=login) if _server_alive(state) else "not running"
     lines = [
         f"MLflow tracking server {state['uri']}: {'answers' if problem is None else problem}",
+        f"  logins: {f'required (admin: {folder.admin_credentials})' if login else 'none (this machine only)'}",
         f"  backend store: {state['store']}",
         f"  artifacts: {state['artifacts']}",
         f"  logs: {folder.mlflow_log}",
@@ -419,9 +579,9 @@ def status(folder: ServerFolder) -> tuple[bool, str]:
     return problem is None, "\n".join(lines)
 
 
-def _wait_until_it_answers(uri: str, process: subprocess.Popen, log: Path) -> None:
+def _wait_until_it_answers(uri: str, process: subprocess.Popen, log: Path, login: tuple[str, str] | None) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    while (problem := server_problem(uri, timeout=5)) is not None:
+    while (problem := server_problem(uri, timeout=5, login=login)) is not None:
         if process.poll() is not None or time.monotonic() > deadline:
             what = (
                 f"exited with status {process.returncode}"

@@ -101,7 +101,7 @@ def _plugin_schemes() -> set[str]:
     return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
 
 
-def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | None:
+def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT, login: tuple[str, str] | None = None) -> str | None:
     """What is wrong with the MLflow server at `uri` and what to check, or None when it answers.
 
     It must answer a request that reads its database (searching experiments), not only /health:
@@ -111,7 +111,7 @@ def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | Non
     import urllib.request
 
     request = urllib.request.Request(
-        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", headers=_server_credentials()
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", headers=_server_credentials(login)
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=_tls_context(uri)) as response:
@@ -119,9 +119,11 @@ def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | Non
     except urllib.error.HTTPError as error:
         status = f"HTTP {error.code} {error.reason}"
         if error.code in (401, 403):
+            given = "the login given was refused" if _server_credentials(login) else "it asks for a login"
             return (
-                f"the server refused ({status}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
-                f"or MLFLOW_TRACKING_TOKEN"
+                f"{given} ({status}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                f"(or ~/.mlflow/credentials, or MLFLOW_TRACKING_TOKEN) to a user of that server "
+                f"(its admin adds one with `make server-user NAME=...`)"
             )
         if error.code >= 500:
             return f"the server answers but fails ({status}); check its log and its database (`make server-status`)"
@@ -137,15 +139,33 @@ def server_problem(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> str | Non
     return None
 
 
-def _server_credentials() -> dict[str, str]:
-    """The HTTP headers MLflow's client sends from the same environment variables."""
+def _server_credentials(login: tuple[str, str] | None = None) -> dict[str, str]:
+    """The HTTP headers for `login`, else those MLflow's client sends: from its environment variables,
+    then from ~/.mlflow/credentials (as mlflow.utils.credentials reads them)."""
+    if login:
+        return {"Authorization": "Basic " + base64.b64encode(":".join(login).encode()).decode()}
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not (user and password):
+        saved = _saved_login()
+        user = user or saved.get("mlflow_tracking_username")
+        password = password or saved.get("mlflow_tracking_password")
     if token:
         return {"Authorization": f"Bearer {token}"}
     if user and password:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
     return {}
+
+
+def _saved_login() -> dict[str, str]:
+    import configparser
+
+    config = configparser.ConfigParser()
+    try:
+        config.read(Path("~/.mlflow/credentials").expanduser())
+    except configparser.Error:
+        return {}
+    return dict(config["mlflow"]) if config.has_section("mlflow") else {}
 
 
 def _tls_context(uri: str) -> ssl.SSLContext | None:

@@ -201,14 +201,15 @@ def _serve_run(
     except _StageFailed:
         pass
     except Exception as error:
-        if not isinstance(error, _Spooled) and not spool.server_unreachable(error):
+        if not isinstance(error, _Spooled) and not spool.server_unreachable(error) and not _refused(error):
             raise
         entry = spool.SpooledRun.create(tracking_uri(), start, _stage_context(), run_id, logged, done, str(error))
         if run_id is None:
             print(entry.local_id, file=replies, flush=True)  # the stage is waiting for its run's id
         print(
-            f"warning: tracking: {tracking_uri()}: {_spool_reason(error)}; this run is kept in {entry.folder} "
-            f"and the stage goes on; when the server answers, `make resync` logs it",
+            f"warning: tracking: {tracking_uri()}: {_spool_reason(error, start['dataset'])}; this run is kept in "
+            f"{entry.folder} and the stage goes on; when the server {'lets it' if _refused(error) else 'answers'}, "
+            f"`make resync` logs it",
             file=sys.stderr,
             flush=True,
         )
@@ -223,6 +224,20 @@ def _serve_run(
     return status, True
 
 
+def _refused(error: Exception) -> bool:
+    """The server's permissions do not let this user log the run: it is kept, as when the server is away,
+    until the admin grants them (the stage's work is not lost to a permission)."""
+    return getattr(error, "error_code", None) == "PERMISSION_DENIED"
+
+
+def _refusal(dataset: str) -> str:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this user"
+    return (
+        f"the server does not let {user} log into the experiment {dataset!r} (PERMISSION_DENIED); "
+        f"ask its admin for EDIT on it (the users `make server-user` creates have it)"
+    )
+
+
 class _StageFailed(Exception):
     """Raised inside a run to end it FAILED (MLflow marks a run so when its block raises)."""
 
@@ -231,9 +246,11 @@ class _Spooled(Exception):
     """A run that goes to the spool without trying the server (the message says why)."""
 
 
-def _spool_reason(error: Exception) -> str:
+def _spool_reason(error: Exception, dataset: str) -> str:
     if isinstance(error, _Spooled):
         return str(error)
+    if _refused(error):
+        return _refusal(dataset)
     cause: BaseException = error
     while cause.__cause__ or cause.__context__:  # the innermost: requests' ConnectionError, RetryError, ...
         cause = cause.__cause__ or cause.__context__
@@ -289,6 +306,10 @@ def resync(to: str | None = None) -> list[tuple[spool.SpooledRun, str]]:
         try:
             run_id = replay(entry)
         except Exception as error:
+            if _refused(error):
+                raise spool.ResyncError(
+                    f"{uri}: {_refusal(entry.start['dataset'])}; {entry.folder} is kept for the next `make resync`"
+                ) from None
             if not spool.server_unreachable(error):
                 raise
             raise spool.ResyncError(
