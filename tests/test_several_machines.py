@@ -1,6 +1,5 @@
 """Several machines, one tracking server: the pipeline against a real `mlflow server` on PostgreSQL, each
-machine logging in as its own user, and
-experiments run on two clones at the same time, shared through a git remote and a DVC remote, and seen
+machine logging in as its own user, and experiments run on two clones at the same time, shared through a git remote and a DVC remote, and seen
 from a third; a server that goes away mid-stage loses nothing.
 
 Each clone stands for a machine: its own workspace and DVC cache; what they share is what machines
