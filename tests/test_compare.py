@@ -41,13 +41,14 @@ def write_run(dataset: str, design: str, seed: int, wrong: np.ndarray, latency_m
             "predict_latency_ms": latency_ms,
             "predict_images_per_second": 5000.0,
             "model_bytes": 12345,
+            "temperature": 1.5 + seed / 10,
         },
     )
     with files.atomic_file(run.history, "w") as handle:
         handle.write("epoch,val_accuracy\n1,0.8\n2,0.9\n")
     with files.atomic_file(run.predictions, "w") as handle:
-        handle.write("index,label,predicted,confidence\n")
-        handle.writelines(f"{i},{label},{guess},0.9\n" for i, (label, guess) in enumerate(zip(LABELS, predicted)))
+        handle.write("index,label,predicted,confidence,calibrated_confidence\n")
+        handle.writelines(f"{i},{label},{guess},0.9,0.85\n" for i, (label, guess) in enumerate(zip(LABELS, predicted)))
 
 
 @pytest.fixture
@@ -161,5 +162,15 @@ def test_a_missing_or_foreign_prediction_file_is_named(project: Path) -> None:
     with pytest.raises(ValueError, match=r"seed_2/predictions.csv: its test labels differ from .*different test sets"):
         compare.collect(("mnist",), ("strong", "weak"), (1, 2))
     other.write_text("index,label\n0,1\n")
-    with pytest.raises(ValueError, match="header must be index,label,predicted,confidence"):
+    with pytest.raises(ValueError, match="header must be index,label,predicted,confidence,calibrated_confidence"):
         compare.collect(("mnist",), ("weak",), (2,))
+
+
+def test_calibration_is_recomputed_from_each_seeds_confidences(project: Path) -> None:
+    """Every prediction has confidence 0.9 (0.85 once scaled): a seed's ECE is |its accuracy - 0.9|."""
+    rows = {row["design"]: row for row in compare.collect(("mnist",), ("strong", "weak"), (1, 2))["mnist"]["designs"]}
+    strong = rows["strong"]
+    accuracies = strong["test_accuracy_per_seed"]
+    assert strong["test_ece"] == pytest.approx(np.mean([abs(a - 0.9) for a in accuracies]))
+    assert strong["test_ece_calibrated"] == pytest.approx(np.mean([abs(a - 0.85) for a in accuracies]))
+    assert strong["temperature"] == pytest.approx(1.65)  # the seeds' mean

@@ -50,7 +50,15 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
         f"metrics/mnist/{MODEL}/seed_42/predictions.csv",
         *(
             f"plots/figures/mnist/{MODEL}/seed_42/{name}.png"
-            for name in ("learning_curves", "confusion", "samples", "mistakes", "filters", "feature_maps")
+            for name in (
+                "learning_curves",
+                "confusion",
+                "samples",
+                "mistakes",
+                "reliability",
+                "filters",
+                "feature_maps",
+            )
         ),
     ):
         assert (project / path).is_file(), path
@@ -68,6 +76,9 @@ def test_metrics_are_readable_by_dvc(project: Path) -> None:
     assert 0.0 <= evaluated["test_accuracy"] <= 1.0 and evaluated["test_images"] == 100
     # the cost of a prediction, measured
     assert evaluated["predict_latency_ms"] > 0 and evaluated["predict_images_per_second"] > 0
+    # calibration before and after the temperature evaluate fitted on validation
+    assert evaluated["temperature"] > 0 and 0 <= evaluated["test_ece_calibrated"] <= 1
+    assert {"test_ece", "test_mce", "test_nll", "test_brier", "test_nll_calibrated"} <= set(evaluated)
     model_file = project / RunPaths("mnist", MODEL, SEED).model_dir / "model.keras"
     assert evaluated["model_bytes"] == model_file.stat().st_size
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
@@ -130,10 +141,10 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
 
 def accuracy_from_predictions(project: Path, design: str, seed: int) -> float:
     rows = (project / RunPaths("mnist", design, seed).predictions).read_text().splitlines()
-    assert rows[0] == "index,label,predicted,confidence" and len(rows) == 101
+    assert rows[0] == "index,label,predicted,confidence,calibrated_confidence" and len(rows) == 101
     cells = [row.split(",") for row in rows[1:]]
     assert [int(index) for index, *_ in cells] == list(range(100))
-    return sum(label == predicted for _, label, predicted, _ in cells) / 100
+    return sum(label == predicted for _, label, predicted, _, _ in cells) / 100
 
 
 def test_compare_ranks_every_design_with_its_interval_and_test(project: Path) -> None:

@@ -45,6 +45,7 @@ FIGURES = (
     "filters.png",
     "learning_curves.png",
     "mistakes.png",
+    "reliability.png",
     "samples.png",
 )
 SERVER_START_TIMEOUT = 180  # seconds; the server imports MLflow, slow on a busy 2-core machine

@@ -31,7 +31,9 @@ from tests.test_tracking_server import answers_the_check_only, server_cli, stand
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 SEED = 42
-FIGURES = 7  # evaluate's PNGs per run: learning curves, 2 confusion matrices, samples, mistakes, filters, feature maps
+FIGURES = (
+    8  # evaluate's PNGs: learning curves, 2 confusion matrices, samples, mistakes, reliability, filters, feature maps
+)
 REPORTS = {
     "reports/history.csv",
     "reports/confusion.csv",

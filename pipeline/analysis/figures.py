@@ -145,3 +145,38 @@ def feature_maps(image: np.ndarray, maps: np.ndarray, title: str) -> Figure:
 
 def _short(name: str, limit: int = 16) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def reliability_diagram(
+    correct: np.ndarray, confidences: dict[str, np.ndarray], eces: dict[str, float], title: str
+) -> Figure:
+    """Accuracy against confidence per equal-width bin, one panel per kind of confidence (raw, calibrated):
+    bars on the diagonal are a calibrated model, bars below it an overconfident one."""
+    from pipeline.analysis.calibration import BINS, calibration_bins
+
+    figure, axes = plt.subplots(1, len(confidences), figsize=(5 * len(confidences), 4.6), squeeze=False)
+    edges = np.linspace(0, 1, BINS + 1)
+    for axis, (name, confidence) in zip(axes[0], confidences.items()):
+        count, mean_confidence, accuracy = calibration_bins(confidence, correct)
+        shown = count > 0
+        axis.bar(edges[:-1][shown], accuracy[shown], width=1 / BINS, align="edge", color="#4c72b0", label="accuracy")
+        axis.bar(
+            edges[:-1][shown],
+            (mean_confidence - accuracy)[shown],
+            bottom=accuracy[shown],
+            width=1 / BINS,
+            align="edge",
+            color=WRONG,
+            alpha=0.35,
+            label="gap to confidence",
+        )
+        axis.plot([0, 1], [0, 1], "k--", linewidth=1)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence")
+        axis.set_ylabel("accuracy")
+        axis.set_title(f"{name}: ECE {eces[name]:.4f}")
+        axis.legend(loc="upper left")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    return figure

@@ -16,7 +16,7 @@ REPORTS = Path("reports")
 SPLITS = ("train", "val", "test")  # <split>.npz in SPLIT/<dataset> and NORMALIZED/<dataset>
 # RunPaths.predictions: index = position in the official test set; label and predicted = class
 # indices; confidence = the predicted class's probability.
-PREDICTION_COLUMNS = ("index", "label", "predicted", "confidence")
+PREDICTION_COLUMNS = ("index", "label", "predicted", "confidence", "calibrated_confidence")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
-from pipeline.analysis import stats
+from pipeline.analysis import calibration, stats
 from pipeline.config import Params
 from pipeline.core import files, paths
 from pipeline.core.errors import DataError, MissingInputError
@@ -59,10 +59,13 @@ ROW_KEYS = (
     "best_val_accuracy",
     "test_loss",
     "test_macro_f1",
+    "test_ece",
+    "test_ece_calibrated",
+    "temperature",
     "val_accuracy_per_epoch",
 )
 # Means over seeds of these train.json / evaluate.json numbers.
-SEED_MEANS = ("epochs_run", "train_seconds", "best_val_accuracy", "test_loss", "test_macro_f1")
+SEED_MEANS = ("epochs_run", "train_seconds", "best_val_accuracy", "test_loss", "test_macro_f1", "temperature")
 # Measured cost: the median over seeds (one design's seeds have the same architecture).
 COST = {
     "latency_ms": "predict_latency_ms",
@@ -77,7 +80,8 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def read_predictions(path: Path) -> dict[str, np.ndarray]:
-    """predictions.csv as arrays (label, predicted), checked to be one row per test image in order."""
+    """predictions.csv as arrays (label, predicted, confidence, calibrated_confidence), checked to be one row
+    per test image in order."""
     with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows or tuple(rows[0]) != paths.PREDICTION_COLUMNS:
@@ -90,7 +94,18 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
         ) from None
     if not np.array_equal(table[:, 0], np.arange(len(table))):
         raise DataError(f"{path}: index must count the test images 0, 1, 2, ... in order; re-run its evaluate stage")
-    return {"label": table[:, 1], "predicted": table[:, 2]}
+    try:
+        confidences = np.array([[float(cell) for cell in row[3:5]] for row in rows[1:]], np.float64).reshape(-1, 2)
+    except ValueError as error:
+        raise DataError(f"{path}: the confidences must be numbers ({error}); re-run its evaluate stage") from None
+    if not np.all((confidences >= 0) & (confidences <= 1)):
+        raise DataError(f"{path}: a confidence outside [0, 1]; re-run its evaluate stage")
+    return {
+        "label": table[:, 1],
+        "predicted": table[:, 2],
+        "confidence": confidences[:, 0],
+        "calibrated_confidence": confidences[:, 1],
+    }
 
 
 def read_run(run: paths.RunPaths) -> dict[str, Any]:
@@ -149,6 +164,14 @@ def design_row(
         **cost,
         "model_bytes": int(cost["model_bytes"]),
         **{key: float(np.mean([{**run["train"], **run["evaluate"]}[key] for run in seed_runs])) for key in SEED_MEANS},
+        **{  # from the predictions' own confidences, as the accuracies
+            key: float(
+                np.mean(
+                    [calibration.errors(run["predictions"][column], hits)[0] for run, hits in zip(seed_runs, correct)]
+                )
+            )
+            for key, column in (("test_ece", "confidence"), ("test_ece_calibrated", "calibrated_confidence"))
+        },
         "val_accuracy_per_epoch": [[row["val_accuracy"] for row in run["history"]] for run in seed_runs],
     }
 
@@ -220,6 +243,8 @@ COLUMNS = (  # (header, cell of a row; `_best` marks the best row, `_tie` a shar
     ("train time (s)", lambda r: f"{r['train_seconds']:.0f}"),
     ("best val accuracy", lambda r: f"{r['best_val_accuracy']:.4f}"),
     ("test loss", lambda r: f"{r['test_loss']:.4f}"),
+    ("ECE", lambda r: f"{r['test_ece']:.4f}"),
+    ("ECE, T-scaled", lambda r: f"{r['test_ece_calibrated']:.4f} (T {r['temperature']:.2f})"),
 )
 
 HEADER = f"""# Designs compared
@@ -242,6 +267,9 @@ indistinguishable from the best (Holm-adjusted p ≥ {stats.ALPHA}): they share 
 - **seed-level p** (with two or more seeds per design): Welch's t-test of the per-seed accuracies
   against the best's. McNemar's p says whether these trained models differ on these images; this
   one whether the designs differ by more than a training seed moves them. Few seeds make it weak.
+- **ECE**: expected calibration error of the raw confidence (15 equal-width bins, Guo et al. 2017),
+  mean over seeds; **ECE, T-scaled** after temperature scaling, whose T (mean over seeds) evaluate
+  fits on the validation split. Scaling changes no prediction, so no accuracy.
 - **latency** (batch 1, median of 100 calls), **images/s** (batch 512) and **model bytes**:
   measured by evaluate on the machine that ran it; the timings vary from run to run.
 """

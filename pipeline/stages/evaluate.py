@@ -1,13 +1,16 @@
 """Stage `evaluate@<dataset>-<design>-<seed>`: measure the trained model on the official test set.
 
 Writes (pipeline/core/paths.py), in metrics/<dataset>/<design>/seed_<seed>/: evaluate.json (test loss
-and accuracy, macro scores, and what a prediction costs: latency, throughput, model bytes),
-per_class.json and predictions.csv (one row per test image, from which compare computes its
-statistics); plots/confusion/<dataset>/<design>/seed_<seed>.csv (DVC's confusion template) and,
-in plots/figures/<dataset>/<design>/seed_<seed>/, PNG figures: learning curves, confusion
-matrices (counts and row-normalized), sample predictions, the most confident mistakes,
-first-layer filters and feature maps. All of it goes into the MLflow run that train opened,
-so one run holds the whole story; an evaluation
+and accuracy, macro scores, calibration before and after temperature scaling, and what a prediction
+costs: latency, throughput, model bytes), per_class.json and predictions.csv (one row per test image,
+with its raw and calibrated confidence, from which compare computes its statistics);
+plots/confusion/<dataset>/<design>/seed_<seed>.csv (DVC's confusion template) and, in
+plots/figures/<dataset>/<design>/seed_<seed>/, PNG figures: learning curves, confusion matrices
+(counts and row-normalized), sample predictions, the most confident mistakes, the reliability
+diagram, first-layer filters and feature maps. The temperature is fitted on the validation split
+(pipeline/analysis/calibration.py): the test split chooses nothing.
+
+All of it goes into the MLflow run that train opened, so one run holds the whole story; an evaluation
 that re-runs alone (only evaluate's params or code changed) gets a run of its own instead,
 linked to that train run by its `train_run_id` tag, so the train run keeps its first evaluation.
 """
@@ -81,7 +84,27 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list
         "confusion": confusion_matrix(y, y_pred, labels=list(range(len(class_names)))),
         "y_pred": y_pred,
         "confidence": probabilities.max(axis=1),
+        "probabilities": probabilities,
     }
+
+
+def calibrate(
+    model: keras.Model, x_val: np.ndarray, y_val: np.ndarray, result: dict, y: np.ndarray, batch_size: int
+) -> None:
+    """Fit the temperature on the validation split, then score the test split's calibration before and
+    after it; adds the metrics and the calibrated confidences to `result`."""
+    from pipeline.analysis import calibration
+
+    validation = model.predict(x_val, batch_size=batch_size, verbose=0)
+    temperature = calibration.fit_temperature(calibration.log_probabilities(validation), y_val)
+    calibrated = calibration.scaled(calibration.log_probabilities(result["probabilities"]), temperature)
+    before, after = calibration.scores(result["probabilities"], y), calibration.scores(calibrated, y)
+    result["metrics"].update(
+        {"temperature": temperature}
+        | {f"test_{name}": value for name, value in before.items()}
+        | {f"test_{name}_calibrated": value for name, value in after.items()}
+    )
+    result["calibrated_confidence"] = calibrated.max(axis=1)
 
 
 # What a prediction costs. A measurement: it varies from run to run and with what else runs.
@@ -124,14 +147,16 @@ def prediction_cost(model: keras.Model, x: np.ndarray, model_file: Path) -> dict
     }
 
 
-def write_predictions(path: Path, y: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray) -> None:
+def write_predictions(
+    path: Path, y: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, calibrated: np.ndarray
+) -> None:
     """One row per test image, in the test set's order: every statistic of compare comes from these."""
     with files.atomic_file(path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(paths.PREDICTION_COLUMNS)
         writer.writerows(
-            (index, int(label), int(predicted), f"{score:.6g}")
-            for index, (label, predicted, score) in enumerate(zip(y, y_pred, confidence))
+            (index, int(label), int(predicted), f"{score:.6g}", f"{scaled:.6g}")
+            for index, (label, predicted, score, scaled) in enumerate(zip(y, y_pred, confidence, calibrated))
         )
 
 
@@ -157,13 +182,17 @@ def main(args: argparse.Namespace, params: Params) -> None:
     class_names = meta["class_names"]
     x, y = files.load_split(args.dataset, "test")
     result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
+    calibrate(model, *files.load_split(args.dataset, "val"), result, y, params.evaluate.batch_size)
     log.info(
-        "%s on %s (seed %d): test accuracy %.4f, loss %.4f",
+        "%s on %s (seed %d): test accuracy %.4f, loss %.4f; ECE %.4f, %.4f at temperature %.3f (fitted on validation)",
         args.design,
         args.dataset,
         seed,
         result["metrics"]["test_accuracy"],
         result["metrics"]["test_loss"],
+        result["metrics"]["test_ece"],
+        result["metrics"]["test_ece_calibrated"],
+        result["metrics"]["temperature"],
     )
 
     # One run with train's: the worker logs the model while this process draws the figures.
@@ -192,7 +221,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
             writer = csv.writer(handle)
             writer.writerow(["actual", "predicted"])
             writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
-        write_predictions(out.predictions, y, result["y_pred"], result["confidence"])
+        write_predictions(out.predictions, y, result["y_pred"], result["confidence"], result["calibrated_confidence"])
         files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
         files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
         for name in pngs:
@@ -247,6 +276,12 @@ def draw_figures(
             result["confidence"][mistakes],
             class_names,
             f"{title}: most confident mistakes",
+        ),
+        "reliability.png": figures.reliability_diagram(
+            result["y_pred"] == y,
+            {"raw": result["confidence"], "temperature-scaled": result["calibrated_confidence"]},
+            {"raw": result["metrics"]["test_ece"], "temperature-scaled": result["metrics"]["test_ece_calibrated"]},
+            f"{title}: reliability (T = {result['metrics']['temperature']:.3f}, fitted on validation)",
         ),
     }
     conv = first_conv(model)
