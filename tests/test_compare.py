@@ -17,11 +17,25 @@ IMAGES = 400
 LABELS = np.arange(IMAGES) % 10
 
 
-def write_run(dataset: str, design: str, seed: int, wrong: np.ndarray, latency_ms: float = 1.0) -> None:
-    """The files train and evaluate write for one seed, with the test images in `wrong` mispredicted."""
+def write_run(
+    dataset: str,
+    design: str,
+    seed: int,
+    wrong: np.ndarray,
+    latency_ms: float = 1.0,
+    int8_wrong: np.ndarray | None = None,
+) -> None:
+    """The files train and evaluate write for one seed, with the test images in `wrong` mispredicted (by the
+    int8 model: those in `int8_wrong`, or as the float model; -1: no int8 model)."""
     run = paths.RunPaths(dataset, design, seed)
     predicted = LABELS.copy()
     predicted[wrong] = (LABELS[wrong] + 1) % 10
+    if isinstance(int8_wrong, int):
+        int8 = np.full(len(LABELS), int8_wrong)
+    else:
+        int8 = predicted.copy() if int8_wrong is None else LABELS.copy()
+        if int8_wrong is not None:
+            int8[int8_wrong] = (LABELS[int8_wrong] + 1) % 10
     files.write_json(
         run.metrics_dir / "train.json",
         {
@@ -42,13 +56,19 @@ def write_run(dataset: str, design: str, seed: int, wrong: np.ndarray, latency_m
             "predict_images_per_second": 5000.0,
             "model_bytes": 12345,
             "temperature": 1.5 + seed / 10,
+            "int8_model_bytes": 3000 + seed,
+            "int8_latency_ms_p50": 0.1 * seed,
+            "int8_latency_ms_p95": 0.2 * seed,
         },
     )
     with files.atomic_file(run.history, "w") as handle:
         handle.write("epoch,val_accuracy\n1,0.8\n2,0.9\n")
     with files.atomic_file(run.predictions, "w") as handle:
-        handle.write("index,label,predicted,confidence,calibrated_confidence\n")
-        handle.writelines(f"{i},{label},{guess},0.9,0.85\n" for i, (label, guess) in enumerate(zip(LABELS, predicted)))
+        handle.write("index,label,predicted,confidence,calibrated_confidence,int8_predicted\n")
+        handle.writelines(
+            f"{i},{label},{guess},0.9,0.85,{quantized}\n"
+            for i, (label, guess, quantized) in enumerate(zip(LABELS, predicted, int8))
+        )
 
 
 @pytest.fixture
@@ -162,7 +182,9 @@ def test_a_missing_or_foreign_prediction_file_is_named(project: Path) -> None:
     with pytest.raises(ValueError, match=r"seed_2/predictions.csv: its test labels differ from .*different test sets"):
         compare.collect(("mnist",), ("strong", "weak"), (1, 2))
     other.write_text("index,label\n0,1\n")
-    with pytest.raises(ValueError, match="header must be index,label,predicted,confidence,calibrated_confidence"):
+    with pytest.raises(
+        ValueError, match="header must be index,label,predicted,confidence,calibrated_confidence,int8_predicted"
+    ):
         compare.collect(("mnist",), ("weak",), (2,))
 
 
@@ -174,3 +196,26 @@ def test_calibration_is_recomputed_from_each_seeds_confidences(project: Path) ->
     assert strong["test_ece"] == pytest.approx(np.mean([abs(a - 0.9) for a in accuracies]))
     assert strong["test_ece_calibrated"] == pytest.approx(np.mean([abs(a - 0.85) for a in accuracies]))
     assert strong["temperature"] == pytest.approx(1.65)  # the seeds' mean
+
+
+def test_int8_is_compared_with_its_float_model_on_the_same_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """seed 1's int8 model errs on 10 more images than its float model, seed 2's on the same ones; a design
+    without int8 models shows none."""
+    monkeypatch.chdir(tmp_path)
+    write_run("mnist", "quantized", 1, np.arange(0, 10), int8_wrong=np.arange(0, 20))
+    write_run("mnist", "quantized", 2, np.arange(0, 10))
+    write_run("mnist", "classic", 1, np.arange(0, 30), int8_wrong=-1)
+    write_run("mnist", "classic", 2, np.arange(0, 30), int8_wrong=-1)
+    rows = {
+        row["design"]: row for row in compare.collect(("mnist",), ("quantized", "classic"), (1, 2))["mnist"]["designs"]
+    }
+    quantized = rows["quantized"]
+    assert quantized["int8_test_accuracy"] == pytest.approx(1 - 15 / IMAGES)
+    assert quantized["int8_accuracy_change"] == pytest.approx(-5 / IMAGES)
+    # pooled over seeds: 10 images scored 1/2 by int8 and 1 by float, none the other way
+    assert quantized["int8_p_value_vs_float"] == pytest.approx(2 * 0.5**10)
+    assert quantized["int8_model_bytes"] == 3001.5 and quantized["int8_latency_ms_p95"] == pytest.approx(0.3)
+    assert all(rows["classic"][key] is None for key in compare.ROW_KEYS if key.startswith("int8_"))
+    assert "| – |" in compare.markdown(compare.collect(("mnist",), ("quantized", "classic"), (1, 2)))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.analysis import stats
+from pipeline.core import files
 from pipeline.core.paths import RunPaths
 from tests.conftest import TINY_PROJECT_MODELS, run
 
@@ -79,6 +80,12 @@ def test_metrics_are_readable_by_dvc(project: Path) -> None:
     # calibration before and after the temperature evaluate fitted on validation
     assert evaluated["temperature"] > 0 and 0 <= evaluated["test_ece_calibrated"] <= 1
     assert {"test_ece", "test_mce", "test_nll", "test_brier", "test_nll_calibrated"} <= set(evaluated)
+    # the int8 model beside the float one, and how it compares
+    assert (project / RunPaths("mnist", MODEL, SEED).model_dir.with_name("seed_42_int8") / "model.tflite").is_file()
+    assert (
+        evaluated["int8_model_bytes"] > 0 and 0 < evaluated["int8_latency_ms_p50"] <= evaluated["int8_latency_ms_p95"]
+    )
+    assert 0 <= evaluated["int8_mcnemar_p"] <= 1
     model_file = project / RunPaths("mnist", MODEL, SEED).model_dir / "model.keras"
     assert evaluated["model_bytes"] == model_file.stat().st_size
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
@@ -110,6 +117,17 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
     assert found.data.params["train.epochs"] == "1" and found.data.params["seed"] == "42"
     assert found.data.tags["seed"] == "42" and found.data.params["split_seed"] == "42"
     assert {"test_accuracy", "test_loss", "val_accuracy", "best_val_accuracy"} <= set(found.data.metrics)
+    # what the run trained, was validated and tested on, as MLflow's datasets (the UI's Datasets column)
+    inputs = {
+        entry.dataset.name: (entry.dataset.digest, {tag.key: tag.value for tag in entry.tags}["mlflow.data.context"])
+        for entry in client(project).get_run(found.info.run_id).inputs.dataset_inputs
+    }
+    assert {name: context for name, (_, context) in inputs.items()} == {
+        "mnist-train": "training",
+        "mnist-val": "validation",
+        "mnist-test": "testing",
+    }
+    assert inputs["mnist-test"][0] == files.md5_of(project / "data/normalized/mnist/test.npz")[:10]
     history = client(project).get_metric_history(found.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
     artifacts = {a.path for a in client(project).list_artifacts(found.info.run_id, "figures")}
@@ -141,10 +159,10 @@ def test_mlflow_run_holds_params_metrics_figures_and_model(project: Path) -> Non
 
 def accuracy_from_predictions(project: Path, design: str, seed: int) -> float:
     rows = (project / RunPaths("mnist", design, seed).predictions).read_text().splitlines()
-    assert rows[0] == "index,label,predicted,confidence,calibrated_confidence" and len(rows) == 101
+    assert rows[0] == "index,label,predicted,confidence,calibrated_confidence,int8_predicted" and len(rows) == 101
     cells = [row.split(",") for row in rows[1:]]
     assert [int(index) for index, *_ in cells] == list(range(100))
-    return sum(label == predicted for _, label, predicted, _, _ in cells) / 100
+    return sum(label == predicted for _, label, predicted, *_ in cells) / 100
 
 
 def test_compare_ranks_every_design_with_its_interval_and_test(project: Path) -> None:

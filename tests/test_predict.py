@@ -171,6 +171,16 @@ def test_digits_from_idx_pngs_and_a_zip_get_evaluates_classes(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
+def test_int8_predictions_are_evaluates_int8_classes(
+    tiny_project: Path, digits: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    for design in TINY_PROJECT_MODELS:
+        result = predicted(tiny_project, monkeypatch, capsys, "mnist", design, digits["idx"], "--int8")
+        with open(tiny_project / RunPaths("mnist", design, SEED).predictions, encoding="utf-8") as handle:
+            int8_classes = [int(row["int8_predicted"]) for row in csv.DictReader(handle)]
+        assert [p["class"] for p in result["predictions"]] == int8_classes, design
+
+
 def test_labels_give_evaluates_accuracy_and_the_table_reads_well(
     tiny_project: Path, digits: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

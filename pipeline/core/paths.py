@@ -16,7 +16,8 @@ REPORTS = Path("reports")
 SPLITS = ("train", "val", "test")  # <split>.npz in SPLIT/<dataset> and NORMALIZED/<dataset>
 # RunPaths.predictions: index = position in the official test set; label and predicted = class
 # indices; confidence = the predicted class's probability.
-PREDICTION_COLUMNS = ("index", "label", "predicted", "confidence", "calibrated_confidence")
+# int8_predicted: the int8 model's class (pipeline/portable/int8.py), -1 where the design has no int8 model
+PREDICTION_COLUMNS = ("index", "label", "predicted", "confidence", "calibrated_confidence", "int8_predicted")
 
 
 @dataclass(frozen=True)

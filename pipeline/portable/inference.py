@@ -33,11 +33,17 @@ BATCH_SIZE = 512  # as evaluate's default: the same batches give the same arithm
 class Classifier:
     """The model of a trained model folder, with the preprocessing it was trained with."""
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], int8: bool = False) -> None:
+        """`int8`: the folder's full-integer model (int8.py), which evaluate writes beside it, instead of Keras'."""
         folder = Path(folder)
         settings = json.loads((folder / PREPROCESSING_FILE).read_text(encoding="utf-8"))
         self.meta: dict[str, Any] = settings["meta"]
         self.normalize: dict[str, Any] = settings["normalize"]
+        if int8:
+            from .int8 import INT8_FILE, Int8Model, int8_folder
+
+            self.model = Int8Model(int8_folder(folder) / INT8_FILE)
+            return
         # Keras (and TensorFlow) load with the first model: importing this module costs nothing.
         import keras
 

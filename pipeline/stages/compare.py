@@ -62,6 +62,12 @@ ROW_KEYS = (
     "test_ece",
     "test_ece_calibrated",
     "temperature",
+    "int8_test_accuracy",
+    "int8_accuracy_change",
+    "int8_p_value_vs_float",
+    "int8_model_bytes",
+    "int8_latency_ms_p50",
+    "int8_latency_ms_p95",
     "val_accuracy_per_epoch",
 )
 # Means over seeds of these train.json / evaluate.json numbers.
@@ -87,10 +93,12 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
     if not rows or tuple(rows[0]) != paths.PREDICTION_COLUMNS:
         raise DataError(f"{path}: header must be {','.join(paths.PREDICTION_COLUMNS)}; re-run its evaluate stage")
     try:
-        table = np.array([[int(cell) for cell in row[:3]] for row in rows[1:]], dtype=np.int64).reshape(-1, 3)
-    except ValueError as error:
+        table = np.array([[int(cell) for cell in (*row[:3], row[5])] for row in rows[1:]], dtype=np.int64).reshape(
+            -1, 4
+        )
+    except (ValueError, IndexError) as error:
         raise DataError(
-            f"{path}: index, label and predicted must be ints ({error}); re-run its evaluate stage"
+            f"{path}: index, label, predicted and int8_predicted must be ints ({error}); re-run its evaluate stage"
         ) from None
     if not np.array_equal(table[:, 0], np.arange(len(table))):
         raise DataError(f"{path}: index must count the test images 0, 1, 2, ... in order; re-run its evaluate stage")
@@ -105,6 +113,7 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
         "predicted": table[:, 2],
         "confidence": confidences[:, 0],
         "calibrated_confidence": confidences[:, 1],
+        "int8_predicted": table[:, 3],
     }
 
 
@@ -172,7 +181,25 @@ def design_row(
             )
             for key, column in (("test_ece", "confidence"), ("test_ece_calibrated", "calibrated_confidence"))
         },
+        **int8_numbers(seed_runs, correct),
         "val_accuracy_per_epoch": [[row["val_accuracy"] for row in run["history"]] for run in seed_runs],
+    }
+
+
+def int8_numbers(seed_runs: list[dict[str, Any]], correct: np.ndarray) -> dict[str, float | None]:
+    """The int8 models' accuracy (mean over seeds, from predictions.csv), its change from the float models',
+    the exact McNemar p of int8 against float on the same images (seeds pooled as between designs), and
+    the int8 model's size and batch-1 latency (medians over seeds); None where the design has no int8 model."""
+    keys = ("int8_model_bytes", "int8_latency_ms_p50", "int8_latency_ms_p95")
+    if any((run["predictions"]["int8_predicted"] < 0).any() for run in seed_runs):
+        return dict.fromkeys(("int8_test_accuracy", "int8_accuracy_change", "int8_p_value_vs_float", *keys))
+    int8_correct = np.stack([run["predictions"]["int8_predicted"] == run["predictions"]["label"] for run in seed_runs])
+    int8_scores, float_scores = stats.image_scores(int8_correct), stats.image_scores(correct)
+    return {
+        "int8_test_accuracy": float(int8_correct.mean()),
+        "int8_accuracy_change": float(int8_correct.mean() - correct.mean()),
+        "int8_p_value_vs_float": stats.mcnemar_exact(*stats.discordant(int8_scores, float_scores)),
+        **{key: float(np.median([run["evaluate"][key] for run in seed_runs])) for key in keys},
     }
 
 
@@ -245,6 +272,20 @@ COLUMNS = (  # (header, cell of a row; `_best` marks the best row, `_tie` a shar
     ("test loss", lambda r: f"{r['test_loss']:.4f}"),
     ("ECE", lambda r: f"{r['test_ece']:.4f}"),
     ("ECE, T-scaled", lambda r: f"{r['test_ece_calibrated']:.4f} (T {r['temperature']:.2f})"),
+    (
+        "int8 accuracy (change)",
+        lambda r: "–"
+        if r["int8_test_accuracy"] is None
+        else f"{r['int8_test_accuracy']:.4f} ({100 * r['int8_accuracy_change']:+.2f} pt)",
+    ),
+    ("int8 p vs float", lambda r: "–" if r["int8_p_value_vs_float"] is None else _p(r["int8_p_value_vs_float"])),
+    ("int8 bytes", lambda r: "–" if r["int8_model_bytes"] is None else f"{r['int8_model_bytes']:,.0f}"),
+    (
+        "int8 latency p50/p95 (ms)",
+        lambda r: "–"
+        if r["int8_latency_ms_p50"] is None
+        else f"{r['int8_latency_ms_p50']:.3f}/{r['int8_latency_ms_p95']:.3f}",
+    ),
 )
 
 HEADER = f"""# Designs compared
@@ -270,6 +311,10 @@ indistinguishable from the best (Holm-adjusted p ≥ {stats.ALPHA}): they share 
 - **ECE**: expected calibration error of the raw confidence (15 equal-width bins, Guo et al. 2017),
   mean over seeds; **ECE, T-scaled** after temperature scaling, whose T (mean over seeds) evaluate
   fits on the validation split. Scaling changes no prediction, so no accuracy.
+- **int8**: the model after full-integer post-training quantization (TFLite, run by LiteRT; ranges
+  from 500 training images): its test accuracy and change from the float model in points, the exact
+  McNemar p of int8 against float on the same images, its size, and its latency at batch 1 (p50/p95 of
+  100 calls). – where the converter has no integer kernel for the design (evaluate's log says which).
 - **latency** (batch 1, median of 100 calls), **images/s** (batch 512) and **model bytes**:
   measured by evaluate on the machine that ran it; the timings vary from run to run.
 """

@@ -147,16 +147,54 @@ def prediction_cost(model: keras.Model, x: np.ndarray, model_file: Path) -> dict
     }
 
 
-def write_predictions(
-    path: Path, y: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, calibrated: np.ndarray
+def quantized(
+    model: keras.Model, out: paths.RunPaths, x: np.ndarray, y: np.ndarray, result: dict, threads: int
 ) -> None:
+    """The model as full-integer int8 (representative images from the training split), written beside the
+    model folder, and its test accuracy against the float model's on the same images (exact McNemar),
+    size and latency at batch 1; adds them to `result`. A model the converter cannot take gets the reason
+    in its int8 folder, one warning, and int8_predicted -1."""
+    from pipeline.analysis import stats
+    from pipeline.portable.int8 import INT8_FILE, NOT_QUANTIZED_FILE, Int8Model, int8_folder
+    from pipeline.training import quantize
+
+    x_train, _ = files.load_split(out.dataset, "train")
+    try:
+        content = quantize.to_int8(model, quantize.representative_sample(x_train, out.seed))
+    except quantize.NotQuantizable as why:
+        log.warning("int8: %s is not quantized: %s", out.design, why)
+        with files.atomic_directory(int8_folder(out.model_dir)) as folder:
+            (folder / NOT_QUANTIZED_FILE).write_text(f"{why}\n", encoding="utf-8")
+        result["int8_predicted"] = np.full(len(y), -1)
+        return
+    with files.atomic_directory(int8_folder(out.model_dir)) as folder:
+        (folder / INT8_FILE).write_bytes(content)
+    int8 = Int8Model(content, threads)
+    predicted = int8.predict(x).argmax(axis=1)
+    float_right, int8_right = result["y_pred"] == y, predicted == y
+    p50, p95 = int8.latency_ms(x[0])
+    result["metrics"].update(
+        {
+            "int8_test_accuracy": float(int8_right.mean()),
+            "int8_accuracy_change": float(int8_right.mean() - float_right.mean()),
+            "int8_mcnemar_p": stats.mcnemar_exact(*stats.discordant(int8_right, float_right)),
+            "int8_model_bytes": int8.size_bytes,
+            "int8_latency_ms_p50": p50,
+            "int8_latency_ms_p95": p95,
+        }
+    )
+    result["int8_predicted"] = predicted
+
+
+def write_predictions(path: Path, y: np.ndarray, result: dict) -> None:
     """One row per test image, in the test set's order: every statistic of compare comes from these."""
+    columns = (result["y_pred"], result["confidence"], result["calibrated_confidence"], result["int8_predicted"])
     with files.atomic_file(path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(paths.PREDICTION_COLUMNS)
         writer.writerows(
-            (index, int(label), int(predicted), f"{score:.6g}", f"{scaled:.6g}")
-            for index, (label, predicted, score, scaled) in enumerate(zip(y, y_pred, confidence, calibrated))
+            (index, int(label), int(predicted), f"{score:.6g}", f"{scaled:.6g}", int(int8))
+            for index, (label, predicted, score, scaled, int8) in enumerate(zip(y, *columns))
         )
 
 
@@ -169,6 +207,7 @@ def first_conv(model: keras.Model) -> keras.layers.Layer | None:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     from pipeline.analysis import figures
+    from pipeline.portable.int8 import int8_folder
     from pipeline.training.compile import load_model
 
     seed = params.run_seed(args.seed)
@@ -201,6 +240,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     ) as tracked:
         _ = tracked.id  # wait until the worker has loaded and opened the run: then it is idle while timing runs
         result["metrics"].update(prediction_cost(model, x, out.model_dir / "model.keras"))
+        quantized(model, out, x, y, result, run.get("threads", 1))
         log.info(
             "cost per prediction: %.2f ms at batch 1, %.0f images/s at batch %d, %d model bytes",
             result["metrics"]["predict_latency_ms"],
@@ -209,6 +249,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
             result["metrics"]["model_bytes"],
         )
         tracking.log_params({"evaluate": params.raw["evaluate"]})
+        tracking.log_input(paths.NORMALIZED / args.dataset / "test.npz", f"{args.dataset}-test", "testing")
         tracking.log_model(out.model_dir, result["metrics"])
         tracking.log_metrics(
             {f"test_f1_class_{i:02d}": s["f1-score"] for i, s in enumerate(result["per_class"].values())}
@@ -221,13 +262,15 @@ def main(args: argparse.Namespace, params: Params) -> None:
             writer = csv.writer(handle)
             writer.writerow(["actual", "predicted"])
             writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
-        write_predictions(out.predictions, y, result["y_pred"], result["confidence"], result["calibrated_confidence"])
+        write_predictions(out.predictions, y, result)
         files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
         files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
         for name in pngs:
             tracking.log_artifact(out.figures / name, "figures")
         tracking.log_artifact(out.metrics_dir / "per_class.json", "reports")
         tracking.log_artifact(out.predictions, "reports")
+        for path in sorted(int8_folder(out.model_dir).iterdir()):  # beside the float model: int8/model.tflite
+            tracking.log_artifact(path, "int8")
         tracking.log_text(out.confusion.read_text(encoding="utf-8"), "reports/confusion.csv")
 
 

@@ -54,6 +54,7 @@ from pipeline.portable.inference import (
     PREPROCESSING_FILE,
     Classifier,
 )  # Keras loads with the first model only
+from pipeline.portable.int8 import INT8_FILE, NOT_QUANTIZED_FILE, int8_folder
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ ARGUMENTS = (
         },
     ),
     ("--json", {"action": "store_true", "help": "end with one line of JSON"}),
+    ("--int8", {"action": "store_true", "help": "the int8 model evaluate made (LiteRT), not the float one"}),
 )
 
 IDX_DATASETS = ("mnist", "fashion_mnist")  # datasets shipped as IDX files, which PATH may then be
@@ -113,14 +115,14 @@ def main(args: argparse.Namespace, params: Params) -> None:
         rows = None
         if args.labels:
             rows = match(inputs.entries, read_labels(Path(args.labels), get(args.dataset).num_classes), args.labels)
-        check_trained(folder, args.dataset, args.design, seed)
-        classifier = Classifier(folder)  # TensorFlow loads only now, once the input is known to be fine
+        check_trained(folder, args.dataset, args.design, seed, args.int8)
+        classifier = Classifier(folder, args.int8)  # TensorFlow loads only now, once the input is known to be fine
         log.info("%s (seed %d) on %d image(s) from %s", args.design, seed, len(inputs.entries), ", ".join(args.paths))
         result = classify(classifier, inputs.entries, rows, args.labels)
     print_table(result, args.json)
 
 
-def check_trained(folder: Path, dataset: str, design: str, seed: int) -> None:
+def check_trained(folder: Path, dataset: str, design: str, seed: int, int8: bool = False) -> None:
     train = f"train it first: `python -m pipeline train {dataset} {design} --seed {seed}` (or `dvc repro`)"
     if not (folder / MODEL_FILE).is_file():
         raise MissingInputError(
@@ -129,6 +131,15 @@ def check_trained(folder: Path, dataset: str, design: str, seed: int) -> None:
     if not (folder / PREPROCESSING_FILE).is_file():
         raise MissingInputError(
             f"{folder / PREPROCESSING_FILE}: missing, the model was trained by an older train stage; {train}"
+        )
+    quantized = int8_folder(folder)
+    if int8 and (quantized / NOT_QUANTIZED_FILE).is_file():
+        why = (quantized / NOT_QUANTIZED_FILE).read_text(encoding="utf-8").strip()
+        raise UserError(f"{design} on {dataset} has no int8 model: {why}; predict without --int8")
+    if int8 and not (quantized / INT8_FILE).is_file():
+        raise MissingInputError(
+            f"{quantized / INT8_FILE}: missing, evaluate makes it; run "
+            f"`python -m pipeline evaluate {dataset} {design} --seed {seed}` (or `dvc repro`)"
         )
 
 

@@ -78,6 +78,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
                 "device": compute.device(),
             }
         )
+        if not state:  # a resumed run has them already
+            for split, context in (("train", "training"), ("val", "validation")):
+                tracking.log_input(paths.NORMALIZED / args.dataset / f"{split}.npz", f"{args.dataset}-{split}", context)
         result = train(design, args.dataset, seed, checkpoint, settings, state, run.id)
         model = result["model"]
         with files.atomic_directory(out.model_dir) as tmp:

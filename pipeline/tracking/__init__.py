@@ -9,6 +9,7 @@ May import: core, portable.
 from pipeline.tracking.client import (
     TrackingError,
     log_artifact,
+    log_input,
     log_metrics,
     log_model,
     log_params,
@@ -23,6 +24,7 @@ __all__ = [
     "TrackingServerError",
     "check_server",
     "log_artifact",
+    "log_input",
     "log_metrics",
     "log_model",
     "log_params",

@@ -59,6 +59,12 @@ def log_text(text: str, artifact_file: str) -> None:
     _log("text", text, artifact_file)
 
 
+def log_input(path: str | os.PathLike[str], name: str, context: str) -> None:
+    """A split the run read (a normalized .npz), as one of MLflow's datasets: the UI's Datasets column
+    names it, with its digest and shapes, and `context` (training, validation, testing)."""
+    _log("input", str(Path(path).resolve()), name, context)
+
+
 def log_model(model_dir: str | os.PathLike[str], metrics: dict[str, float]) -> None:
     """The trained model folder `model_dir` as the run's MLflow model (raw pixels in, see `_mlflow_model`),
     with `metrics` (its test scores) logged to the run and linked to the model, so the model's page shows them."""

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
+from pipeline.core import files
 from pipeline.core.process import exit_now
 from pipeline.tracking import export, spool
 from pipeline.tracking.store import artifact_root, check_server, mlflow_api, project_store_uri, tracking_uri
@@ -115,6 +116,28 @@ def _mlflow_params(values: dict[str, str]) -> None:
         mlflow_api().log_params(dict(items[start : start + 100]))
 
 
+def _log_input(path: str, name: str, context: str) -> None:
+    """A MetaDataset: its digest is the file's MD5 and its schema the arrays' shapes, read from the .npz
+    headers without loading the images (MLflow's numpy datasets would hold them in memory to hash them)."""
+    import zipfile
+
+    import numpy as np
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.schema import Schema, TensorSpec
+
+    specs = []
+    with zipfile.ZipFile(path) as archive:
+        for member in ("x.npy", "y.npy"):
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(handle)
+            specs.append(TensorSpec(dtype, (-1, *shape[1:]), member.removesuffix(".npy")))
+    dataset = MetaDataset(resolve_dataset_source(path), name=name, digest=files.md5_of(path)[:10], schema=Schema(specs))
+    mlflow_api().log_input(dataset, context=context)
+
+
 # The code an MLflow model ships (pipeline/portable/inference.py and what it imports), as a package of its
 # own: the project's `pipeline` has much more, and a client may have it on its path too.
 _MLFLOW_LOGGERS = {
@@ -122,6 +145,7 @@ _MLFLOW_LOGGERS = {
     "metrics": lambda values, step: mlflow_api().log_metrics(values, step=step),
     "artifact": lambda path, artifact_path: mlflow_api().log_artifact(path, artifact_path=artifact_path),
     "text": lambda text, artifact_file: mlflow_api().log_text(text, artifact_file),
+    "input": _log_input,
     "model": export.log_model_folder,
 }
 

@@ -1,0 +1,58 @@
+"""Full-integer post-training quantization: a trained Keras model as an int8 TFLite model.
+
+TensorFlow's TFLite converter (still in TF 2.21; its runtime moved to LiteRT, `ai-edge-litert`, which
+pipeline/portable/int8.py runs it with) calibrates each tensor's int8 range on a representative set of
+training images, then writes a model whose weights, activations, input and output are all int8: what a
+microcontroller or an NPU runs. Keras 3's own `model.quantize("int8")` quantizes Dense and convolution
+weights only, and keeps float activations, so it would not measure that.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+REPRESENTATIVE_IMAGES = 500  # drawn from the training split: enough to settle every activation's range
+
+
+class NotQuantizable(Exception):
+    """The converter has no integer kernel for an operation of the model (the message says which)."""
+
+
+def representative_sample(x_train: np.ndarray, seed: int, count: int = REPRESENTATIVE_IMAGES) -> np.ndarray:
+    """A seeded sample of training images: the ranges come from data the model was trained on, never test."""
+    rng = np.random.default_rng(seed)
+    return x_train[np.sort(rng.choice(len(x_train), size=min(count, len(x_train)), replace=False))]
+
+
+def to_int8(model: keras.Model, representative: np.ndarray) -> bytes:
+    """The model converted to full-integer int8 (input and output int8 too)."""
+    import tensorflow as tf
+
+    def images():
+        for image in representative:
+            yield [image[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = images
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    try:
+        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the ranges come from
+            warnings.simplefilter("ignore", UserWarning)  # the representative images
+            return converter.convert()
+    except Exception as error:  # ConverterError, with MLIR's whole log: keep the ops it names
+        ops = re.search(r"TF Select ops: ([^\n]+)", str(error))
+        dtypes = sorted(set(re.findall(r"tensor<[^>]*x(f64|f16|bf16)>", str(error))))
+        raise NotQuantizable(
+            f"TFLite has no int8 kernel for {ops.group(1) if ops else type(error).__name__}"
+            + (f" (computed in {', '.join(dtypes)})" if dtypes else "")
+        ) from None
