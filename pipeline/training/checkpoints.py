@@ -78,7 +78,8 @@ class Checkpoint:
     def save(self, model: Any, state: dict[str, Any], best_weights: list[np.ndarray] | None) -> None:
         """Replace the checkpoint whole: a crash while saving leaves the previous epoch's."""
         with files.atomic_directory(self.folder) as tmp:
-            model.save(tmp / "model.keras")
+            with files.writing(tmp / "model.keras"):
+                model.save(tmp / "model.keras")
             files.save_arrays(tmp / "random.npz", **{f"s{i}": np.array(v) for i, v in enumerate(random_states(model))})
             if best_weights is not None:
                 files.save_arrays(tmp / "best.npz", **{f"w{index}": w for index, w in enumerate(best_weights)})

@@ -1,0 +1,180 @@
+"""Faults survived, nothing lost: real train stages meet a full disk.
+
+- A write finds no room (the file-size limit, as a full disk would): one `error:` line, exit status 2, no
+  half-written file, and the checkpoint before it resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.core import files
+from pipeline.core.errors import NoSpaceError
+from pipeline.core.paths import RunPaths
+from tests.conftest import copy_project, edit_params, run, tool_env, write_idx_dataset
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+DESIGN = "student_b"  # its model.keras, 2 MB with the optimizer state, is the largest file train writes
+SEED = 42
+STAGE = f"train@mnist-{DESIGN}-{SEED}"
+OUT = RunPaths("mnist", DESIGN, SEED)
+CHECKPOINT = Path(".checkpoints/mnist") / DESIGN / f"seed_{SEED}"
+UNTRACKED = {"PIPELINE_TRACKING": "off"}  # where tracking is not what a test is about
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with tiny MNIST normalized; epochs of about a second (3000 images, batches of 8)."""
+    base = tmp_path_factory.mktemp("faults")
+    md5s = write_idx_dataset(base / "mirror" / "mnist", train=3000, test=100)
+    (base / "mirror" / "MD5SUMS").write_text("".join(f"{md5}  mnist/{name}\n" for name, md5 in md5s.items()))
+    repo = copy_project(
+        base / "repo",
+        {
+            "download.mirror": str(base / "mirror"),
+            "train.batch_size": 8,
+            "experiments.datasets": ["mnist"],
+            "experiments.models": [DESIGN],
+        },
+    )
+    run(["dvc", "repro", "normalize@mnist"], repo)
+    return repo
+
+
+def fresh(repo: Path, epochs: int) -> None:
+    """`train.epochs: epochs`, and no checkpoint or train output left by an earlier test."""
+    edit_params(repo / "params.yaml", {"train.epochs": epochs})
+    for path in (repo / ".checkpoints", repo / OUT.model_dir, repo / OUT.metrics_dir):
+        shutil.rmtree(path, ignore_errors=True)
+    (repo / OUT.history).unlink(missing_ok=True)
+
+
+def train_command() -> list[str]:
+    return [sys.executable, "-m", "pipeline", "train", "mnist", DESIGN]
+
+
+def train(repo: Path, preexec_fn: Callable[[], None] | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        train_command(),
+        cwd=repo,
+        env=tool_env(**UNTRACKED, **env),
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec_fn,
+        timeout=600,
+    )
+
+
+def interrupt_after_epoch(repo: Path, epoch: int) -> None:
+    """Start the train stage and SIGTERM it once it logged `epoch <epoch>/N`: a checkpoint of that epoch stays."""
+    process = subprocess.Popen(train_command(), cwd=repo, env=tool_env(**UNTRACKED), stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if f": epoch {epoch}/" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stderr.read()
+    assert process.wait(timeout=120) != 0, "the stage finished before it could be interrupted"
+    state = json.loads((repo / CHECKPOINT / "state.json").read_text())
+    assert state["epochs_done"] == epoch
+
+
+def epochs_logged(log: str) -> list[str]:
+    return [line.split(": epoch ")[1].split()[0] for line in log.splitlines() if ": epoch " in line]
+
+
+def history(repo: Path) -> list[dict[str, str]]:
+    with open(repo / OUT.history, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file under `folder`, hidden ones included, with the MD5 of its bytes."""
+    return {str(p.relative_to(folder)): files.md5_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The stage's one `error:` line (exit status 2, no traceback)."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    return errors[0]
+
+
+# ---- 2. No room to write: the file-size limit (as a full disk) ------------------------------------------------
+
+
+def file_size_limit(limit: int) -> Callable[[], None]:
+    """A preexec_fn: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored, so they fail rather than kill)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_no_room_for_a_checkpoint_stops_in_one_line_and_keeps_the_one_before(project: Path) -> None:
+    fresh(project, epochs=3)
+    interrupt_after_epoch(project, 1)
+    kept = digests(project / CHECKPOINT.parent)
+    limit = (project / CHECKPOINT / "model.keras").stat().st_size // 2  # epoch 2's checkpoint cannot be written
+
+    result = train(project, preexec_fn=file_size_limit(limit))
+    error = one_error_line(result)
+    assert error.startswith(f"error: {project / CHECKPOINT / 'model.keras'}: cannot be written, the file outgrew")
+    assert "file-size limit" in error and "ulimit -f unlimited" in error
+    assert "epoch 2/3" not in result.stderr  # the epoch is logged once its checkpoint is saved
+    assert digests(project / CHECKPOINT.parent) == kept, "the checkpoint changed, or a temporary file stayed"
+
+    resumed = train(project)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {DESIGN} on mnist after epoch 1 of 3" in resumed.stderr
+    assert epochs_logged(resumed.stderr) == ["2/3", "3/3"]
+    assert [row["epoch"] for row in history(project)] == ["1", "2", "3"]
+
+
+def test_no_room_for_the_model_leaves_no_half_model_and_the_checkpoint_resumes(project: Path) -> None:
+    fresh(project, epochs=2)
+    interrupt_after_epoch(project, 1)
+    kept = digests(project / CHECKPOINT)
+    limit = (project / CHECKPOINT / "model.keras").stat().st_size // 2  # the last epoch saves no checkpoint
+
+    result = train(project, preexec_fn=file_size_limit(limit))
+    error = one_error_line(result)
+    assert error.startswith(f"error: {OUT.model_dir / 'model.keras'}: cannot be written, the file outgrew")
+    assert epochs_logged(result.stderr) == ["2/2"]
+    assert list((project / OUT.model_dir.parent).iterdir()) == [], "a half-written model or temporary folder"
+    assert not (project / OUT.history).exists() and not (project / OUT.metrics_dir).exists()
+    assert digests(project / CHECKPOINT) == kept
+
+    resumed = train(project)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {DESIGN} on mnist after epoch 1 of 2" in resumed.stderr
+    assert (project / OUT.model_dir / "model.keras").is_file() and not (project / CHECKPOINT).exists()
+
+
+def test_a_full_disk_names_the_file_and_says_to_free_space(tmp_path: Path) -> None:
+    """ENOSPC for real: /dev/full fails every write with it."""
+    target = tmp_path / "out"
+    with pytest.raises(NoSpaceError) as raised, files.atomic_directory(target) as tmp:
+        (tmp / "small.txt").write_text("fits\n")
+        with open("/dev/full", "w") as full:
+            full.write("does not fit")
+            full.flush()
+    assert raised.value.code == errno.ENOSPC
+    assert str(raised.value).startswith(f"{target}: cannot be written, the disk is full (")
+    assert "free disk space, then run again" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
