@@ -1,7 +1,9 @@
-"""Faults survived, nothing lost: real train stages meet a full disk.
+"""Faults survived, nothing lost: real train stages meet a full disk and a damaged
+checkpoint.
 
 - A write finds no room (the file-size limit, as a full disk would): one `error:` line, exit status 2, no
   half-written file, and the checkpoint before it resumes.
+- A damaged checkpoint (cut short, or garbage) is said in one warning line and never resumed.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import os
 import resource
 import shutil
 import signal
@@ -178,3 +181,52 @@ def test_a_full_disk_names_the_file_and_says_to_free_space(tmp_path: Path) -> No
     assert str(raised.value).startswith(f"{target}: cannot be written, the disk is full (")
     assert "free disk space, then run again" in str(raised.value)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- 3. A damaged checkpoint -----------------------------------------------------------------------------------
+
+
+def cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))  # same size: only the bytes say it is not the file
+
+
+DAMAGE = {
+    "model cut short": ("model.keras", cut_short),
+    "model garbage": ("model.keras", garbage),
+    "state cut short": ("state.json", cut_short),
+    "random states garbage": ("random.npz", garbage),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint_of_epoch_1(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkpoint an interruption after epoch 1 of 2 leaves."""
+    fresh(project, epochs=2)
+    interrupt_after_epoch(project, 1)
+    copy = tmp_path_factory.mktemp("checkpoint") / "seed_42"
+    shutil.copytree(project / CHECKPOINT, copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_checkpoint_is_said_in_one_warning_and_training_starts_over(
+    project: Path, checkpoint_of_epoch_1: Path, damage: str
+) -> None:
+    fresh(project, epochs=2)
+    shutil.copytree(checkpoint_of_epoch_1, project / CHECKPOINT)
+    name, spoil = DAMAGE[damage]
+    spoil(project / CHECKPOINT / name)
+
+    result = train(project)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "resuming" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "the checkpoint is damaged" in line]
+    assert len(warnings) == 1, result.stderr
+    assert f"{project / CHECKPOINT}: the checkpoint is damaged, {name} " in warnings[0]
+    assert warnings[0].endswith("it is removed and training starts from epoch 1")
+    assert epochs_logged(result.stderr) == ["1/2", "2/2"]
+    assert (project / OUT.model_dir / "model.keras").is_file() and not (project / CHECKPOINT).exists()
