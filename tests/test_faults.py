@@ -1,15 +1,18 @@
-"""Faults survived, nothing lost: real train stages meet a full disk and a damaged
-checkpoint.
+"""Faults survived, nothing lost: real train stages meet a full disk, a damaged checkpoint,
+and a file damaged on the DVC remote.
 
 - A write finds no room (the file-size limit, as a full disk would): one `error:` line, exit status 2, no
   half-written file, and the checkpoint before it resumes.
 - A damaged checkpoint (cut short, or garbage) is said in one warning line and never resumed.
+- A file damaged on the DVC remote: what DVC does (nothing, unless the remote verifies), what the pipeline does
+  when it reads it, and the repair docs/several-machines.md describes.
 """
 
 from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import os
 import resource
@@ -230,3 +233,81 @@ def test_a_damaged_checkpoint_is_said_in_one_warning_and_training_starts_over(
     assert warnings[0].endswith("it is removed and training starts from epoch 1")
     assert epochs_logged(result.stderr) == ["1/2", "2/2"]
     assert (project / OUT.model_dir / "model.keras").is_file() and not (project / CHECKPOINT).exists()
+
+
+# ---- 4. A file damaged on the DVC remote --------------------------------------------------------------------
+
+
+def test_a_file_damaged_on_the_dvc_remote_is_caught_by_a_verifying_pull_or_by_the_stage_that_reads_it(
+    tmp_path: Path,
+) -> None:
+    """DVC trusts a remote's files by their names unless the remote has `verify = true`; the repair is a good
+    copy put over the damaged one (docs/several-machines.md, "A damaged file on the DVC remote")."""
+    md5s = write_idx_dataset(tmp_path / "mirror" / "mnist", train=300, test=50)
+    (tmp_path / "mirror" / "MD5SUMS").write_text("".join(f"{md5}  mnist/{name}\n" for name, md5 in md5s.items()))
+    first = copy_project(
+        tmp_path / "first",
+        {"download.mirror": str(tmp_path / "mirror"), "experiments.datasets": ["mnist"]},
+    )
+    run(["dvc", "repro", "normalize@mnist"], first)
+    remote = tmp_path / "nas"
+    run(["dvc", "remote", "add", "-d", "nas", str(remote)], first)
+    run(["git", "add", "-A"], first)
+    run(["git", "commit", "-qm", "data"], first)
+    run(["dvc", "push"], first)
+    data_stages = ["download@mnist", "split@mnist", "normalize@mnist"]
+
+    damaged_file = Path("data/normalized/mnist/train.npz")
+    good = (first / damaged_file).read_bytes()
+    md5 = hashlib.md5(good).hexdigest()
+    listed = run(["dvc", "ls", "--show-hash", ".", str(damaged_file.parent)], first).stdout
+    assert f"{md5}  {damaged_file.name}" in listed  # how a user finds a file's object
+    obj = Path("files/md5") / md5[:2] / md5[2:]
+    spoiled = bytearray(good)
+    spoiled[len(good) // 2 : len(good) // 2 + 16] = b"\xff" * 16  # 16 bytes rot in the middle of the images
+    (remote / obj).chmod(0o644)
+    (remote / obj).write_bytes(bytes(spoiled))
+
+    def clone(name: str, *config: str) -> Path:
+        target = tmp_path / name
+        run(["git", "clone", "-q", str(first), str(target)], tmp_path)
+        if config:
+            run(["dvc", "remote", "modify", "nas", *config], target)
+        return target
+
+    # DVC's default: the damaged copy is pulled, cached under the good name, and `dvc status` sees nothing ...
+    trusting = clone("trusting")
+    run(["dvc", "pull", *data_stages], trusting)
+    assert (trusting / damaged_file).read_bytes() == bytes(spoiled)
+    assert (trusting / ".dvc/cache" / obj).read_bytes() == bytes(spoiled)
+    assert "Data and pipelines are up to date" in run(["dvc", "status", *data_stages], trusting).stdout
+    # ... and the first stage that reads it stops, naming it
+    stage = subprocess.run(
+        train_command(), cwd=trusting, env=tool_env(**UNTRACKED), capture_output=True, text=True, timeout=600
+    )
+    error = one_error_line(stage)
+    assert error.startswith(f"error: {damaged_file}: damaged (Bad CRC-32 for file 'x.npy'); delete it and run")
+
+    # A remote with `verify = true`: the pull hashes what it downloads, drops the damaged copy and fails, naming it
+    verifying = clone("verifying", "verify", "true")
+    pulled = subprocess.run(
+        ["dvc", "pull", "-v", *data_stages], cwd=verifying, env=tool_env(), capture_output=True, text=True
+    )
+    said = pulled.stdout + pulled.stderr
+    assert pulled.returncode == 1, said
+    assert f"Checkout failed for following targets:\n{damaged_file.parent}\n" in said
+    assert f"corrupted cache file '{verifying / '.dvc/cache' / obj}'" in said  # -v names the object
+    assert not (verifying / damaged_file.parent).exists() and not (verifying / ".dvc/cache" / obj).exists()
+    assert (verifying / "data/split/mnist/train.npz").is_file()  # the intact outputs are there
+
+    # The repair: the pushing machine's cache holds the good copy; put it over the remote's damaged one
+    assert files.md5_of(first / ".dvc/cache" / obj) == md5
+    (remote / obj).write_bytes((first / ".dvc/cache" / obj).read_bytes())
+    run(["dvc", "pull", *data_stages], verifying)
+    assert (verifying / damaged_file).read_bytes() == good
+    # ...and a machine that pulled the damaged copy drops it from its cache and workspace, then pulls again
+    (trusting / ".dvc/cache" / obj).unlink()
+    (trusting / damaged_file).unlink()
+    run(["dvc", "pull", *data_stages], trusting)
+    assert (trusting / damaged_file).read_bytes() == good
+    assert "Data and pipelines are up to date" in run(["dvc", "status", *data_stages], trusting).stdout

@@ -25,6 +25,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import paths
-from pipeline.core.errors import MissingInputError, NoSpaceError
+from pipeline.core.errors import DataError, MissingInputError, NoSpaceError
 
 # Queued `dvc exp run` executes in <repo>/.dvc/tmp/exps/<tmpdir>/ (and sets DVC_ROOT to it):
 # the tracking store and relative data paths must still resolve to the real repository.
@@ -212,8 +213,34 @@ def save_arrays(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
 
 
 def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    with _input(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    with _input(path, "rb") as handle:
+        try:
+            with np.load(handle, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (zipfile.BadZipFile, EOFError, ValueError) as error:  # cut short, a failed CRC, not an .npz
+            raise damaged(path, error) from error
+
+
+def check_zip(path: str | os.PathLike[str]) -> None:
+    """Raise DataError if the zip file at `path` (a .keras model) is damaged: not a zip, cut short, or a member
+    failing its CRC; so that a library reading it has no damaged bytes to fail on with a traceback."""
+    with _input(path, "rb") as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, EOFError) as error:
+            raise damaged(path, error) from error
+    if bad is not None:
+        raise damaged(path, f"{bad} fails its CRC check")
+
+
+def damaged(path: str | os.PathLike[str], problem: object) -> DataError:
+    """The user's error for a file a stage wrote whole that no longer reads: it changed on disk since."""
+    return DataError(
+        f"{path}: damaged ({problem}); delete it and run `dvc repro` to write it again (if it came from a DVC "
+        f"remote, the remote and .dvc/cache hold the damaged copy too: see docs/several-machines.md)",
+        path,
+    )
 
 
 def load_split(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
