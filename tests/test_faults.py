@@ -1,6 +1,8 @@
-"""Faults survived, nothing lost: real train stages meet a full disk, a damaged checkpoint,
-and a file damaged on the DVC remote.
+"""Faults survived, nothing lost: real train stages meet a database that stops and comes back, a full disk,
+a damaged checkpoint, and a file damaged on the DVC remote.
 
+- The tracking server's PostgreSQL stops mid-training and starts again: the stage ends as usual, and after
+  `resync` the server holds every epoch's metrics, as the stage's history file does.
 - A write finds no room (the file-size limit, as a full disk would): one `error:` line, exit status 2, no
   half-written file, and the checkpoint before it resumes.
 - A damaged checkpoint (cut short, or garbage) is said in one warning line and never resumed.
@@ -10,6 +12,8 @@ and a file damaged on the DVC remote.
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import csv
 import errno
 import hashlib
@@ -20,15 +24,22 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from pipeline.core import files
 from pipeline.core.errors import NoSpaceError
 from pipeline.core.paths import RunPaths
+from pipeline.tracking import server, spool
+from pipeline.tracking.server import ServerFolder, free_port
 from tests.conftest import copy_project, edit_params, run, tool_env, write_idx_dataset
+from tests.test_tracking_server import server_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -117,6 +128,146 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
     return errors[0]
+
+
+# ---- 1. The tracking server's PostgreSQL stops and starts again mid-training -------------------------------
+
+
+@dataclass
+class PostgresServer:
+    folder: ServerFolder
+    uri: str
+    credentials: dict[str, str]  # MLFLOW_TRACKING_USERNAME and _PASSWORD if the server asks for a login
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a stage needs to log there."""
+        return {"MLFLOW_TRACKING_URI": self.uri, **self.credentials}
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[mlflow.MlflowClient]:
+        with spool.environment(self.credentials):  # MLflow's client reads them from the environment
+            yield mlflow.MlflowClient(self.uri)
+
+    def stop_database(self) -> None:
+        self.folder.cluster().stop()
+
+    def start_database(self) -> None:
+        self.folder.cluster().start(self.folder.state()["db_port"])  # the port the MLflow server's store names
+
+
+def stage_credentials(folder: Path) -> dict[str, str]:
+    """The login a server that asks for one wrote at its start (admin.credentials), as a stage's env."""
+    path = folder / "admin.credentials"
+    if not path.is_file():
+        return {}
+    ini = configparser.ConfigParser()
+    ini.read(path)
+    return {
+        "MLFLOW_TRACKING_USERNAME": ini["mlflow"]["mlflow_tracking_username"],
+        "MLFLOW_TRACKING_PASSWORD": ini["mlflow"]["mlflow_tracking_password"],
+    }
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[PostgresServer]:
+    """`python -m pipeline server start` (PostgreSQL) in a folder the cluster's owner can reach, on a free port."""
+    if server.postgres_bin() is None:
+        try:
+            server.install_postgresql()
+        except server.ServerError as error:
+            pytest.skip(f"PostgreSQL is not installed and cannot be installed here: {error}")
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-faults-server-"))  # as root, the `postgres` user runs the
+    folder.chmod(0o755)  # cluster: not under pytest's 0700 folders
+    port = free_port()
+    try:
+        server_cli("start", "--dir", folder, "--port", port)
+        yield PostgresServer(ServerFolder(folder), f"http://127.0.0.1:{port}", stage_credentials(folder))
+    finally:
+        server_cli("stop", "--dir", folder, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+OUTAGES = {
+    # PostgreSQL back in 2 s: the MLflow server answers 503 meanwhile, and the client's retries (about 6 s of
+    # them, the worker's settings) may carry the requests over it.
+    "back within the client's retries": lambda line: False,
+    # Down until the tracking worker gives up on the server and keeps the run in the spool.
+    "down until the run is spooled": lambda line: "this run is kept in" in line,
+}
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+def test_postgresql_stopped_and_restarted_mid_training_loses_no_metric(
+    project: Path, postgres_server: PostgresServer, outage: str
+) -> None:
+    fresh(project, epochs=12)
+    back_when = OUTAGES[outage]
+    started = time.monotonic()
+    process = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", STAGE],
+        cwd=project,
+        env=tool_env(**postgres_server.env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log, stopped_at, restarted_at = [], None, None
+    for line in process.stdout:
+        log.append(line)
+        if stopped_at is None and ": epoch 2/12 " in line:
+            postgres_server.stop_database()
+            stopped_at = time.monotonic() - started
+            if outage == "back within the client's retries":
+                time.sleep(2)
+                postgres_server.start_database()
+                restarted_at = time.monotonic() - started
+        elif stopped_at is not None and restarted_at is None and back_when(line):
+            postgres_server.start_database()
+            restarted_at = time.monotonic() - started
+    process.wait(timeout=600)
+    if restarted_at is None:  # never restarted: restart it for the tests after this one, then fail
+        postgres_server.start_database()
+    output = "".join(log)
+    assert stopped_at is not None and restarted_at is not None, output
+    assert process.returncode == 0, output
+    assert epochs_logged(output)[-1] == "12/12"
+    spooled = "this run is kept in" in output
+    if outage == "down until the run is spooled":
+        assert spooled, output
+    assert (project / OUT.model_dir / "model.keras").is_file() and (project / OUT.history).is_file()
+    assert "up to date" in run(["dvc", "status", STAGE], project).stdout  # DVC recorded its outputs
+
+    resync = subprocess.run(
+        [sys.executable, "-m", "pipeline", "resync"],
+        cwd=project,
+        env=tool_env(**postgres_server.env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resync.returncode == 0, resync.stdout + resync.stderr
+    assert ("resync: 1 of 1 kept runs logged" if spooled else "resync: no runs kept") in resync.stdout
+
+    run_id = json.loads((project / OUT.model_dir / "run.json").read_text())["run_id"]
+    rows = history(project)
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(1, 13)]
+    with postgres_server.client() as client:
+        found = client.get_run(run_id)
+        assert found.info.status == "FINISHED"
+        for column in rows[0]:
+            if column == "epoch":
+                continue
+            key = "epoch_seconds" if column == "seconds" else column
+            logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            assert logged == [(int(row["epoch"]), float(row[column])) for row in rows], f"{key}: lost or logged twice"
+    train_json = json.loads((project / OUT.metrics_dir / "train.json").read_text())
+    assert {key: found.data.metrics[key] for key in train_json} == pytest.approx(train_json)
+    print(
+        f"\n{outage}: PostgreSQL stopped at {stopped_at:.1f} s, started again at {restarted_at:.1f} s; "
+        f"{'spooled, then resynced' if spooled else 'nothing spooled'}; 12 epochs x {len(rows[0]) - 1} metrics "
+        f"on the server"
+    )
 
 
 # ---- 2. No room to write: the file-size limit (as a full disk) ------------------------------------------------
