@@ -2,7 +2,8 @@
 a damaged checkpoint, and a file damaged on the DVC remote.
 
 - The tracking server's PostgreSQL stops mid-training and starts again: the stage ends as usual, and after
-  `resync` the server holds every epoch's metrics, as the stage's history file does.
+  `resync` the server holds every epoch's metrics, as the stage's history file does, each once: also the one
+  request the database took but whose answer was lost, which resync sends again.
 - A write finds no room (the file-size limit, as a full disk would): one `error:` line, exit status 2, no
   half-written file, and the checkpoint before it resumes.
 - A damaged checkpoint (cut short, or garbage) is said in one warning line and never resumed.
@@ -17,6 +18,7 @@ import contextlib
 import csv
 import errno
 import hashlib
+import http.server
 import json
 import os
 import resource
@@ -25,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,13 +35,17 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 
+from pipeline import tracking
+from pipeline.config import load_params
 from pipeline.core import files
 from pipeline.core.errors import NoSpaceError
 from pipeline.core.paths import RunPaths
+from pipeline.tracking import client as tracking_client
 from pipeline.tracking import server, spool
 from pipeline.tracking.server import ServerFolder, free_port
-from tests.conftest import copy_project, edit_params, run, tool_env, write_idx_dataset
+from tests.conftest import REPO, copy_project, edit_params, run, tool_env, write_idx_dataset
 from tests.test_tracking_server import server_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -268,6 +275,69 @@ def test_postgresql_stopped_and_restarted_mid_training_loses_no_metric(
         f"{'spooled, then resynced' if spooled else 'nothing spooled'}; 12 epochs x {len(rows[0]) - 1} metrics "
         f"on the server"
     )
+
+
+class Forwarding(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to its server's `upstream`; the answer to a request `lose(path, body)` picks is
+    lost on the way back: 503 instead, though the upstream server has done what it asked."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        answer = requests.request(self.command, self.server.upstream + self.path, data=body, headers=headers)
+        status, content = (503, b"") if self.server.lose(self.path, body) else (answer.status_code, answer.content)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_metric_whose_answer_was_lost_is_stored_once_after_resync(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ambiguous request: the database took it, the answer never came back (PostgreSQL stopping after its
+    commit, a connection cut), so the worker keeps it in the spool and resync sends it again."""
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forwarding)
+    proxy.upstream = postgres_server.uri
+    proxy.lose = lambda path, body: path.startswith("/api/2.0/mlflow/runs/log-batch") and b"val_accuracy" in body
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    env = {
+        "DVC_ROOT": str(tmp_path),  # the spool goes there
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.server_address[1]}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        **postgres_server.credentials,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PIPELINE_TRACKING", raising=False)
+    monkeypatch.setattr(tracking_client, "_worker", None)  # a worker of this environment
+    try:
+        with tracking.stage_run(load_params(REPO / "params.yaml"), "mnist", "train", model="lost", seed=7) as run:
+            tracking.log_metrics({"val_accuracy": 0.5}, step=1)
+            run_id = run.id
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    (kept,) = spool.entries()
+    assert (kept.run_id, kept.done, len(kept.requests)) == (run_id, 0, 1)  # the worker took it as not logged
+
+    resync = subprocess.run(
+        [sys.executable, "-m", "pipeline", "resync", "--to", postgres_server.uri],
+        cwd=tmp_path,
+        env=tool_env(**{**env, "PYTHONPATH": str(REPO)}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resync.returncode == 0, resync.stdout + resync.stderr
+    with postgres_server.client() as client:
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_accuracy")] == [(1, 0.5)]
+        assert client.get_run(run_id).info.status == "FINISHED"
 
 
 # ---- 2. No room to write: the file-size limit (as a full disk) ------------------------------------------------
