@@ -30,3 +30,16 @@ class DataError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A file a stage reads is not there: a stage before it has not run, or a source lacks it."""
+
+
+class NoSpaceError(UserError):
+    """A file could not be written for want of room: the disk is full (ENOSPC), a quota is used up
+    (EDQUOT), or the file outgrew the file-size limit (EFBIG). `path` is the file (or folder) it was
+    for; pipeline.core.files raises it, with a message saying what to free or raise."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str], code: int) -> None:
+        super().__init__(message)
+        self.path, self.code = str(path), code  # code: the errno
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.path, self.code))

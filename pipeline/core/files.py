@@ -8,17 +8,24 @@ after a failed stage they are missing. DVC's cache keeps the last version of eve
 output, and `dvc checkout <stage>` puts it back; outputs declared `cache: false` are not in the
 cache but in git (`git checkout -- <path>`). Run outside DVC (`python -m pipeline.<stage>`),
 a stage replaces each output only once its new version is complete.
+
+A write that finds no room (the disk full, a quota used up, the file-size limit reached) removes
+its temporary file and raises `NoSpaceError`, naming the output and what to free or raise: the
+stage stops with one `error:` line, and the output's previous version, if any, stays whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import paths
-from pipeline.core.errors import MissingInputError
+from pipeline.core.errors import DataError, MissingInputError, NoSpaceError
 
 # Queued `dvc exp run` executes in <repo>/.dvc/tmp/exps/<tmpdir>/ (and sets DVC_ROOT to it):
 # the tracking store and relative data paths must still resolve to the real repository.
@@ -68,9 +75,11 @@ def atomic_file(target: str | os.PathLike[str], mode: str = "wb") -> Iterator[An
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if (code := _no_room(error)) is not None:
+            raise no_space(code, target) from error
         raise
 
 
@@ -91,9 +100,80 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (code := _no_room(error)) is not None:
+            # the file that found no room (a nested atomic_file's, or the OSError's), under its final name
+            failed = error.path if isinstance(error, NoSpaceError) else getattr(error, "filename", None)
+            raise no_space(code, _final_name(failed, tmp, target)) from error
         raise
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """The block writes `path` through a library whose OSError names no file (Keras' model.save): name it."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = os.fspath(path)
+        raise
+
+
+# errno values of a write that found no room: the disk full, a quota used up, the file-size limit reached
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _no_room(error: BaseException) -> int | None:
+    """The errno in NO_ROOM that `error` (or an error it was raised from) carries, else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, NoSpaceError):
+            return cause.code
+        if isinstance(cause, OSError) and cause.errno in NO_ROOM:
+            return cause.errno
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _final_name(path: str | os.PathLike[str] | None, tmp: Path, target: Path) -> Path:
+    """What `path` is called once the temporary folder `tmp` becomes `target` (`target` itself if unknown)."""
+    if path is None:
+        return target
+    try:
+        return target / Path(path).relative_to(tmp)
+    except ValueError:
+        return Path(path)
+
+
+def no_space(code: int, path: str | os.PathLike[str]) -> NoSpaceError:
+    """The user's error for a write of `path` that failed with errno `code` (one of NO_ROOM): what to free or raise."""
+    if code == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            what = f"the file outgrew this process's file-size limit ({_mib(limit)}, `ulimit -f`)"
+            fix = "raise the limit (`ulimit -f unlimited`)"
+        else:
+            what, fix = "the file outgrew the largest its filesystem holds", "keep the project on another filesystem"
+    elif code == errno.EDQUOT:
+        what, fix = "your disk quota is used up", "free space within your quota (or have it raised)"
+    else:
+        what, fix = f"the disk is full{_free(Path(path))}", "free disk space"
+    return NoSpaceError(f"{path}: cannot be written, {what}; {fix}, then run again", path, code)
+
+
+def _free(path: Path) -> str:
+    """` (N MiB free)`: the space left on the filesystem holding `path` (or its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            return f" ({_mib(shutil.disk_usage(folder).free)} free)"
+    return ""
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / (1 << 20):.1f} MiB"
 
 
 def _umask() -> int:
@@ -133,8 +213,34 @@ def save_arrays(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
 
 
 def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    with _input(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    with _input(path, "rb") as handle:
+        try:
+            with np.load(handle, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (zipfile.BadZipFile, EOFError, ValueError) as error:  # cut short, a failed CRC, not an .npz
+            raise damaged(path, error) from error
+
+
+def check_zip(path: str | os.PathLike[str]) -> None:
+    """Raise DataError if the zip file at `path` (a .keras model) is damaged: not a zip, cut short, or a member
+    failing its CRC; so that a library reading it has no damaged bytes to fail on with a traceback."""
+    with _input(path, "rb") as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, EOFError) as error:
+            raise damaged(path, error) from error
+    if bad is not None:
+        raise damaged(path, f"{bad} fails its CRC check")
+
+
+def damaged(path: str | os.PathLike[str], problem: object) -> DataError:
+    """The user's error for a file a stage wrote whole that no longer reads: it changed on disk since."""
+    return DataError(
+        f"{path}: damaged ({problem}); delete it and run `dvc repro` to write it again (if it came from a DVC "
+        f"remote, the remote and .dvc/cache hold the damaged copy too: see docs/several-machines.md)",
+        path,
+    )
 
 
 def load_split(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:

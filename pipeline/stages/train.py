@@ -84,7 +84,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
         result = train(design, args.dataset, seed, checkpoint, settings, state, run.id)
         model = result["model"]
         with files.atomic_directory(out.model_dir) as tmp:
-            model.save(tmp / "model.keras")
+            with files.writing(tmp / "model.keras"):
+                model.save(tmp / "model.keras")
             (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
             (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
             files.write_json(

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ def log_params(values: dict[str, Any]) -> None:
 
 
 def log_metrics(values: dict[str, float], step: int | None = None) -> None:
-    """Metrics of the run (per epoch with `step`)."""
-    _log("metrics", {key: float(value) for key, value in values.items()}, step)
+    """Metrics of the run (per epoch with `step`), stamped now: when they reach the store (later, through
+    the spool), they keep the time they were logged, and a request logged twice is stored once."""
+    _log("metrics", {key: float(value) for key, value in values.items()}, step, int(time.time() * 1000))
 
 
 def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:

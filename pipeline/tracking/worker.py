@@ -142,7 +142,9 @@ def _log_input(path: str, name: str, context: str) -> None:
 # own: the project's `pipeline` has much more, and a client may have it on its path too.
 _MLFLOW_LOGGERS = {
     "params": _mlflow_params,
-    "metrics": lambda values, step: mlflow_api().log_metrics(values, step=step),
+    # with the stage's timestamp: MLflow stores a metric of the same key, step, value and time once, so a request
+    # replayed from the spool after it had reached the store (its answer lost) adds nothing
+    "metrics": lambda values, step, timestamp=None: mlflow_api().log_metrics(values, step=step, timestamp=timestamp),
     "artifact": lambda path, artifact_path: mlflow_api().log_artifact(path, artifact_path=artifact_path),
     "text": lambda text, artifact_file: mlflow_api().log_text(text, artifact_file),
     "input": _log_input,

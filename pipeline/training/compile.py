@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 
+from pipeline.core import files
 from pipeline.designs import Design
 from pipeline.training.recipe import TrainSettings
 
@@ -63,4 +64,5 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
     import pipeline.portable.lenet5_classic  # noqa: F401  registers the classic design's layers for loading
     import pipeline.training.schedules  # noqa: F401  and the learning-rate schedule a checkpoint's optimizer holds
 
+    files.check_zip(path)  # a damaged file is named in one line, not failed on in Keras
     return keras.models.load_model(path)
