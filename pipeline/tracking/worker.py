@@ -138,8 +138,7 @@ def _log_input(path: str, name: str, context: str) -> None:
     mlflow_api().log_input(dataset, context=context)
 
 
-# The code an MLflow model ships (pipeline/portable/inference.py and what it imports), as a package of its
-# own: the project's `pipeline` has much more, and a client may have it on its path too.
+# What each request of a stage does in its run (pipeline/tracking/client.py sends them).
 _MLFLOW_LOGGERS = {
     "params": _mlflow_params,
     # with the stage's timestamp: MLflow stores a metric of the same key, step, value and time once, so a request
