@@ -73,7 +73,7 @@ def run(argv: Sequence[str]) -> int:
         setup_logging()
         params = load_params() if getattr(module, "PARAMS", True) else None
         if params is not None:
-            _check_arguments(params, args)
+            _check_arguments(params, args, getattr(module, "DESIGN_ALIASES", ()))
         if getattr(module, "TRACKED", module.__name__.startswith(f"{stages.__name__}.")):
             tracking.check_server()  # a server that is down stops the command now, not after its work
             tracking.warm_up(getattr(module, "WITH_KERAS", False))
@@ -84,12 +84,13 @@ def run(argv: Sequence[str]) -> int:
     return status or 0
 
 
-def _check_arguments(params: Params, args: argparse.Namespace) -> None:
-    """A `dataset` and a `design` argument must name what params.yaml declares, and fit each other."""
+def _check_arguments(params: Params, args: argparse.Namespace, aliases: tuple[str, ...] = ()) -> None:
+    """A `dataset` and a `design` argument must name what params.yaml declares, and fit each other; a command's
+    DESIGN_ALIASES (predict's `champion`) name a design it resolves itself."""
     dataset, design = getattr(args, "dataset", None), getattr(args, "design", None)
     if dataset is not None:
         params.dataset(dataset)
-    if design is not None:
+    if design is not None and design not in aliases:
         params.design(design)
         if dataset is not None:
             params.check_design(design, dataset)  # also when the pair is not in `experiments`

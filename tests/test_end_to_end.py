@@ -304,3 +304,10 @@ def test_a_second_seed_trains_only_that_seed_and_compare_reports_the_spread(proj
         assert row["test_accuracy"] == pytest.approx(np.mean(per_seed))
         assert row["test_accuracy_std"] == pytest.approx(np.std(per_seed, ddof=1))
         assert (row["test_accuracy_min"], row["test_accuracy_max"]) == (min(per_seed), max(per_seed))
+
+
+def test_compare_registers_the_best_design_as_the_datasets_first_champion(project: Path) -> None:
+    best = json.loads((project / "reports/compare.json").read_text())["mnist"]["designs"][0]["design"]
+    champion = client(project).get_model_version_by_alias("mnist", "champion")
+    assert (champion.tags["design"], champion.tags["seed"]) == (best, str(SEED))
+    assert champion.tags["champion_decision"] == "the first champion"

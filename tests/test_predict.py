@@ -181,6 +181,15 @@ def test_int8_predictions_are_evaluates_int8_classes(
         assert [p["class"] for p in result["predictions"]] == int8_classes, design
 
 
+def test_the_champion_is_the_design_the_registry_names(
+    tiny_project: Path, digits: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_project / 'mlflow.db'}")
+    best = json.loads((tiny_project / "reports/compare.json").read_text())["mnist"]["designs"][0]["design"]
+    result = predicted(tiny_project, monkeypatch, capsys, "mnist", "champion", digits["idx"])
+    assert_agrees_with_evaluate(result, tiny_project, "mnist", best)
+
+
 def test_labels_give_evaluates_accuracy_and_the_table_reads_well(
     tiny_project: Path, digits: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

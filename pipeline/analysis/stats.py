@@ -120,3 +120,18 @@ def paired_comparison(scores: dict[str, np.ndarray], best: str, alpha: float = A
         for name in scores
     }
     return {"vs_best": vs_best, "pairwise_p": pairwise}
+
+
+def beats(challenger: np.ndarray, champion: np.ndarray, alpha: float = ALPHA) -> dict[str, float | bool | list[float]]:
+    """Whether a challenger's per-image scores beat a champion's on the same test images: the exact McNemar p
+    below `alpha` and the bootstrap interval of the accuracy difference (challenger minus champion) above 0.
+    Both, so that neither many tiny differences nor one lucky interval moves a champion alone."""
+    challenger, champion = np.asarray(challenger, float), np.asarray(champion, float)
+    p = mcnemar_exact(*discordant(challenger, champion))
+    low, high = bootstrap_ci(challenger - champion)  # the mean of per-image differences: the accuracy difference
+    return {
+        "p_value": p,
+        "difference": float((challenger - champion).mean()),
+        "difference_ci": [low, high],
+        "beats": bool(p < alpha and low > 0),
+    }

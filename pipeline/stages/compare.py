@@ -475,3 +475,14 @@ def main(args: argparse.Namespace, params: Params) -> None:
             tracking.log_metrics({f"p_value_vs_best_holm.{r['design']}": r["p_value_vs_best_holm"] for r in rows})
             for name in ("compare.md", "compare.json", *names[dataset]):
                 tracking.log_artifact(paths.REPORTS / name, "reports")
+            tracking.promote(*challenger(dataset, rows[0]))
+
+
+def challenger(dataset: str, best: dict[str, Any]) -> tuple[str, str, int, Path]:
+    """The best design's model for the registry: of its seed with the best validation accuracy, so that the
+    test split picks no seed. (dataset, design, seed, its predictions.csv)"""
+    runs = [paths.RunPaths(dataset, best["design"], seed) for seed in best["seeds"]]
+    chosen = max(
+        runs, key=lambda run: (files.read_json(run.metrics_dir / "train.json")["best_val_accuracy"], -run.seed)
+    )
+    return dataset, best["design"], chosen.seed, chosen.predictions

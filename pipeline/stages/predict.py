@@ -107,8 +107,19 @@ class Inputs:
     skipped: list[str]  # files in folders and archives that are not images, by name
 
 
+CHAMPION = "champion"  # as DESIGN: the model the registry's alias names (pipeline/tracking/registry.py)
+DESIGN_ALIASES = (CHAMPION,)  # cli.py leaves it to main
+
+
 def main(args: argparse.Namespace, params: Params) -> None:
     seed = params.run_seed(args.seed)
+    if args.design == CHAMPION:
+        from pipeline.tracking import registry  # MLflow: only to read the registry
+
+        if args.seed is not None:
+            raise UserError(f"--seed {args.seed}: the champion is one trained model; drop --seed")
+        args.design, seed = registry.champion(args.dataset)
+        log.info("%s's champion: %s (seed %d)", args.dataset, args.design, seed)
     folder = paths.RunPaths(args.dataset, args.design, seed).model_dir
     with contextlib.ExitStack() as open_archives:
         inputs = collect(args.paths, args.dataset, open_archives)

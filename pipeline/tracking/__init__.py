@@ -14,6 +14,7 @@ from pipeline.tracking.client import (
     log_model,
     log_params,
     log_text,
+    promote,
     stage_run,
     warm_up,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "log_model",
     "log_params",
     "log_text",
+    "promote",
     "server_problem",
     "stage_run",
     "warm_up",

@@ -61,6 +61,12 @@ def log_text(text: str, artifact_file: str) -> None:
     _log("text", text, artifact_file)
 
 
+def promote(dataset: str, design: str, seed: int, predictions: str | os.PathLike[str]) -> None:
+    """Register this (design, seed)'s model as a challenger for the dataset's champion
+    (pipeline/tracking/registry.py); the worker says what it decided."""
+    _log("champion", dataset, design, seed, str(Path(predictions).resolve()))
+
+
 def log_input(path: str | os.PathLike[str], name: str, context: str) -> None:
     """A split the run read (a normalized .npz), as one of MLflow's datasets: the UI's Datasets column
     names it, with its digest and shapes, and `context` (training, validation, testing)."""

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from pipeline.core import files
 from pipeline.core.process import exit_now
-from pipeline.tracking import export, spool
+from pipeline.tracking import export, registry, spool
 from pipeline.tracking.store import artifact_root, check_server, mlflow_api, project_store_uri, tracking_uri
 
 
@@ -147,6 +147,7 @@ _MLFLOW_LOGGERS = {
     "artifact": lambda path, artifact_path: mlflow_api().log_artifact(path, artifact_path=artifact_path),
     "text": lambda text, artifact_file: mlflow_api().log_text(text, artifact_file),
     "input": _log_input,
+    "champion": lambda *challenger: registry.promote(*challenger, experiment_name=dvc_experiment()),
     "model": export.log_model_folder,
 }
 
