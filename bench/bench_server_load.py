@@ -948,8 +948,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
         for config in server["configs"]:
             lines.append(
-                f"- {config['label']}: knee at N={config['knee_p50']} by p50, N={config['knee_p95']} by p95 "
-                f"(PostgreSQL max_connections {config['postgres_max_connections']})"
+                f"- {config['label']}: the knee (the smallest N with at least twice N={server['clients'][0]}'s "
+                f"latency) at N={config['knee_p50']} by p50, N={config['knee_p95']} by p95 (PostgreSQL "
+                f"max_connections {config['postgres_max_connections']})"
             )
     queue = result.get("sqlite_queue")
     if queue:
