@@ -310,6 +310,7 @@ def _log_run(
 
 def client_main(
     uri: str,
+    folder: Path,
     env: dict[str, str],
     index: int,
     label: str,
@@ -320,22 +321,25 @@ def client_main(
     results: Any,
 ) -> None:
     """One client process: ready (its HTTP connection made), then at the barrier's release whole runs
-    until `seconds` have passed; puts its calls' latencies and its runs on `results`."""
+    until `seconds` have passed; puts its calls' latencies and its runs on `results`. Its artifact files
+    go in `folder`, which the parent removes."""
     os.environ.update(env)
     try:
         # MLflow prints every ended run's URL: 64 clients' worth of noise
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            results.put(_client(uri, index, label, seconds, epochs, params, barrier))
+            results.put(_client(uri, folder, index, label, seconds, epochs, params, barrier))
     except BaseException:
         barrier.abort()  # the parent and the other clients stop waiting
         results.put({"index": index, "crashed": traceback.format_exc()[-3000:], "started": time.monotonic()})
 
 
-def _client(uri: str, index: int, label: str, seconds: float, epochs: int, params: dict, barrier: Any) -> dict:
+def _client(
+    uri: str, folder: Path, index: int, label: str, seconds: float, epochs: int, params: dict, barrier: Any
+) -> dict:
     from mlflow import MlflowClient
 
     retries = _count_retries()
-    folder = Path(tempfile.mkdtemp(prefix=f"load-client-{index}-"))
+    folder.mkdir()
     files = _artifact_files(folder)
     client = MlflowClient(uri)
     client.search_experiments(max_results=1)  # the session and its connection, outside the measure
@@ -353,7 +357,6 @@ def _client(uri: str, index: int, label: str, seconds: float, epochs: int, param
                 runs.append(record)
     ended = time.monotonic()
     after = resource.getrusage(resource.RUSAGE_SELF)
-    shutil.rmtree(folder, ignore_errors=True)
     return {
         "index": index,
         "started": started,
@@ -372,7 +375,7 @@ def _client(uri: str, index: int, label: str, seconds: float, epochs: int, param
 
 
 def parse_config(text: str) -> dict[str, int]:
-    """`workers=4,pool_size=20,max_overflow=0` -> {"workers": 4, ...}; workers defaults to the server's."""
+    """`workers=4,pool_size=20,max_overflow=5` -> {"workers": 4, ...}; workers defaults to the server's."""
     from pipeline.tracking.server import DEFAULT_WORKERS
 
     config = {"workers": DEFAULT_WORKERS}
@@ -653,10 +656,11 @@ def _drain(results: Any) -> list[dict]:
 def measure(uri: str, folder: Path, env: dict[str, str], n: int, label: str, args: Any, params: dict) -> dict:
     ctx = multiprocessing.get_context("forkserver")
     barrier, results = ctx.Barrier(n + 1), ctx.Queue()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-load-clients-"))  # removed here: a killed client cannot
     clients = [
         ctx.Process(
             target=client_main,
-            args=(uri, env, i, label, args.seconds, args.epochs, params, barrier, results),
+            args=(uri, scratch / str(i), env, i, label, args.seconds, args.epochs, params, barrier, results),
             daemon=True,
         )
         for i in range(n)
@@ -680,6 +684,8 @@ def measure(uri: str, folder: Path, env: dict[str, str], n: int, label: str, arg
         for process in clients:  # only the processes this round started
             process.kill()
         raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     for process in clients:
         process.join(timeout=60)
     crashed = [r["crashed"] for r in reports if "crashed" in r]
