@@ -26,6 +26,7 @@ SCRIPTS = (
     "bench_parallel.py",
     "bench_precision.py",
     "bench_pipeline.py",
+    "bench_server_load.py",
 )
 # The CPU flags that decide TensorFlow's kernels here: AVX2/AVX-512 (oneDNN), VNNI, bfloat16 (AMX, AVX-512 BF16).
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -226,6 +227,31 @@ def summary() -> str:
                 f"×{r['speedup']:.2f} | {test['float32']:.4f} | {test['mixed_bfloat16']:.4f} |"
             )
         lines += ["", f"{precision['rounds']} rounds, alternated{_load_note(precision)}.", ""]
+    server_load = _load("server_load.json")
+    if server_load:
+        from bench_server_load import markdown
+
+        server = server_load.get("server", {})
+        busy = [r["cores_busy"]["machine"] for c in server.get("configs", []) for r in c["rounds"]]
+        lines += [
+            "## Tracking server under load (bench/bench_server_load.py)",
+            "",
+            f"`{server_load['command']}`, {server_load['date']}{_load_note(server_load)}"
+            + (
+                f"; the machine's cores busy while clients logged, every process counted: {min(busy):.1f} to "
+                f"{max(busy):.1f} of {server_load['machine']['cores']}"
+                if busy
+                else ""
+            )
+            + ". Each N logs for "
+            f"{server.get('seconds_per_n', 0):.0f} s; a run is a stage's train and evaluate "
+            f"({server.get('epochs_per_run')} epochs); latencies per MLflow client call; lost and duplicated "
+            "metric values, runs not FINISHED and missing artifacts are read back from the server after each N "
+            "(duplicated also counts values no client logged and runs no client created).",
+            "",
+            markdown(server_load),
+            "",
+        ]
     return "\n".join(lines)
 
 
