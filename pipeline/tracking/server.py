@@ -63,6 +63,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PERMISSION = "READ"
 SHARED_PERMISSION = "EDIT"
 CLUSTER_OWNER = "postgres"  # who runs the cluster when we are root: the user Debian's package creates
+# Each uvicorn worker runs up to 40 requests at once (anyio's thread limit), and MLflow's log_batch holds one
+# database connection while it opens a second: with SQLAlchemy's default pool (5 + 10 overflow) 15 requests
+# holding their first connection starve, and the rest fail after 30 s (bench/RESULTS.md, server load). So one
+# more connection than threads, for the tracking store and for the logins' store, and room for both in PostgreSQL.
+POOL_SIZE = 31  # + SQLAlchemy's overflow of 10 = 41
+CONNECTIONS_PER_WORKER = 2 * (POOL_SIZE + 10)
+MAX_CONNECTIONS = 200
 START_TIMEOUT = 300  # seconds: the first start creates MLflow's tables, slow on a busy 2-core machine
 STOP_TIMEOUT = 30
 NOT_RUNNING = 3  # status's exit code when the server is down (as pg_ctl and systemctl say it)
@@ -168,7 +175,7 @@ class Cluster:
     def running(self) -> bool:
         return self.initialized and self._pg_ctl("status", check=False).returncode == 0
 
-    def start(self, port: int) -> None:
+    def start(self, port: int, max_connections: int = MAX_CONNECTIONS) -> None:
         self.log.touch()
         self._own(self.log)
         self._pg_ctl(
@@ -179,7 +186,8 @@ class Cluster:
             "-l",
             str(self.log),
             "-o",
-            f"-c listen_addresses={DB_HOST} -c port={port} -c unix_socket_directories=''",
+            f"-c listen_addresses={DB_HOST} -c port={port} -c unix_socket_directories='' "
+            f"-c max_connections={max_connections}",
         )
 
     def stop(self) -> None:
@@ -485,7 +493,7 @@ def start(
         db_port = state.get("db_port") if state and cluster.running() else None
         if db_port is None:
             db_port = free_port()
-            cluster.start(db_port)
+            cluster.start(db_port, max(MAX_CONNECTIONS, workers * CONNECTIONS_PER_WORKER + 20))
         _create_databases(db_port, folder.pgpass)
         env["PGPASSFILE"] = str(folder.pgpass)
     if auth:
@@ -656,7 +664,10 @@ def mlflow_executable() -> str:
 
 
 def environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: this process's environment) with MLflow's job runner off unless set."""
+    """`base` (default: this process's environment) with MLflow's job runner and telemetry off and its
+    database pools sized to its workers' threads (POOL_SIZE), unless set."""
     env = dict(os.environ if base is None else base)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline anyway; its thread edits os.environ under requests
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", str(POOL_SIZE))
     return env

@@ -357,6 +357,9 @@ def _worker_main() -> int:
     # A server gone for more than about 10 s sends the run to the spool, rather than holding the stage's
     # end for MLflow's default of 7 retries over 4 minutes, twice (the failed call, then ending the run).
     for variable, value in (
+        # MLflow's telemetry thread removes a variable from os.environ while requests reads it (a KeyError
+        # seen once in 3,700 calls, bench/RESULTS.md); the project logs to its own store or server only
+        ("MLFLOW_DISABLE_TELEMETRY", "true"),
         ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
         ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
         ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60"),
