@@ -135,6 +135,19 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
         load_params(path)
 
 
+def test_a_key_that_is_not_plain_text_is_quoted_in_one_line() -> None:
+    raw = edited()
+    raw["se\ned"] = 42
+    with pytest.raises(ConfigError, match=r"^'se\\ned': unknown key; allowed keys here: seed, download,"):
+        parse_params(raw)
+
+
+def test_a_value_is_shown_in_a_bounded_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(edited(seed=[list(range(1000))] * 1000))
+    assert len(str(caught.value)) < 400 and str(caught.value).startswith("seed: must be an int")
+
+
 def test_design_train_overrides_merge_over_the_shared_block() -> None:
     params = parse_params(edited(models__lenet5_d2l={"builtin": "lenet5_d2l", "train": {"learning_rate": 0.003}}))
     assert params.train_settings("lenet5_d2l", "mnist").learning_rate == pytest.approx(0.003)

@@ -175,7 +175,7 @@ def parse_params(raw: Any) -> Params:
     per_dataset = v.mapping(block.get("per_dataset") or {}, "normalize.per_dataset")
     _check_datasets_named(per_dataset, "normalize.per_dataset", parsed_datasets)
     for key, value in per_dataset.items():
-        where = f"normalize.per_dataset.{key}"
+        where = v.join("normalize.per_dataset", key)
         overrides[key] = _parse_normalize(v.keys(value, where, optional=NORMALIZE_KEYS), where)
 
     shared, train_per_dataset = recipe.parse_train(top["train"], "train")
@@ -228,7 +228,7 @@ def parse_params(raw: Any) -> Params:
 
 def _parse_design(name: str, value: Any) -> designs.Design:
     """A design (pipeline.designs) with its own recipe block (`models.<name>.train`, pipeline.training.recipe)."""
-    where = f"models.{name}"
+    where = v.join("models", name)
     design = designs.parse_design(name, value, where)
     if "train" in value:
         overrides, per_dataset = recipe.parse_train(value["train"], v.join(where, "train"), partial=True)
@@ -240,7 +240,9 @@ def _check_datasets_named(per_dataset: Any, where: str, declared: dict[str, Data
     """Each key of a `per_dataset` block must be a dataset this file declares."""
     for key in per_dataset:
         if key not in declared:
-            raise ConfigError(f"{where}.{key}: not a dataset of this file; declared datasets: {', '.join(declared)}")
+            raise ConfigError(
+                f"{v.join(where, key)}: not a dataset of this file; declared datasets: {', '.join(declared)}"
+            )
 
 
 NORMALIZE_KEYS = ("mode", "pad_to", "grayscale", "equalize")
@@ -257,7 +259,7 @@ def _parse_normalize(block: Any, where: str) -> dict[str, Any]:
 
 
 def _parse_dataset(key: str, value: Any) -> DatasetParams:
-    where = f"datasets.{key}"
+    where = v.join("datasets", key)
     if key not in datasets.REGISTRY:
         raise ConfigError(f"{where}: unknown dataset; known datasets: {', '.join(datasets.REGISTRY)}")
     spec = datasets.REGISTRY[key]

@@ -7,6 +7,7 @@ exact key, the value received and what was expected, e.g.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,8 +18,23 @@ class ConfigError(UserError, ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 
+# How values are shown in messages: a few entries of a list or mapping, a few levels deep, long strings
+# cut in the middle, the whole at most SHOWN_MAX characters. A YAML alias can make a value of a few
+# bytes that repr() spells out exponentially.
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 120, 120
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = 8
+SHOWN_MAX = 300
+
+
+def shown(value: Any) -> str:
+    """`value` for a message: repr() in one line of at most SHOWN_MAX characters, cut in the middle."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= SHOWN_MAX else f"{text[: SHOWN_MAX - 60]}...{text[-57:]}"
+
+
 def fail(where: str, expected: str, got: Any) -> ConfigError:
-    return ConfigError(f"{where}: {expected}, got {got!r}")
+    return ConfigError(f"{where}: {expected}, got {shown(got)}")
 
 
 def mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -42,7 +58,11 @@ def keys(value: Any, where: str, required: Iterable[str] = (), optional: Iterabl
 
 
 def join(where: str, key: Any) -> str:
-    return f"{where}.{key}" if where else str(key)
+    """The dotted key of `key` inside `where`; a key that is not plain printable text (a line break, an
+    empty or endless string) is quoted, so that the message stays one readable line."""
+    plain = isinstance(key, str) and key.isprintable() and 0 < len(key) <= 120
+    name = key if plain else str(key) if isinstance(key, (int, float, type(None))) else shown(key)
+    return f"{where}.{name}" if where else name
 
 
 def integer(value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -124,7 +144,7 @@ def _no_repeats(items: list[Any], where: str) -> None:
         if first != index:
             raise fail(
                 where,
-                f"must not repeat an entry, but {join(where, index)} repeats {join(where, first)} ({item!r})",
+                f"must not repeat an entry, but {join(where, index)} repeats {join(where, first)} ({shown(item)})",
                 items,
             )
 
