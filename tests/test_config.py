@@ -135,6 +135,41 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
         load_params(path)
 
 
+SHIPPED_TEXT = (REPO / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "seed: " + "[" * 60 + "]" * 60,
+            " line 1: not valid YAML (nested more than 50 levels deep); fix the syntax there",
+        ),
+        (
+            SHIPPED_TEXT.replace("seed: 42", "seed: 2024-13-45"),
+            " line 3: not valid YAML ('2024-13-45' is no timestamp: month must be in 1..12); fix the value there",
+        ),
+        (SHIPPED_TEXT.replace("seed: 42", "seed: !!int ''"), " line 3: not valid YAML ('' is no int: "),
+        (SHIPPED_TEXT.replace("seed: 42", "seed: " + "9" * 5000), " line 3: not valid YAML ('99999"),
+        ("seed: 42\nx: \x00", " line 2: not valid YAML (special characters are not allowed (#x0000)); remove that"),
+    ],
+)
+def test_what_yaml_cannot_read_is_one_line_naming_the_line(tmp_path: Path, text: str, message: str) -> None:
+    # Found by tests/test_properties_params.py: RecursionError, ValueError, IndexError, two lines.
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value).startswith(f"{path}{message}") and "\n" not in str(error.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"seed: 42\n\xff")
+    with pytest.raises(ConfigError, match=r"params.yaml: not UTF-8 text \(invalid start byte at byte 9\); save it"):
+        load_params(path)
+
+
 def test_a_key_that_is_not_plain_text_is_quoted_in_one_line() -> None:
     raw = edited()
     raw["se\ned"] = 42
