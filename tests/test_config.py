@@ -170,6 +170,26 @@ def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
         load_params(path)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train__learning_rate": float("nan")}, "train.learning_rate: must be a number in (0.0, 10.0], got nan"),
+        (
+            {"download__timeout_seconds": float("inf")},
+            "download.timeout_seconds: must be a number in (0, 3600], got inf",
+        ),
+        (
+            {"models__student_b__layers__1": {"type": "batchnorm", "epsilon": float("inf")}},
+            "models.student_b.layers.1.epsilon: must be a finite number > 0.0, got inf",
+        ),
+    ],
+)
+def test_nan_and_infinity_are_no_setting(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(edited(**changes))
+    assert message in str(caught.value)
+
+
 def test_a_key_that_is_not_plain_text_is_quoted_in_one_line() -> None:
     raw = edited()
     raw["se\ned"] = 42

@@ -7,6 +7,7 @@ exact key, the value received and what was expected, e.g.
 
 from __future__ import annotations
 
+import math
 import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -87,7 +88,10 @@ def number(value: Any, where: str, low: float, high: float, low_open: bool = Fal
     """A float in an interval; `low_open`/`high_open` exclude the bounds."""
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
     expected = f"must be a number in {lo}{low}, {high}{hi}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if math.isinf(high):
+        expected = f"must be a finite number {'>' if low_open else '>='} {low}"
+    # YAML's .nan passes every comparison and .inf any open-ended bound: neither is a setting.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise fail(where, expected, value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
