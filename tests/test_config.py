@@ -190,6 +190,14 @@ def test_nan_and_infinity_are_no_setting(changes: dict, message: str) -> None:
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["../student_b", "student b", "a.b", "-x", "x;rm", 7, ""])
+def test_a_design_name_must_be_usable_as_a_folder_a_key_and_a_word(name: object) -> None:
+    raw = edited()
+    raw["models"][name] = raw["models"].pop("student_b")
+    with pytest.raises(ConfigError, match=r"cannot name a design, which names a folder .*; rename it with letters"):
+        parse_params(raw)
+
+
 def test_a_key_that_is_not_plain_text_is_quoted_in_one_line() -> None:
     raw = edited()
     raw["se\ned"] = 42
