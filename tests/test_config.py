@@ -12,6 +12,7 @@ from pipeline.config import load_params, parse_params
 from pipeline.core.validate import ConfigError
 from pipeline.tracking.client import flatten
 from tests.conftest import REPO
+from tests.fuzzing import no_hang
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -209,6 +210,11 @@ def test_a_value_is_shown_in_a_bounded_line() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_params(edited(seed=[list(range(1000))] * 1000))
     assert len(str(caught.value)) < 400 and str(caught.value).startswith("seed: must be an int")
+
+
+def test_repeats_in_a_long_list_are_found_in_linear_time() -> None:
+    with no_hang(10):  # items.index() per item made it quadratic: 2e10 comparisons here
+        parse_params(edited(experiments__seeds=list(range(200_000))))
 
 
 def test_design_train_overrides_merge_over_the_shared_block() -> None:

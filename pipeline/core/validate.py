@@ -143,8 +143,9 @@ def integer_list(value: Any, where: str, minimum: int | None = None, maximum: in
 
 
 def _no_repeats(items: list[Any], where: str) -> None:
+    first_at: dict[Any, int] = {}  # not items.index(): quadratic in a long list
     for index, item in enumerate(items):
-        first = items.index(item)
+        first = first_at.setdefault(item, index)
         if first != index:
             raise fail(
                 where,
