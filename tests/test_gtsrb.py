@@ -469,6 +469,27 @@ def test_malformed_csv_rows(one_class, row, message):
     assert f"{csv_path} line 3" in str(error) and message in str(error)
 
 
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            ("00000_00001.ppm", "9" * 5000, 32, 1, 1, 29, 31, 5),
+            "Width of 5,000 digits; expected a non-negative integer",
+        ),
+        (("x" * 300 + ".ppm", 30, 32, 1, 1, 29, 31, 5), "Filename of 304 characters; expected a file name of at most"),
+        (("x" * 100_000,), "1 fields in 'xxxxx"),
+    ],
+)
+def test_csv_rows_beyond_any_real_size_are_one_short_line(one_class, row, message):
+    # Found by tests/test_properties_readers.py: int() raised ValueError past 4,300 digits, and a
+    # malformed row of 100,000 characters was written whole into the message.
+    root, csv_path, rows = one_class
+    rows[1] = row
+    write_csv(csv_path, rows)
+    error = read_error(root)
+    assert str(error).startswith(f"{csv_path} line 3") and message in str(error) and len(str(error)) < 600
+
+
 def test_test_csv_without_class_id_gets_a_hint(official):
     root, _ = official
     with pytest.raises(GtsrbFormatError, match="GT-final_test.test.csv"):

@@ -8,30 +8,14 @@ exact key, the value received and what was expected, e.g.
 from __future__ import annotations
 
 import math
-import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import UserError, shown
 
 
 class ConfigError(UserError, ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
-
-
-# How values are shown in messages: a few entries of a list or mapping, a few levels deep, long strings
-# cut in the middle, the whole at most SHOWN_MAX characters. A YAML alias can make a value of a few
-# bytes that repr() spells out exponentially.
-_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
-_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 120, 120
-_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = 8
-SHOWN_MAX = 300
-
-
-def shown(value: Any) -> str:
-    """`value` for a message: repr() in one line of at most SHOWN_MAX characters, cut in the middle."""
-    text = _SHOWN.repr(value)
-    return text if len(text) <= SHOWN_MAX else f"{text[: SHOWN_MAX - 60]}...{text[-57:]}"
 
 
 def fail(where: str, expected: str, got: Any) -> ConfigError:
