@@ -5,7 +5,8 @@ Every stage enters through `pipeline.cli`, which prints a `UserError` as
 any other exception is a crash and keeps its traceback and status 1. Raise a `UserError`
 (or a subclass) for whatever the user can put right: bad params, bad or missing data, a failed
 download, a refused archive, a design that cannot be built. Messages start with the file or the
-params key and end with what to do, in one line: `shown` writes a value into one.
+params key and end with what to do, in one line: `shown` writes a value into one, `one_line` a
+file name, `clipped` another library's message.
 """
 
 from __future__ import annotations
@@ -45,5 +46,16 @@ SHOWN_MAX = 300
 
 def shown(value: Any) -> str:
     """`value` for a message: repr() in one line of at most SHOWN_MAX characters, cut in the middle."""
-    text = _SHOWN.repr(value)
+    return clipped(_SHOWN.repr(value))
+
+
+def clipped(text: str) -> str:
+    """`text` (another library's error message) in one line of at most SHOWN_MAX characters, cut in the middle."""
+    text = one_line(text)
     return text if len(text) <= SHOWN_MAX else f"{text[: SHOWN_MAX - 60]}...{text[-57:]}"
+
+
+def one_line(text: str) -> str:
+    """`text` (a file name) for a message or a table row: as it is, unless it holds a character that is not
+    printable (a line break), which is then escaped as Python writes it."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
