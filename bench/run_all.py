@@ -27,6 +27,7 @@ SCRIPTS = (
     "bench_precision.py",
     "bench_pipeline.py",
     "bench_server_load.py",
+    "bench_fuzz.py",
 )
 # The CPU flags that decide TensorFlow's kernels here: AVX2/AVX-512 (oneDNN), VNNI, bfloat16 (AMX, AVX-512 BF16).
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -252,7 +253,47 @@ def summary() -> str:
             markdown(server_load),
             "",
         ]
+    lines += _fuzz_section(_load("fuzz.json"))
     return "\n".join(lines)
+
+
+def _fuzz_section(fuzz: dict | None) -> list[str]:
+    """bench/bench_fuzz.py's table: examples and time per property in CI and in the long run."""
+    if not fuzz or "long" not in fuzz["runs"]:
+        return []
+    ci, long = fuzz["runs"].get("ci", {"tests": {}, "wall_seconds": 0}), fuzz["runs"]["long"]
+    m = fuzz["machine"]
+    lines = [
+        f"## Property tests, long run (bench/bench_fuzz.py, seed {fuzz['seed']})",
+        "",
+        f"{fuzz['date']} on {m['model']}, {m['cores']} cores (AVX-512: {', '.join(m['avx512']) or 'no'}; "
+        f"AMX: {', '.join(m['amx']) or 'no'}), `{fuzz['command']}`. Profiles (tests/conftest.py): `ci` "
+        f"{fuzz['profiles']['ci']['max_examples']} derandomized examples per property, `long` "
+        f"{fuzz['profiles']['long']['max_examples']:,}; deadline {fuzz['profiles']['ci']['deadline_ms']:.0f} ms.",
+        "",
+        "| property | CI examples | CI s | long examples | long s | long: how inputs ended | outcome |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for nodeid, entry in long["tests"].items():
+        if "examples" not in entry:
+            continue
+        in_ci = ci["tests"].get(nodeid, {})
+        ends = ", ".join(f"{name} {share:.0f}%" for name, share in entry["events_percent"].items())
+        lines.append(
+            f"| `{nodeid.split('::')[-1]}` | {in_ci.get('examples', '')} | {in_ci.get('seconds', '')} | "
+            f"{entry['examples']:,} | {entry.get('seconds', 0):.0f} | {ends} | {entry['outcome']} |"
+        )
+    failures = fuzz["failures"]
+    lines += [
+        "",
+        f"The three files took {ci['wall_seconds']:.0f} s with the `ci` profile (pytest's start included) and "
+        f"{long['wall_seconds']:.0f} s with `long`; load average {fuzz['load_average_before']:.1f} before, "
+        f"{fuzz['load_average_after']:.1f} after. Failures: "
+        + ("; ".join(f"{f['profile']} {f['test'].split('::')[-1]}: {f['error']}" for f in failures) or "none")
+        + '. What the properties found before, and the fixes: "Defects the property tests found" below.',
+        "",
+    ]
+    return lines
 
 
 def _load_note(result: dict) -> str:

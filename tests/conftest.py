@@ -9,11 +9,13 @@ import shutil
 import struct
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -27,6 +29,17 @@ PROJECT_FILES = (
     "data/README.md",
     "mlruns/README.md",
 )
+
+# Hypothesis profiles of the property tests (tests/test_properties_*.py). `ci`, the default: the same
+# few hundred examples per property on every run (derandomized, no example database), so a failure
+# is reproducible and the files stay around a minute. `long`: bench/bench_fuzz.py's run, many more
+# examples from a seed it records. The deadline is far above what an example takes: it flags slowness
+# (a quadratic loop, a regex backtracking), not a loaded machine.
+settings.register_profile(
+    "ci", max_examples=250, derandomize=True, deadline=timedelta(seconds=2), database=None, print_blob=True
+)
+settings.register_profile("long", max_examples=10_000, deadline=timedelta(seconds=2), database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import zipfile
 from pathlib import Path
 
@@ -114,6 +115,86 @@ def test_refuses_a_zip_bomb_before_writing_anything(tmp_path):
     with pytest.raises(UnsafeArchiveError, match=r"entry 'GTSRB/zeros.ppm': compressed \d+:1, as a zip bomb is"):
         safe_extract_zip(zip_path, tmp_path / "out")
     assert leftovers(tmp_path, "bomb.zip") == []
+
+
+def test_refuses_many_small_entries_that_add_up_to_a_zip_bomb(tmp_path):
+    # Found by tests/test_properties_archives.py: entries of 1 MiB each are under the per-entry ratio check,
+    # so 2 of them (or 100,000) were extracted from a few KB.
+    zip_path = make_zip(tmp_path / "bomb.zip", {f"GTSRB/{i:05d}.ppm": bytes(1 << 20) for i in range(3)})
+    with pytest.raises(
+        UnsafeArchiveError, match=r"bomb.zip: its entries unpack to 3,145,728 bytes from \d[\d,]*, \d+:1"
+    ):
+        safe_extract_zip(zip_path, tmp_path / "out")
+    assert leftovers(tmp_path, "bomb.zip") == []
+
+
+def lying_field(zip_path: Path, signature: bytes, offset: int, fmt: str, value: int) -> Path:
+    """`zip_path` with the field at `offset` of its first `signature` record set to `value`."""
+    data = bytearray(zip_path.read_bytes())
+    struct.pack_into(fmt, data, data.find(signature) + offset, value)
+    zip_path.write_bytes(bytes(data))
+    return zip_path
+
+
+@pytest.mark.parametrize(
+    ("signature", "offset", "fmt", "value", "raised"),
+    [
+        (b"PK\x05\x06", 16, "<I", 1000, "OSError: a seek before the file's start"),
+        (b"PK\x01\x02", 10, "<H", 1, "NotImplementedError: That compression method is not supported"),
+        (b"PK\x01\x02", 8, "<H", 1 << 5, "NotImplementedError: compressed patched data"),
+    ],
+)
+def test_a_lying_header_field_is_a_corrupt_archive(tmp_path, signature, offset, fmt, value, raised):
+    # Found by tests/test_properties_archives.py: each raised what its id says, a crash with a traceback.
+    zip_path = lying_field(make_zip(tmp_path / "lying.zip", GOOD_FILES), signature, offset, fmt, value)
+    with pytest.raises(CorruptArchiveError, match=r"lying.zip: corrupt or truncated zip archive"):
+        safe_extract_zip(zip_path, tmp_path / "out")
+    assert leftovers(tmp_path, "lying.zip") == []
+
+
+def test_a_name_flagged_utf8_that_is_not_is_a_corrupt_archive(tmp_path):
+    # Found by tests/test_properties_archives.py: zipfile raised UnicodeDecodeError, a crash.
+    zip_path = make_zip(tmp_path / "names.zip", {"a\u00c2.ppm": b"x"})  # written in UTF-8, flagged so
+    zip_path.write_bytes(zip_path.read_bytes().replace("a\u00c2".encode(), b"a\xff\x82"))
+    with pytest.raises(CorruptArchiveError, match=r"names.zip: corrupt or truncated zip archive \('utf-8' codec"):
+        safe_extract_zip(zip_path, tmp_path / "out")
+
+
+def test_zipfile_s_own_message_is_clipped_to_one_short_line(tmp_path):
+    # Found by tests/test_properties_archives.py: a local header's lying name length put 1,500 characters of
+    # the following bytes into BadZipFile's message.
+    zip_path = make_zip(tmp_path / "long.zip", {"a.ppm": bytes(range(256)) * 20}, compression=zipfile.ZIP_STORED)
+    lying_field(zip_path, b"PK\x03\x04", 26, "<H", 3000)
+    with pytest.raises(CorruptArchiveError, match=r"long.zip: corrupt or truncated zip archive \(") as raised:
+        safe_extract_zip(zip_path, tmp_path / "out")
+    assert len(str(raised.value)) < len(str(zip_path)) + 400 and len(str(raised.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("files", "entry", "why"),
+    [
+        ({"a": b"a file", "a/b": b"in a folder of the same name"}, "'a/b'", "File exists"),
+        ({"x" * 300 + ".ppm": b"a name no file system takes"}, "'xxxx", "File name too long"),
+    ],
+)
+def test_an_entry_the_file_system_cannot_take_is_one_error_naming_it(tmp_path, files, entry, why):
+    # Found by tests/test_properties_archives.py: os.makedirs and os.open raised OSError, a crash.
+    zip_path = make_zip(tmp_path / "names.zip", files)
+    with pytest.raises(ArchiveError) as raised:
+        safe_extract_zip(zip_path, tmp_path / "out")
+    assert str(raised.value).startswith(f"{zip_path}: entry {entry}") and f"cannot be written ({why})" in str(
+        raised.value
+    )
+    assert leftovers(tmp_path, "names.zip") == []
+
+
+@pytest.mark.parametrize("name", ["a\nb.ppm", "a\rb.ppm", "a\x85b.ppm", "a\u2028b.ppm", "a\x1bb.ppm"])
+def test_refuses_a_name_holding_a_line_break_or_control_character(tmp_path, name):
+    # Found by tests/test_properties_archives.py: the name went raw into messages, which then took two lines.
+    zip_path = make_zip(tmp_path / "names.zip", {name: b"x"})
+    with pytest.raises(UnsafeArchiveError, match=r"control character in the name; refusing to extract") as raised:
+        safe_extract_zip(zip_path, tmp_path / "out")
+    assert len(str(raised.value).splitlines()) == 1
 
 
 def test_truncated_archive_is_a_clear_error(tmp_path):

@@ -12,6 +12,7 @@ from pipeline.config import load_params, parse_params
 from pipeline.core.validate import ConfigError
 from pipeline.tracking.client import flatten
 from tests.conftest import REPO
+from tests.fuzzing import no_hang
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -133,6 +134,87 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(edited(train__batch_size=0)))
     with pytest.raises(ConfigError, match=r"params.yaml: train.batch_size: must be a positive int, got 0"):
         load_params(path)
+
+
+SHIPPED_TEXT = (REPO / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "seed: " + "[" * 60 + "]" * 60,
+            " line 1: not valid YAML (nested more than 50 levels deep); fix the syntax there",
+        ),
+        (
+            SHIPPED_TEXT.replace("seed: 42", "seed: 2024-13-45"),
+            " line 3: not valid YAML ('2024-13-45' is no timestamp: month must be in 1..12); fix the value there",
+        ),
+        (SHIPPED_TEXT.replace("seed: 42", "seed: !!int ''"), " line 3: not valid YAML ('' is no int: "),
+        (SHIPPED_TEXT.replace("seed: 42", "seed: " + "9" * 5000), " line 3: not valid YAML ('99999"),
+        ("seed: 42\nx: \x00", " line 2: not valid YAML (special characters are not allowed (#x0000)); remove that"),
+    ],
+)
+def test_what_yaml_cannot_read_is_one_line_naming_the_line(tmp_path: Path, text: str, message: str) -> None:
+    # Found by tests/test_properties_params.py: RecursionError, ValueError, IndexError, two lines.
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value).startswith(f"{path}{message}") and "\n" not in str(error.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"seed: 42\n\xff")
+    with pytest.raises(ConfigError, match=r"params.yaml: not UTF-8 text \(invalid start byte at byte 9\); save it"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train__learning_rate": float("nan")}, "train.learning_rate: must be a number in (0.0, 10.0], got nan"),
+        (
+            {"download__timeout_seconds": float("inf")},
+            "download.timeout_seconds: must be a number in (0, 3600], got inf",
+        ),
+        (
+            {"models__student_b__layers__1": {"type": "batchnorm", "epsilon": float("inf")}},
+            "models.student_b.layers.1.epsilon: must be a finite number > 0.0, got inf",
+        ),
+    ],
+)
+def test_nan_and_infinity_are_no_setting(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(edited(**changes))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["../student_b", "student b", "a.b", "-x", "x;rm", 7, ""])
+def test_a_design_name_must_be_usable_as_a_folder_a_key_and_a_word(name: object) -> None:
+    raw = edited()
+    raw["models"][name] = raw["models"].pop("student_b")
+    with pytest.raises(ConfigError, match=r"cannot name a design, which names a folder .*; rename it with letters"):
+        parse_params(raw)
+
+
+def test_a_key_that_is_not_plain_text_is_quoted_in_one_line() -> None:
+    raw = edited()
+    raw["se\ned"] = 42
+    with pytest.raises(ConfigError, match=r"^'se\\ned': unknown key; allowed keys here: seed, download,"):
+        parse_params(raw)
+
+
+def test_a_value_is_shown_in_a_bounded_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(edited(seed=[list(range(1000))] * 1000))
+    assert len(str(caught.value)) < 400 and str(caught.value).startswith("seed: must be an int")
+
+
+def test_repeats_in_a_long_list_are_found_in_linear_time() -> None:
+    with no_hang(10):  # items.index() per item made it quadratic: 2e10 comparisons here
+        parse_params(edited(experiments__seeds=list(range(200_000))))
 
 
 def test_design_train_overrides_merge_over_the_shared_block() -> None:

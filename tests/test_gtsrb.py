@@ -27,8 +27,9 @@ from pipeline.datasets.gtsrb_reader import (
     read_training_set,
     track_split,
 )
-from pipeline.datasets.images import resize_bilinear
+from pipeline.datasets.images import decode_ppm, resize_bilinear
 from tests.conftest import SHARED_DATASETS
+from tests.fuzzing import peak_memory
 
 HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
 TRAIN_DIR = Path("GTSRB", "Final_Training", "Images")
@@ -325,6 +326,23 @@ def test_malformed_ppm_header(one_class):
     assert str(bad) in str(error) and "malformed header" in str(error)
 
 
+def test_a_ppm_header_number_of_thousands_of_digits_is_refused(one_class):
+    # Found by tests/test_properties_readers.py: int() raised ValueError past 4,300 digits.
+    root, csv_path, _ = one_class
+    bad = csv_path.parent / "00000_00000.ppm"
+    bad.write_bytes(b"P6\n" + b"9" * 5000 + b" 32\n255\n" + bytes(30 * 32 * 3))
+    error = read_error(root)
+    assert str(error).startswith(str(bad)) and "header numbers of more than 9 digits" in str(error)
+
+
+def test_many_ppm_header_comments_cost_no_memory_per_comment():
+    # Found by tests/test_properties_readers.py: the header regex kept a backtracking state per comment,
+    # 8 MB for 60 KB of comments.
+    data = b"P6" + b" #\n" * 20_000 + b"2 1 255\n" + bytes(6)
+    with peak_memory(100_000):
+        assert decode_ppm(data, "many-comments.ppm").shape == (1, 2, 3)
+
+
 def test_image_size_disagreeing_with_its_row(one_class):
     root, csv_path, rows = one_class
     write_ppm(csv_path.parent / rows[1][0], np.zeros((32, 31, 3), np.uint8))
@@ -449,6 +467,27 @@ def test_malformed_csv_rows(one_class, row, message):
     write_csv(csv_path, rows)
     error = read_error(root)
     assert f"{csv_path} line 3" in str(error) and message in str(error)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            ("00000_00001.ppm", "9" * 5000, 32, 1, 1, 29, 31, 5),
+            "Width of 5,000 digits; expected a non-negative integer",
+        ),
+        (("x" * 300 + ".ppm", 30, 32, 1, 1, 29, 31, 5), "Filename of 304 characters; expected a file name of at most"),
+        (("x" * 100_000,), "1 fields in 'xxxxx"),
+    ],
+)
+def test_csv_rows_beyond_any_real_size_are_one_short_line(one_class, row, message):
+    # Found by tests/test_properties_readers.py: int() raised ValueError past 4,300 digits, and a
+    # malformed row of 100,000 characters was written whole into the message.
+    root, csv_path, rows = one_class
+    rows[1] = row
+    write_csv(csv_path, rows)
+    error = read_error(root)
+    assert str(error).startswith(f"{csv_path} line 3") and message in str(error) and len(str(error)) < 600
 
 
 def test_test_csv_without_class_id_gets_a_hint(official):

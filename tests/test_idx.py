@@ -13,6 +13,7 @@ import pytest
 from pipeline.datasets import mnist
 from pipeline.datasets.idx import IdxFormatError, read_idx, read_images_and_labels
 from tests.conftest import SHARED_DATASETS, idx_bytes
+from tests.fuzzing import peak_memory
 
 IMAGES = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
 LABELS = np.array([0, 9, 4], dtype=np.uint8)
@@ -105,6 +106,42 @@ def test_a_damaged_gzip_is_rejected(damage: str, tmp_path: Path) -> None:
     path = tmp_path / "images.gz"
     path.write_bytes(compressed)
     with pytest.raises(IdxFormatError, match=rf"{at(path)}: cannot decompress .* corrupt or truncated"):
+        read_idx(path, 3)
+
+
+def test_sizes_whose_product_passes_int64_are_refused(tmp_path: Path) -> None:
+    # Found reading the reader for tests/test_properties_readers.py: np.prod in int64 made 2**31 x 2**31 x 4
+    # bytes 0, so an empty body matched and reshape raised ValueError.
+    path = write(tmp_path / "images.gz", struct.pack(">HBBIII", 0, 0x08, 3, 2**31, 2**31, 4))
+    with pytest.raises(
+        IdxFormatError,
+        match=rf"{at(path)}: header promises shape \(2147483648, 2147483648, 4\) = "
+        r"18,446,744,073,709,551,616 bytes of data, more than the 2,147,483,648",
+    ):
+        read_idx(path, 3)
+
+
+def gzip_bomb(path: Path, start: bytes) -> Path:
+    """`start`, then 64 MB of zeros, in 64 KB of gzip."""
+    with gzip.GzipFile(path, "wb", mtime=0) as gz:
+        gz.write(start)
+        for _ in range(64):
+            gz.write(bytes(1 << 20))
+    return path
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_decompressed(tmp_path: Path) -> None:
+    # Found by tests/test_properties_readers.py: the whole file was decompressed before its header was read.
+    # 64 KB that decompress to 64 MB, under a header promising 2**31 images of 28x28 pixels (1.7 TB).
+    path = gzip_bomb(tmp_path / "bomb.gz", struct.pack(">HBBIII", 0, 0x08, 3, 2**31, 28, 28))
+    with peak_memory(4 << 20), pytest.raises(IdxFormatError, match=r"1,683,627,180,032 bytes of data, more than"):
+        read_idx(path, 3)
+
+
+def test_a_gzip_holding_far_more_than_its_header_promises_is_read_no_further(tmp_path: Path) -> None:
+    # The same bomb under a header it does not fill: 60 bytes promised, 64 MB there.
+    path = gzip_bomb(tmp_path / "long.gz", idx_bytes(IMAGES))
+    with peak_memory(8 << 20), pytest.raises(IdxFormatError, match=r"= 60 bytes of data, found more than 1048636; the"):
         read_idx(path, 3)
 
 

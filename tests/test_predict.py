@@ -5,6 +5,7 @@ Bad input is one error line, found before TensorFlow loads."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -26,9 +27,12 @@ import pytest
 from PIL import Image
 
 from pipeline import cli
+from pipeline.core.errors import DataError
 from pipeline.core.paths import RunPaths
 from pipeline.datasets import get
+from pipeline.datasets.archive import CorruptArchiveError, UnsafeArchiveError
 from pipeline.datasets.images import decode
+from pipeline.stages import predict
 from pipeline.tracking import server
 from tests.conftest import REPO, TINY_PROJECT_MODELS, copy_project, idx_bytes, run, tool_env
 from tests.test_gtsrb import HEADER, write_csv, write_official_layout, write_official_zips
@@ -602,3 +606,50 @@ def test_a_photo_is_decoded_upright() -> None:
     Image.fromarray(pixels).save(jpeg, "JPEG", exif=exif, quality=100)
     upright = decode(jpeg.getvalue(), "photo.jpg")
     assert upright.shape == (6, 4, 3) and upright[0, -1].mean() > 128  # the top-left corner went to the top right
+
+
+# --------------------------------------------------------------------------- intake: what the property tests found
+
+
+def png_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((5, 4), np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def collected(path: Path, dataset: str = "mnist") -> list[np.ndarray]:
+    with contextlib.ExitStack() as stack:
+        return [entry.load() for entry in predict.collect([str(path)], dataset, stack).entries]
+
+
+def test_an_archive_entry_with_an_empty_name_is_skipped(tmp_path: Path) -> None:
+    # Found by tests/test_properties_archives.py: ZipInfo.is_dir() raised IndexError on the empty name.
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        archive.writestr(zipfile.ZipInfo(""), b"no name")
+        archive.writestr("digit.png", png_bytes())
+    assert [pixels.shape for pixels in collected(tmp_path / "images.zip")] == [(5, 4, 1)]
+
+
+def test_an_archive_entry_in_a_compression_zipfile_lacks_is_a_corrupt_member(tmp_path: Path) -> None:
+    # Found by tests/test_properties_archives.py: zipfile raised NotImplementedError when the entry was read.
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        archive.writestr("digit.png", png_bytes())
+    data = bytearray((tmp_path / "images.zip").read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        data[data.find(signature) + offset] = 6  # "imploded", a method of PKZIP 1
+    (tmp_path / "images.zip").write_bytes(bytes(data))
+    with pytest.raises(CorruptArchiveError, match=r"images.zip/digit.png: corrupt member \(That compression method"):
+        collected(tmp_path / "images.zip")
+
+
+def test_a_file_name_holding_a_line_break_is_shown_in_one_line(tmp_path: Path) -> None:
+    # Found by tests/test_properties_archives.py: names went raw into messages, which then took two lines.
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a\nb.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError) as raised:
+        collected(tmp_path / "folder")
+    assert str(raised.value).startswith(f"{tmp_path / 'folder'}/a\\nb.png: cannot decode (")
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        archive.writestr("a\nb.png", png_bytes())
+    with pytest.raises(UnsafeArchiveError, match=r"images.zip: entry 'a\\nb.png': control character in the name"):
+        collected(tmp_path / "images.zip")

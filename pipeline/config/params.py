@@ -134,23 +134,69 @@ class Params:
 def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root, where params.yaml lives") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
-        raise ConfigError(_yaml_problem(path, error)) from None
+        raise ConfigError(_yaml_problem(path, text, error)) from None
     try:
         return parse_params(raw)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
+# Deeper than any params.yaml needs (its deepest key has 6 levels), and far from the nesting at which
+# PyYAML's recursive composer raises RecursionError.
+MAX_YAML_DEPTH = 50
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load, with every malformed input a YAMLError that names its line: too deep a nesting,
+    and what PyYAML's constructors let out on a value they cannot make: ValueError (a date `2024-13-45`,
+    an int of 5,000 digits), IndexError (`!!int ''`), KeyError (`!!bool maybe`), AttributeError (`!!timestamp x`)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, LookupError, AttributeError, OverflowError) as error:
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise _ValueProblem(None, None, f"{v.shown(node.value)} is no {kind}: {error}", node.start_mark) from None
+
+
+class _ValueProblem(yaml.constructor.ConstructorError):
+    """A scalar whose tag (written, or implied by its look: `2024-01-01` is a date) its text does not fit."""
+
+
+def _yaml_problem(path: Path, text: str, error: yaml.YAMLError) -> str:
     """A YAML syntax error in one line: where it is (PyYAML's own message takes five), and what is wrong."""
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML does not allow: no mark, fields of its own
+        line = text.count("\n", 0, error.position) + 1
+        character = f" (#x{error.character:04x})" if isinstance(error.character, int) else ""
+        return f"{path} line {line}: not valid YAML ({error.reason}{character}); remove that character"
     mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
     where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
     problem = ", ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
-    return f"{where}: not valid YAML ({problem or error}); fix the syntax there"
+    fix = "fix the value there" if isinstance(error, _ValueProblem) else "fix the syntax there"
+    return f"{where}: not valid YAML ({' '.join((problem or str(error)).split())}); {fix}"
 
 
 def parse_params(raw: Any) -> Params:
@@ -175,7 +221,7 @@ def parse_params(raw: Any) -> Params:
     per_dataset = v.mapping(block.get("per_dataset") or {}, "normalize.per_dataset")
     _check_datasets_named(per_dataset, "normalize.per_dataset", parsed_datasets)
     for key, value in per_dataset.items():
-        where = f"normalize.per_dataset.{key}"
+        where = v.join("normalize.per_dataset", key)
         overrides[key] = _parse_normalize(v.keys(value, where, optional=NORMALIZE_KEYS), where)
 
     shared, train_per_dataset = recipe.parse_train(top["train"], "train")
@@ -228,7 +274,7 @@ def parse_params(raw: Any) -> Params:
 
 def _parse_design(name: str, value: Any) -> designs.Design:
     """A design (pipeline.designs) with its own recipe block (`models.<name>.train`, pipeline.training.recipe)."""
-    where = f"models.{name}"
+    where = v.join("models", name)
     design = designs.parse_design(name, value, where)
     if "train" in value:
         overrides, per_dataset = recipe.parse_train(value["train"], v.join(where, "train"), partial=True)
@@ -240,7 +286,9 @@ def _check_datasets_named(per_dataset: Any, where: str, declared: dict[str, Data
     """Each key of a `per_dataset` block must be a dataset this file declares."""
     for key in per_dataset:
         if key not in declared:
-            raise ConfigError(f"{where}.{key}: not a dataset of this file; declared datasets: {', '.join(declared)}")
+            raise ConfigError(
+                f"{v.join(where, key)}: not a dataset of this file; declared datasets: {', '.join(declared)}"
+            )
 
 
 NORMALIZE_KEYS = ("mode", "pad_to", "grayscale", "equalize")
@@ -257,7 +305,7 @@ def _parse_normalize(block: Any, where: str) -> dict[str, Any]:
 
 
 def _parse_dataset(key: str, value: Any) -> DatasetParams:
-    where = f"datasets.{key}"
+    where = v.join("datasets", key)
     if key not in datasets.REGISTRY:
         raise ConfigError(f"{where}: unknown dataset; known datasets: {', '.join(datasets.REGISTRY)}")
     spec = datasets.REGISTRY[key]

@@ -5,12 +5,15 @@ Every stage enters through `pipeline.cli`, which prints a `UserError` as
 any other exception is a crash and keeps its traceback and status 1. Raise a `UserError`
 (or a subclass) for whatever the user can put right: bad params, bad or missing data, a failed
 download, a refused archive, a design that cannot be built. Messages start with the file or the
-params key and end with what to do.
+params key and end with what to do, in one line: `shown` writes a value into one, `one_line` a
+file name, `clipped` another library's message.
 """
 
 from __future__ import annotations
 
 import os
+import reprlib
+from typing import Any
 
 
 class UserError(Exception):
@@ -43,3 +46,29 @@ class NoSpaceError(UserError):
 
     def __reduce__(self):
         return (type(self), (self.args[0], self.path, self.code))
+
+
+# How values are shown in messages: a few entries of a list or mapping, a few levels deep, long strings
+# cut in the middle, the whole at most SHOWN_MAX characters. A YAML alias can make a value of a few
+# bytes that repr() spells out exponentially.
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 120, 120
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = 8
+SHOWN_MAX = 300
+
+
+def shown(value: Any) -> str:
+    """`value` for a message: repr() in one line of at most SHOWN_MAX characters, cut in the middle."""
+    return clipped(_SHOWN.repr(value))
+
+
+def clipped(text: str) -> str:
+    """`text` (another library's error message) in one line of at most SHOWN_MAX characters, cut in the middle."""
+    text = one_line(text)
+    return text if len(text) <= SHOWN_MAX else f"{text[: SHOWN_MAX - 60]}...{text[-57:]}"
+
+
+def one_line(text: str) -> str:
+    """`text` (a file name) for a message or a table row: as it is, unless it holds a character that is not
+    printable (a line break), which is then escaped as Python writes it."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -7,10 +7,11 @@ exact key, the value received and what was expected, e.g.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import UserError, shown
 
 
 class ConfigError(UserError, ValueError):
@@ -18,7 +19,7 @@ class ConfigError(UserError, ValueError):
 
 
 def fail(where: str, expected: str, got: Any) -> ConfigError:
-    return ConfigError(f"{where}: {expected}, got {got!r}")
+    return ConfigError(f"{where}: {expected}, got {shown(got)}")
 
 
 def mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -42,7 +43,11 @@ def keys(value: Any, where: str, required: Iterable[str] = (), optional: Iterabl
 
 
 def join(where: str, key: Any) -> str:
-    return f"{where}.{key}" if where else str(key)
+    """The dotted key of `key` inside `where`; a key that is not plain printable text (a line break, an
+    empty or endless string) is quoted, so that the message stays one readable line."""
+    plain = isinstance(key, str) and key.isprintable() and 0 < len(key) <= 120
+    name = key if plain else str(key) if isinstance(key, (int, float, type(None))) else shown(key)
+    return f"{where}.{name}" if where else name
 
 
 def integer(value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -67,7 +72,10 @@ def number(value: Any, where: str, low: float, high: float, low_open: bool = Fal
     """A float in an interval; `low_open`/`high_open` exclude the bounds."""
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
     expected = f"must be a number in {lo}{low}, {high}{hi}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if math.isinf(high):
+        expected = f"must be a finite number {'>' if low_open else '>='} {low}"
+    # YAML's .nan passes every comparison and .inf any open-ended bound: neither is a setting.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise fail(where, expected, value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
@@ -119,12 +127,13 @@ def integer_list(value: Any, where: str, minimum: int | None = None, maximum: in
 
 
 def _no_repeats(items: list[Any], where: str) -> None:
+    first_at: dict[Any, int] = {}  # not items.index(): quadratic in a long list
     for index, item in enumerate(items):
-        first = items.index(item)
+        first = first_at.setdefault(item, index)
         if first != index:
             raise fail(
                 where,
-                f"must not repeat an entry, but {join(where, index)} repeats {join(where, first)} ({item!r})",
+                f"must not repeat an entry, but {join(where, index)} repeats {join(where, first)} ({shown(item)})",
                 items,
             )
 

@@ -38,7 +38,7 @@ from typing import NamedTuple, NoReturn
 
 import numpy as np
 
-from pipeline.core.errors import DataError, MissingInputError
+from pipeline.core.errors import DataError, MissingInputError, shown
 from pipeline.core.progress import bar
 from pipeline.datasets.images import ImageFormatError, crop_and_resize, decode_ppm
 
@@ -47,6 +47,8 @@ NUM_CLASSES = 43
 GROUP_STRIDE = 100_000
 CHUNK = 1024  # images per resize call
 CSV_COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
+MAX_DIGITS = 9  # a CSV number; the official ones have at most 5
+MAX_NAME = 255  # characters of a Filename: the longest file name Linux, macOS and Windows allow
 
 # The standard short names used in the GTSRB literature, in ClassId order.
 CLASS_NAMES: tuple[str, ...] = (
@@ -396,7 +398,7 @@ def read_csv(
                 " (this CSV has no ClassId: for the test set use GT-final_test.csv from "
                 "GTSRB_Final_Test_GT.zip, not GT-final_test.test.csv)"
             )
-        got = repr(lines[0]) if lines else "an empty file"
+        got = shown(lines[0]) if lines else "an empty file"
         raise GtsrbFormatError(
             f"{csv_path} line 1: malformed header {got}{hint}; expected {expected_header!r}", csv_path, 1
         )
@@ -408,7 +410,23 @@ def read_csv(
         if match is None:
             _explain_bad_row(csv_path, line_no, line)
         filename = match.group(1).strip()
-        width, height, x1, y1, x2, y2, class_id = map(int, match.group(2, 3, 4, 5, 6, 7, 8))
+        numbers = match.group(2, 3, 4, 5, 6, 7, 8)
+        for column, digits in zip(CSV_COLUMNS[1:], numbers):
+            if len(digits) > MAX_DIGITS:  # int() refuses more than 4,300 digits, and no image is that large
+                raise GtsrbFormatError(
+                    f"{csv_path} line {line_no}: {column} of {len(digits):,} digits; expected a non-negative "
+                    f"integer of at most {MAX_DIGITS} digits",
+                    csv_path,
+                    line_no,
+                )
+        width, height, x1, y1, x2, y2, class_id = map(int, numbers)
+        if len(filename) > MAX_NAME:
+            raise GtsrbFormatError(
+                f"{csv_path} line {line_no}: Filename of {len(filename):,} characters; expected a file name of "
+                f"at most {MAX_NAME}",
+                csv_path,
+                line_no,
+            )
         if not filename.lower().endswith(suffixes) or filename.startswith(".") or "/" in filename or "\\" in filename:
             expected = f"NAME{suffixes[0]}" if len(suffixes) == 1 else f"file name ending in {', '.join(suffixes)}"
             raise GtsrbFormatError(
@@ -444,16 +462,18 @@ def _explain_bad_row(csv_path: Path, line_no: int, line: str) -> NoReturn:
     fields = [f.strip() for f in line.split(";")]
     if len(fields) != len(CSV_COLUMNS):
         raise GtsrbFormatError(
-            f"{where}: {len(fields)} fields in {line!r}; expected {len(CSV_COLUMNS)} ({';'.join(CSV_COLUMNS)})",
+            f"{where}: {len(fields)} fields in {shown(line)}; expected {len(CSV_COLUMNS)} ({';'.join(CSV_COLUMNS)})",
             csv_path,
             line_no,
         )
     for column, field in zip(CSV_COLUMNS[1:], fields[1:]):
         if not (field.isascii() and field.isdigit()):
             raise GtsrbFormatError(
-                f"{where}: {fields[0]}: {column} {field!r}; expected a non-negative integer", csv_path, line_no
+                f"{where}: {shown(fields[0])}: {column} {shown(field)}; expected a non-negative integer",
+                csv_path,
+                line_no,
             )
-    raise GtsrbFormatError(f"{where}: malformed row {line!r}; expected {';'.join(CSV_COLUMNS)}", csv_path, line_no)
+    raise GtsrbFormatError(f"{where}: malformed row {shown(line)}; expected {';'.join(CSV_COLUMNS)}", csv_path, line_no)
 
 
 def rows_by_name(csv_path: Path, rows: list[CsvRow]) -> dict[str, CsvRow]:

@@ -29,9 +29,12 @@ MAX_PIXELS = 40_000_000
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # Netpbm header: magic, then width, height and maxval separated by whitespace and/or
-# '#' comments running to the end of their line, then exactly one whitespace byte.
-_SEP = rb"(?:\s|#[^\r\n]*[\r\n])+"
-_PPM_HEADER = re.compile(rb"P([56])" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)" + _SEP + rb"(\d+)\s")
+# '#' comments running to the end of their line, then exactly one whitespace byte. Possessive (`++`):
+# a separator has one reading, and backtracking states kept for each of many comments cost megabytes.
+_SEP = rb"(?:\s|#[^\r\n]*+[\r\n])++"
+_PPM_HEADER = re.compile(rb"P([56])" + _SEP + rb"(\d++)" + _SEP + rb"(\d++)" + _SEP + rb"(\d++)\s")
+# Digits of a header number: int() refuses more than 4,300, and 9 give images of 10**18 pixels already.
+_MAX_DIGITS = 9
 
 Box = tuple[int, int, int, int]
 
@@ -70,6 +73,10 @@ def decode_ppm(data: bytes, where: str) -> np.ndarray:
             f"followed by one whitespace byte"
         )
     channels = 3 if match.group(1) == b"6" else 1
+    if any(len(digits.lstrip(b"0")) > _MAX_DIGITS for digits in match.group(2, 3, 4)):
+        raise ImageFormatError(
+            f"{where}: header numbers of more than {_MAX_DIGITS} digits; expected 'P6 <width> <height> <maxval>'"
+        )
     width, height, maxval = int(match.group(2)), int(match.group(3)), int(match.group(4))
     if not 1 <= maxval <= 65535 or width < 1 or height < 1:
         raise ImageFormatError(

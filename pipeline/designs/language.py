@@ -10,6 +10,7 @@ arithmetic without Keras); `pipeline.designs.keras_build` turns a validated desi
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ INITIALIZERS = (
 )
 PADDINGS = ("valid", "same")
 CLASSIC_OUTPUTS = ("rbf", "softmax")
+DESIGN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 
 def _units(value: Any, where: str) -> int | str:
@@ -151,6 +153,12 @@ def parse_layers(value: Any, where: str) -> tuple[Layer, ...]:
 
 
 def parse_design(name: str, value: Any, where: str) -> Design:
+    if not isinstance(name, str) or not DESIGN_NAME.fullmatch(name):
+        raise v.ConfigError(
+            f"{where}: {v.shown(name)} cannot name a design, which names a folder (models/<dataset>/<design>/), "
+            f"a params key (models.<design>) and a word of a command; rename it with letters, digits, _ and - "
+            f"(not first)"
+        )
     block = v.keys(value, where, optional=("builtin", "layers", "student", "output", "train"))
     if ("builtin" in block) == ("layers" in block):
         raise v.fail(

@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,10 +40,10 @@ import numpy as np
 
 from pipeline.config import Params
 from pipeline.core import paths
-from pipeline.core.errors import DataError, MissingInputError, UserError
+from pipeline.core.errors import DataError, MissingInputError, UserError, clipped, one_line
 from pipeline.core.progress import bar
 from pipeline.datasets import get
-from pipeline.datasets.archive import ArchiveError, CorruptArchiveError, check_member
+from pipeline.datasets.archive import READ_ERRORS, ArchiveError, CorruptArchiveError, check_member
 from pipeline.datasets.gtsrb import TEST_GT_CSV, TEST_GT_ZIP
 from pipeline.datasets.gtsrb_reader import CsvRow, GtsrbFormatError, check_size, read_csv, rows_by_name
 from pipeline.datasets.idx import is_idx, read_idx
@@ -198,6 +197,8 @@ def collect(path_args: Sequence[str], dataset: str, stack: contextlib.ExitStack)
 
 
 def _file_entry(path: Path, name: str) -> Entry:
+    name = one_line(name)  # a file's name may hold a line break: shown escaped in messages and the table
+
     def load() -> np.ndarray:
         size = path.stat().st_size
         if size > MAX_IMAGE_BYTES:
@@ -212,16 +213,17 @@ def _folder(folder: Path, inputs: Inputs) -> None:
         if path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith("."):
             inputs.entries.append(_file_entry(path, str(path)))
         else:
-            inputs.skipped.append(str(path))
+            inputs.skipped.append(one_line(str(path)))
 
 
 def _archive(path: Path, stack: contextlib.ExitStack, inputs: Inputs) -> None:
     """The images of a ZIP, read member by member when they are classified: never extracted."""
     try:
         archive = stack.enter_context(zipfile.ZipFile(path))
-    except (zipfile.BadZipFile, OSError) as error:
-        raise CorruptArchiveError(f"{path}: corrupt or truncated zip archive ({error})", path) from None
-    members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
+    except READ_ERRORS as error:
+        raise CorruptArchiveError(f"{path}: corrupt or truncated zip archive ({clipped(str(error))})", path) from None
+    # Not info.is_dir(): it raises IndexError on an entry with an empty name.
+    members = sorted((info for info in archive.infolist() if not info.filename.endswith("/")), key=lambda i: i.filename)
     if len(members) > MAX_MEMBERS:
         raise ArchiveError(f"{path}: {len(members):,} members; expected at most {MAX_MEMBERS:,}", path)
     for info in members:
@@ -229,7 +231,7 @@ def _archive(path: Path, stack: contextlib.ExitStack, inputs: Inputs) -> None:
         if (
             not name.name.lower().endswith(IMAGE_SUFFIXES) or name.name.startswith(".") or name.parts[0] == "__MACOSX"
         ):  # macOS's resource forks: ._x.png files that are no images
-            inputs.skipped.append(f"{path}/{info.filename}")
+            inputs.skipped.append(one_line(f"{path}/{info.filename}"))
             continue
         check_member(path, info, MAX_IMAGE_BYTES)
         inputs.entries.append(Entry(f"{path}/{info.filename}", name.name, _member_loader(archive, info, path)))
@@ -241,8 +243,8 @@ def _member_loader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) 
         try:
             with archive.open(info) as member:
                 data = member.read(MAX_IMAGE_BYTES + 1)  # to the end: zipfile then checks the CRC
-        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-            raise CorruptArchiveError(f"{name}: corrupt member ({error})", path) from None
+        except READ_ERRORS as error:
+            raise CorruptArchiveError(f"{name}: corrupt member ({clipped(str(error))})", path) from None
         if len(data) > MAX_IMAGE_BYTES:
             raise ArchiveError(f"{name}: more than the {info.file_size:,} bytes its header says; refusing it", path)
         return decode(data, name)
@@ -290,7 +292,7 @@ def _csv_in_archive(path: Path) -> tuple[Path, bytes]:
             official = [info for info in csvs if PurePosixPath(info.filename).name == TEST_GT_CSV]
             chosen = official or csvs
             if len(chosen) != 1:
-                found = ", ".join(info.filename for info in csvs) or "none"
+                found = clipped(", ".join(info.filename for info in csvs)) or "none"
                 raise ArchiveError(
                     f"{path}: holds {len(chosen)} CSV files ({found}); expected one ground-truth CSV, "
                     f"{TEST_GT_CSV} as in {TEST_GT_ZIP}",
@@ -298,8 +300,8 @@ def _csv_in_archive(path: Path) -> tuple[Path, bytes]:
                 )
             check_member(path, chosen[0], MAX_IMAGE_BYTES)
             return Path(path, chosen[0].filename), archive.read(chosen[0])
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-        raise CorruptArchiveError(f"{path}: corrupt or truncated zip archive ({error})", path) from None
+    except READ_ERRORS as error:
+        raise CorruptArchiveError(f"{path}: corrupt or truncated zip archive ({clipped(str(error))})", path) from None
 
 
 # --- Classifying.
