@@ -210,7 +210,8 @@ def test_a_bad_gtsrb_csv_row_is_named_inside_its_archive(
     line = one_error(capsys)
     # not the temporary folder it was extracted to, which is gone by now
     assert line.startswith(
-        "error: data/raw/gtsrb/GTSRB_Final_Test_GT.zip/GT-final_test.csv line 3: 00001.ppm: Width "
+        "error: data/raw/gtsrb/GTSRB_Final_Test_GT.zip/GT-final_test.csv line 3: '00001.ppm': Width 'x49'; "
+        "expected a non-negative integer"
     ), line
     assert "gtsrb-extract-" not in line
 
