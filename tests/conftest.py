@@ -113,6 +113,7 @@ def tiny_params(mirror: Path) -> dict[str, object]:
         "experiments.datasets": ["mnist"],
         "experiments.models": list(TINY_PROJECT_MODELS),
         "evaluate.sample_images": 8,
+        "robustness.images": 20,
     }
 
 

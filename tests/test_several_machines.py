@@ -141,7 +141,7 @@ def evaluated(repo: Path, design: str) -> dict[str, float]:
 
 def check_design_run(client: mlflow.MlflowClient, found, repo: Path, design: str) -> int:
     """A design's run holds what the stages logged (train and evaluate in one run); returns its artifact count."""
-    assert found.info.status == "FINISHED" and found.data.tags["stage"] == "train+evaluate"
+    assert found.info.status == "FINISHED" and found.data.tags["stage"] == "train+evaluate+robustness"
     assert found.data.metrics["test_accuracy"] == pytest.approx(evaluated(repo, design)["test_accuracy"])
     assert [m.step for m in client.get_metric_history(found.info.run_id, "val_accuracy")] == [1]
     figures = client.list_artifacts(found.info.run_id, "figures")

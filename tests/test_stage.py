@@ -123,8 +123,8 @@ def one_error(capsys: pytest.CaptureFixture) -> str:
         (
             {},
             ("compare",),
-            "error: metrics/mnist/lenet5_modern/seed_42/train.json: missing; run `dvc repro` so that train and "
-            "evaluate of lenet5_modern (seed 42) on mnist have run",
+            "error: metrics/mnist/lenet5_modern/seed_42/train.json: missing; run `dvc repro` so that train of "
+            "lenet5_modern (seed 42) on mnist has run",
         ),
     ],
 )

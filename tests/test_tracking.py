@@ -270,3 +270,22 @@ def test_a_train_run_of_another_experiment_is_not_continued(
         assert run.id != train_id
     assert store.get_run(train_id).data.tags["dvc_experiment"] == "workspace"
     assert store.get_run(train_id).data.tags["stage"] == "train"
+
+
+def test_robustness_and_evaluate_share_the_train_run_in_either_order(
+    store: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both measure the trained model; whichever runs first, one run holds both, tagged in the pipeline's order."""
+    in_experiment(monkeypatch, None)
+    with tracking.stage_run(PARAMS, "mnist", "train", model="tiny") as run:
+        train_id = run.id
+    with tracking.stage_run(PARAMS, "mnist", "robustness", model="tiny", run_id=train_id) as run:
+        tracking.log_metrics({"corruption_accuracy": 0.7})
+        assert run.id == train_id
+    assert store.get_run(train_id).data.tags["stage"] == "train+robustness"
+    with tracking.stage_run(PARAMS, "mnist", "evaluate", model="tiny", run_id=train_id) as run:
+        assert run.id == train_id
+    found = store.get_run(train_id)
+    assert found.data.tags["stage"] == "train+evaluate+robustness" and found.data.metrics["corruption_accuracy"] == 0.7
+    with tracking.stage_run(PARAMS, "mnist", "robustness", model="tiny", run_id=train_id) as run:  # measured again
+        assert run.id != train_id

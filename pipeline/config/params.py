@@ -68,6 +68,11 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class RobustnessParams:
+    images: int | None  # test images in the corruption benchmark, drawn with `seed`; None: every test image
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     download: DownloadParams
@@ -78,9 +83,11 @@ class Params:
     train_per_dataset: dict[str, dict[str, Any]]  # train.per_dataset.<dataset>: partial train blocks
     models: dict[str, designs.Design]
     evaluate: EvaluateParams
+    robustness: RobustnessParams
     experiment_datasets: tuple[str, ...]
     experiment_models: tuple[str, ...]
     experiment_seeds: tuple[int, ...]  # training seeds; `seed` above is the data split's
+    experiment_robustness: bool  # run the corruption benchmark (stages corrupt and robustness)
     raw: dict[str, Any]  # the file as parsed, for logging
 
     def dataset(self, key: str) -> DatasetParams:
@@ -201,7 +208,19 @@ def _yaml_problem(path: Path, text: str, error: yaml.YAMLError) -> str:
 
 def parse_params(raw: Any) -> Params:
     top = v.keys(
-        raw, "", required=("seed", "download", "datasets", "normalize", "train", "models", "evaluate", "experiments")
+        raw,
+        "",
+        required=(
+            "seed",
+            "download",
+            "datasets",
+            "normalize",
+            "train",
+            "models",
+            "evaluate",
+            "robustness",
+            "experiments",
+        ),
     )
     seed = v.integer(top["seed"], "seed", 0, SEED_MAX)
 
@@ -243,10 +262,16 @@ def parse_params(raw: Any) -> Params:
         sample_images=v.integer(block["sample_images"], "evaluate.sample_images", 1, 100),
     )
 
-    block = v.keys(top["experiments"], "experiments", required=("datasets", "models", "seeds"))
+    block = v.keys(top["robustness"], "robustness", required=("images",))
+    robustness = RobustnessParams(
+        images=None if block["images"] is None else v.integer(block["images"], "robustness.images", 1)
+    )
+
+    block = v.keys(top["experiments"], "experiments", required=("datasets", "models", "seeds", "robustness"))
     experiment_datasets = v.string_list(block["datasets"], "experiments.datasets", list(parsed_datasets))
     experiment_models = v.string_list(block["models"], "experiments.models", list(models))
     experiment_seeds = v.integer_list(block["seeds"], "experiments.seeds", 0, SEED_MAX)
+    experiment_robustness = v.boolean(block["robustness"], "experiments.robustness")
 
     params = Params(
         seed,
@@ -258,9 +283,11 @@ def parse_params(raw: Any) -> Params:
         train_per_dataset,
         models,
         evaluate,
+        robustness,
         experiment_datasets,
         experiment_models,
         experiment_seeds,
+        experiment_robustness,
         raw,
     )
     for name, design in models.items():

@@ -12,6 +12,7 @@ from pathlib import Path
 RAW = Path("data/raw")
 SPLIT = Path("data/split")
 NORMALIZED = Path("data/normalized")
+CORRUPTED = Path("data/corrupted")  # <dataset>/images.npz and meta.json: the corruption benchmark
 REPORTS = Path("reports")
 SPLITS = ("train", "val", "test")  # <split>.npz in SPLIT/<dataset> and NORMALIZED/<dataset>
 # RunPaths.predictions: index = position in the official test set; label and predicted = class
@@ -47,6 +48,10 @@ class RunPaths:
     @property
     def predictions(self) -> Path:  # one row per test image: PREDICTION_COLUMNS
         return self.metrics_dir / "predictions.csv"
+
+    @property
+    def robustness(self) -> Path:  # accuracy per corruption and severity (a DVC metric)
+        return self.metrics_dir / "robustness.json"
 
     @property
     def history(self) -> Path:  # per-epoch loss and accuracy; a DVC plot

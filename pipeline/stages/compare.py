@@ -1,13 +1,14 @@
 """Stage `compare`: which designs differ, how sure that is, and what each costs, per dataset.
 
-Reads only files (every (dataset, design, seed)'s train.json, evaluate.json, predictions.csv
-and history), never MLflow, and writes:
+Reads only files (every (dataset, design, seed)'s train.json, evaluate.json, predictions.csv,
+robustness.json and history), never MLflow, and writes:
 
 - reports/compare.json, a stable format: `{dataset: {"designs": [row, ...], "pairwise_p":
   {design: {design: p}}}}`, rows ranked as in compare.md; each row's keys are ROW_KEYS (docs/statistics.md);
 - reports/compare.md, the same as tables, ties with the best drawn as ties;
 - per dataset, reports/<dataset>_accuracy_vs_params.png and _accuracy_vs_latency.png (with 95%
-  intervals), _seed_spread.png (every seed's test accuracy) and _val_accuracy.png (per epoch).
+  intervals), _seed_spread.png (every seed's test accuracy) and _val_accuracy.png (per epoch); with the
+  corruption benchmark, _accuracy_vs_mce.png and _accuracy_vs_severity.png.
 
 The statistics (pipeline/analysis/stats.py) are computed from the per-image predictions, so anyone can
 recompute them from the same files. Everything is logged to a `compare` run per dataset.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
-from pipeline.analysis import calibration, stats
+from pipeline.analysis import calibration, robustness, stats
 from pipeline.config import Params
 from pipeline.core import files, paths
 from pipeline.core.errors import DataError, MissingInputError
@@ -68,6 +69,10 @@ ROW_KEYS = (
     "int8_model_bytes",
     "int8_latency_ms_p50",
     "int8_latency_ms_p95",
+    "corruption_accuracy",
+    "corruption_accuracy_per_severity",
+    "mce",
+    "relative_mce",
     "val_accuracy_per_epoch",
 )
 # Means over seeds of these train.json / evaluate.json numbers.
@@ -117,20 +122,29 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def read_run(run: paths.RunPaths) -> dict[str, Any]:
-    """One seed's files; a missing one is named with the stage that writes it."""
-    needed = (run.metrics_dir / "train.json", run.history, run.metrics_dir / "evaluate.json", run.predictions)
-    missing = [path for path in needed if not path.is_file()]
+def read_run(run: paths.RunPaths, with_robustness: bool = False) -> dict[str, Any]:
+    """One seed's files; a missing one is named with the stage that writes it. robustness.json only
+    `with_robustness` (experiments.robustness)."""
+    writers = {  # each file, and the stage that writes it
+        run.metrics_dir / "train.json": "train",
+        run.history: "train",
+        run.metrics_dir / "evaluate.json": "evaluate",
+        run.predictions: "evaluate",
+        **({run.robustness: "robustness"} if with_robustness else {}),
+    }
+    missing = [path for path in writers if not path.is_file()]
     if missing:
         raise MissingInputError(
-            f"{missing[0]}: missing; run `dvc repro` so that train and evaluate of "
-            f"{run.design} (seed {run.seed}) on {run.dataset} have run"
+            f"{missing[0]}: missing; run `dvc repro` so that {writers[missing[0]]} of "
+            f"{run.design} (seed {run.seed}) on {run.dataset} has run"
         )
+    corrupted = files.read_json(run.robustness) if with_robustness else {"skipped": True}
     return {
-        "train": files.read_json(needed[0]),
+        "train": files.read_json(run.metrics_dir / "train.json"),
         "history": read_history(run.history),
-        "evaluate": files.read_json(needed[2]),
+        "evaluate": files.read_json(run.metrics_dir / "evaluate.json"),
         "predictions": read_predictions(run.predictions),
+        "robustness": None if corrupted.get("skipped") else corrupted,
         "source": run.predictions,
     }
 
@@ -203,15 +217,47 @@ def int8_numbers(seed_runs: list[dict[str, Any]], correct: np.ndarray) -> dict[s
     }
 
 
+def robustness_numbers(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """design -> its mean corruption accuracy and per severity (means over corruptions and seeds), and its mCE
+    and relative mCE against LeNet-5 classic (None without it in the comparison); all None without the
+    corruption benchmark (experiments.robustness: false)."""
+    keys = ("corruption_accuracy", "corruption_accuracy_per_severity", "mce", "relative_mce")
+    if any(run["robustness"] is None for seed_runs in runs.values() for run in seed_runs):
+        return {design: dict.fromkeys(keys) for design in runs}
+    tables = {
+        design: robustness.error_table([run["robustness"] for run in seed_runs]) for design, seed_runs in runs.items()
+    }
+    baseline = tables.get(robustness.BASELINE)
+    out = {}
+    for design, (errors, clean, _) in tables.items():
+        out[design] = {
+            "corruption_accuracy": float(1 - errors.mean()),
+            "corruption_accuracy_per_severity": (1 - errors.mean(axis=0)).tolist(),
+            "mce": None if baseline is None else robustness.mce(errors, baseline[0]),
+            "relative_mce": None if baseline is None else robustness.relative_mce(errors, clean, *baseline[:2]),
+        }
+    return out
+
+
 def compare_dataset(
-    dataset: str, designs: tuple[str, ...], seeds: tuple[int, ...], recipes: dict[str, str]
+    dataset: str,
+    designs: tuple[str, ...],
+    seeds: tuple[int, ...],
+    recipes: dict[str, str],
+    with_robustness: bool = False,
 ) -> dict[str, Any]:
     """The dataset's entry of compare.json: rows ranked (the best and its ties first), pairwise p-values.
-    `recipes`: design -> how it was trained on this dataset, in one line."""
-    runs = {design: [read_run(paths.RunPaths(dataset, design, seed)) for seed in seeds] for design in designs}
+    `recipes`: design -> how it was trained on this dataset, in one line; `with_robustness`: read the corruption
+    benchmark's results (experiments.robustness)."""
+    runs = {
+        design: [read_run(paths.RunPaths(dataset, design, seed), with_robustness) for seed in seeds]
+        for design in designs
+    }
     correct = correctness(dataset, runs)
+    corrupted = robustness_numbers(runs)
     rows = {
-        design: design_row(design, seeds, runs[design], correct[design], recipes.get(design, "")) for design in designs
+        design: design_row(design, seeds, runs[design], correct[design], recipes.get(design, "")) | corrupted[design]
+        for design in designs
     }
     by_accuracy = sorted(rows.values(), key=lambda row: (-row["test_accuracy"], row["test_loss"], row["design"]))
     best = by_accuracy[0]
@@ -234,9 +280,13 @@ def collect(
     designs: tuple[str, ...],
     seeds: tuple[int, ...],
     recipes: dict[str, dict[str, str]] | None = None,
+    with_robustness: bool = False,
 ) -> dict[str, Any]:
     """compare.json's content; `recipes`: dataset -> design -> its recipe in one line (Params.recipe)."""
-    return {dataset: compare_dataset(dataset, designs, seeds, (recipes or {}).get(dataset, {})) for dataset in datasets}
+    return {
+        dataset: compare_dataset(dataset, designs, seeds, (recipes or {}).get(dataset, {}), with_robustness)
+        for dataset in datasets
+    }
 
 
 # --- compare.md
@@ -286,6 +336,9 @@ COLUMNS = (  # (header, cell of a row; `_best` marks the best row, `_tie` a shar
         if r["int8_latency_ms_p50"] is None
         else f"{r['int8_latency_ms_p50']:.3f}/{r['int8_latency_ms_p95']:.3f}",
     ),
+    ("corruption accuracy", lambda r: "–" if r["corruption_accuracy"] is None else f"{r['corruption_accuracy']:.4f}"),
+    ("mCE", lambda r: "–" if r["mce"] is None else f"{r['mce']:.1f}"),
+    ("relative mCE", lambda r: "–" if r["relative_mce"] is None else f"{r['relative_mce']:.1f}"),
 )
 
 HEADER = f"""# Designs compared
@@ -315,6 +368,11 @@ indistinguishable from the best (Holm-adjusted p ≥ {stats.ALPHA}): they share 
   from 500 training images): its test accuracy and change from the float model in points, the exact
   McNemar p of int8 against float on the same images, its size, and its latency at batch 1 (p50/p95 of
   100 calls). – where the converter has no integer kernel for the design (evaluate's log says which).
+- **corruption accuracy**: mean accuracy over the corruption benchmark (15 corruptions x 5 severities of
+  the same test images, made once by corrupt); **mCE** and **relative mCE** as ImageNet-C defines them,
+  normalized to LeNet-5 classic = 100: below 100, fewer errors under corruption than it (mCE), or an
+  accuracy that falls less than its does (relative mCE). – without LeNet-5 classic in experiments.models,
+  or with experiments.robustness false (docs/statistics.md).
 - **latency** (batch 1, median of 100 calls), **images/s** (batch 512) and **model bytes**:
   measured by evaluate on the machine that ran it; the timings vary from run to run.
 """
@@ -360,7 +418,7 @@ def markdown(table: dict[str, Any]) -> str:
 # --- plots
 
 
-def accuracy_against(dataset: str, rows: list[dict[str, Any]], key: str, label: str):
+def accuracy_against(dataset: str, rows: list[dict[str, Any]], key: str, label: str, log_scale: bool = True):
     """Mean test accuracy with its 95% interval against a cost (log scale); ties with the best filled."""
     from pipeline.analysis.figures import plt
 
@@ -384,8 +442,9 @@ def accuracy_against(dataset: str, rows: list[dict[str, Any]], key: str, label: 
             xytext=(6, 4),
             fontsize=8,
         )
-    axis.set_xscale("log")
-    axis.set_xlabel(f"{label} (log scale)")
+    if log_scale:
+        axis.set_xscale("log")
+    axis.set_xlabel(f"{label} (log scale)" if log_scale else label)
     axis.set_ylabel("test accuracy (mean over seeds, 95% CI)")
     axis.grid(alpha=0.3)
     axis.set_title(f"{dataset}: test accuracy vs {label}; filled: ties the best")
@@ -435,13 +494,44 @@ def val_accuracy_curves(dataset: str, rows: list[dict[str, Any]]):
     return figure
 
 
+def accuracy_against_mce(dataset: str, rows: list[dict[str, Any]]):
+    """Clean test accuracy (95% interval) against mCE: up and to the left is better on both."""
+    figure = accuracy_against(
+        dataset, rows, "mce", f"mCE ({robustness.BASELINE} = 100; lower is more robust)", log_scale=False
+    )
+    figure.axes[0].axvline(100, color="grey", linestyle=":", linewidth=1)
+    return figure
+
+
+def accuracy_against_severity(dataset: str, rows: list[dict[str, Any]]):
+    """Each design's accuracy at severity 0 (clean) to 5, averaged over the corruptions."""
+    from pipeline.analysis.figures import plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        curve = [row["test_accuracy"], *row["corruption_accuracy_per_severity"]]
+        axis.plot(range(len(curve)), curve, "o-", markersize=4, label=row["design"])
+    axis.set_xticks(range(len(curve)), ["clean", *map(str, range(1, len(curve)))])
+    axis.set_xlabel("severity")
+    axis.set_ylabel("accuracy (mean over corruptions and seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(f"{dataset}: accuracy under corruption, by severity")
+    return figure
+
+
 def report_figures(dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    pngs = {
         f"{dataset}_accuracy_vs_params.png": accuracy_against(dataset, rows, "params", "parameters"),
         f"{dataset}_accuracy_vs_latency.png": accuracy_against(dataset, rows, "latency_ms", "latency at batch 1 (ms)"),
         f"{dataset}_seed_spread.png": seed_spread(dataset, rows),
         f"{dataset}_val_accuracy.png": val_accuracy_curves(dataset, rows),
     }
+    if all(row["mce"] is not None for row in rows):
+        pngs[f"{dataset}_accuracy_vs_mce.png"] = accuracy_against_mce(dataset, rows)
+    if all(row["corruption_accuracy"] is not None for row in rows):
+        pngs[f"{dataset}_accuracy_vs_severity.png"] = accuracy_against_severity(dataset, rows)
+    return pngs
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
@@ -451,7 +541,13 @@ def main(args: argparse.Namespace, params: Params) -> None:
         dataset: {design: params.recipe(design, dataset) for design in params.experiment_models}
         for dataset in params.experiment_datasets
     }
-    table = collect(params.experiment_datasets, params.experiment_models, params.experiment_seeds, recipes)
+    table = collect(
+        params.experiment_datasets,
+        params.experiment_models,
+        params.experiment_seeds,
+        recipes,
+        params.experiment_robustness,
+    )
     names: dict[str, list[str]] = {}
     with files.atomic_directory(paths.REPORTS) as out:
         (out / "compare.md").write_text(markdown(table), encoding="utf-8")
@@ -473,6 +569,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
         with tracking.stage_run(params, dataset, "compare"):
             tracking.log_metrics({f"test_accuracy.{r['design']}": r["test_accuracy"] for r in rows})
             tracking.log_metrics({f"p_value_vs_best_holm.{r['design']}": r["p_value_vs_best_holm"] for r in rows})
+            for key in ("mce", "relative_mce", "corruption_accuracy"):
+                tracking.log_metrics({f"{key}.{r['design']}": r[key] for r in rows if r[key] is not None})
             for name in ("compare.md", "compare.json", *names[dataset]):
                 tracking.log_artifact(paths.REPORTS / name, "reports")
             tracking.promote(*challenger(dataset, rows[0]))

@@ -210,6 +210,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     from pipeline.portable.int8 import int8_folder
     from pipeline.training.compile import load_model
 
+    started = time.perf_counter()
     seed = params.run_seed(args.seed)
     out = paths.RunPaths(args.dataset, args.design, seed)
     run = files.read_json(out.model_dir / "run.json")
@@ -221,7 +222,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
     class_names = meta["class_names"]
     x, y = files.load_split(args.dataset, "test")
     result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
+    calibration_started = time.perf_counter()
     calibrate(model, *files.load_split(args.dataset, "val"), result, y, params.evaluate.batch_size)
+    result["metrics"]["calibration_seconds"] = time.perf_counter() - calibration_started
     log.info(
         "%s on %s (seed %d): test accuracy %.4f, loss %.4f; ECE %.4f, %.4f at temperature %.3f (fitted on validation)",
         args.design,
@@ -240,7 +243,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
     ) as tracked:
         _ = tracked.id  # wait until the worker has loaded and opened the run: then it is idle while timing runs
         result["metrics"].update(prediction_cost(model, x, out.model_dir / "model.keras"))
+        int8_started = time.perf_counter()
         quantized(model, out, x, y, result, run.get("threads", 1))
+        result["metrics"]["int8_seconds"] = time.perf_counter() - int8_started
         log.info(
             "cost per prediction: %.2f ms at batch 1, %.0f images/s at batch %d, %d model bytes",
             result["metrics"]["predict_latency_ms"],
@@ -263,6 +268,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
             writer.writerow(["actual", "predicted"])
             writer.writerows(zip((class_names[i] for i in y), (class_names[i] for i in result["y_pred"])))
         write_predictions(out.predictions, y, result)
+        # what the stage's work took, its start-up (Python, TensorFlow) aside: what calibration and int8 add to
+        result["metrics"]["evaluate_seconds"] = time.perf_counter() - started
         files.write_json(out.metrics_dir / "evaluate.json", result["metrics"])
         files.write_json(out.metrics_dir / "per_class.json", result["per_class"])
         for name in pngs:

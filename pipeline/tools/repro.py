@@ -59,7 +59,7 @@ LOCK_RETRIES = 8  # back-off 0.5 s, 1 s, 2 s, ... up to LOCK_BACKOFF_MAX
 LOCK_BACKOFF_MAX = 8.0
 SHORT_STAGE_SECONDS = 5.0  # any stage but a training: data, evaluate, compare
 UNKNOWN_EPOCH_SECONDS = 30.0  # a training with nothing on record: a guess, used only to order stages
-TENSORFLOW_STAGES = ("train", "evaluate")
+TENSORFLOW_STAGES = ("train", "evaluate", "robustness")
 # What every `dvc repro` prints after updating dvc.lock (the start of each line): said once at the
 # end instead of once per stage.
 DVC_HINTS = (

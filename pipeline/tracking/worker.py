@@ -69,19 +69,19 @@ def run_tags(dataset: str, stage: str, model: str | None, seed: int) -> dict[str
 
 @contextlib.contextmanager
 def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None, seed: int) -> Iterator[str]:
-    """The MLflow run of a stage. With `run_id` (the train run evaluate evaluates), that run is continued
-    only if it has not been evaluated yet and belongs to this DVC experiment: when evaluate alone re-runs
-    (`dvc exp run -S evaluate.…`), the baseline's run stays as it was, and the new evaluation gets a run
-    of its own, tagged `train_run_id` and holding the train run's params."""
+    """The MLflow run of a stage. With `run_id` (the train run evaluate or robustness measures), that run is
+    continued only if that stage has not logged into it yet and it belongs to this DVC experiment: when evaluate
+    alone re-runs (`dvc exp run -S evaluate.…`), the baseline's run stays as it was, and the new evaluation gets
+    a run of its own, tagged `train_run_id` and holding the train run's params."""
     mlflow = mlflow_api()
     trained = _get_run(run_id) if run_id is not None else None  # None too if the store was reset since train ran
     if trained is not None and stage == "train":  # a resumed training continues its own run
         with mlflow.start_run(run_id=run_id) as run:
             yield run.info.run_id
         return
-    if trained is not None and _continues(trained):
+    if trained is not None and _continues(trained, stage):
         with mlflow.start_run(run_id=run_id) as run:
-            mlflow.set_tag("stage", f"{trained.data.tags['stage']}+{stage}")
+            mlflow.set_tag("stage", "+".join(sorted({*trained.data.tags["stage"].split("+"), stage}, key=_in_order)))
             yield run.info.run_id
         return
     with mlflow.start_run(experiment_id=experiment_id(dataset), run_name=model or stage) as run:
@@ -97,10 +97,21 @@ def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None,
         yield run.info.run_id
 
 
-def _continues(trained: Any) -> bool:
-    """Whether an evaluation logs into the train run `trained`: its first one, in the same DVC experiment."""
+# The stages that log into a design's train run, in the pipeline's order: its `stage` tag names them in
+# this order whichever ran first (train+evaluate+robustness), so a search by tag does not depend on it.
+DESIGN_RUN_STAGES = ("train", "evaluate", "robustness")
+
+
+def _in_order(stage: str) -> int:
+    return DESIGN_RUN_STAGES.index(stage) if stage in DESIGN_RUN_STAGES else len(DESIGN_RUN_STAGES)
+
+
+def _continues(trained: Any, stage: str) -> bool:
+    """Whether `stage` (evaluate, robustness) logs into the train run `trained`: its first run of that stage,
+    in the same DVC experiment."""
     tags = trained.data.tags
-    return tags.get("stage") == "train" and tags.get("dvc_experiment") == dvc_experiment()
+    stages = tags.get("stage", "").split("+")
+    return stages[0] == "train" and stage not in stages and tags.get("dvc_experiment") == dvc_experiment()
 
 
 def _get_run(run_id: str) -> Any:
@@ -119,6 +130,7 @@ def _mlflow_params(values: dict[str, str]) -> None:
 def _log_input(path: str, name: str, context: str) -> None:
     """A MetaDataset: its digest is the file's MD5 and its schema the arrays' shapes, read from the .npz
     headers without loading the images (MLflow's numpy datasets would hold them in memory to hash them)."""
+    import warnings
     import zipfile
 
     import numpy as np
@@ -134,7 +146,10 @@ def _log_input(path: str, name: str, context: str) -> None:
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(handle)
             specs.append(TensorSpec(dtype, (-1, *shape[1:]), member.removesuffix(".npy")))
-    dataset = MetaDataset(resolve_dataset_source(path), name=name, digest=files.md5_of(path)[:10], schema=Schema(specs))
+    with warnings.catch_warnings():  # MLflow registers its local source twice (schemes "" and "file"), and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(path)
+    dataset = MetaDataset(source, name=name, digest=files.md5_of(path)[:10], schema=Schema(specs))
     mlflow_api().log_input(dataset, context=context)
 
 
