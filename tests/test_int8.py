@@ -62,9 +62,12 @@ def test_the_representative_images_are_a_seeded_sample_of_the_training_split() -
     assert not np.array_equal(first, quantize.representative_sample(x, 8, 50))
 
 
-def test_lenet5_classics_float64_rbf_output_is_not_quantizable_and_says_why() -> None:
+def test_lenet5_classics_float64_rbf_output_is_not_quantizable_and_says_why(capfd: pytest.CaptureFixture) -> None:
     from pipeline.portable.lenet5_classic import build_lenet5_classic
 
     model = build_lenet5_classic((32, 32, 1), 10, output="rbf", seed=0)
+    capfd.readouterr()
     with pytest.raises(quantize.NotQuantizable, match=r"TFLite has no int8 kernel for .*Square.*\(computed in f64\)"):
         quantize.to_int8(model, np.zeros((4, 32, 32, 1), np.float32))
+    printed = capfd.readouterr()
+    assert "error:" not in printed.err and "Saved artifact" not in printed.out  # MLIR's log, the export's listing

@@ -9,8 +9,14 @@ weights only, and keeps float activations, so it would not measure that.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,14 +51,43 @@ def to_int8(model: keras.Model, representative: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
+    # The converter prints the SavedModel it exports and, on failure, MLIR's whole log (dozens of lines, one
+    # starting "error:"): its output is kept off the terminal, and a failure said in one line
     try:
-        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the ranges come from
-            warnings.simplefilter("ignore", UserWarning)  # the representative images
+        with warnings.catch_warnings(), _output_captured() as printed:
+            # "Statistics for quantized inputs were expected": the ranges come from the representative images
+            warnings.simplefilter("ignore", UserWarning)
             return converter.convert()
-    except Exception as error:  # ConverterError, with MLIR's whole log: keep the ops it names
-        ops = re.search(r"TF Select ops: ([^\n]+)", str(error))
-        dtypes = sorted(set(re.findall(r"tensor<[^>]*x(f64|f16|bf16)>", str(error))))
+    except Exception as error:  # ConverterError: keep the ops it names
+        log = f"{error}\n{''.join(printed)}"
+        ops = re.search(r"TF Select ops: ([^\n]+)", log)
+        dtypes = sorted(set(re.findall(r"tensor<[^>]*x(f64|f16|bf16)>", log)))
         raise NotQuantizable(
             f"TFLite has no int8 kernel for {ops.group(1) if ops else type(error).__name__}"
             + (f" (computed in {', '.join(dtypes)})" if dtypes else "")
         ) from None
+
+
+@contextlib.contextmanager
+def _output_captured() -> Iterator[list[str]]:
+    """Send file descriptors 1 and 2 to a file for the block, where C++ libraries and Python both write,
+    and keep it off the terminal; the list yielded holds the captured text once the block ends."""
+    text: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    printed = io.StringIO()  # Python's own sys.stdout and sys.stderr, wherever they write
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                yield text
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved):
+                os.dup2(original, fd)
+                os.close(original)
+            captured.seek(0)
+            text.append(captured.read().decode("utf-8", "replace") + printed.getvalue())
