@@ -511,7 +511,7 @@ def accuracy_against_severity(dataset: str, rows: list[dict[str, Any]]):
     for row in rows:
         curve = [row["test_accuracy"], *row["corruption_accuracy_per_severity"]]
         axis.plot(range(len(curve)), curve, "o-", markersize=4, label=row["design"])
-    axis.set_xticks(range(len(curve)), ["clean", *map(str, range(1, len(curve)))])
+    axis.set_xticks(range(len(curve)), ["clean\n(test split)", *map(str, range(1, len(curve)))])
     axis.set_xlabel("severity")
     axis.set_ylabel("accuracy (mean over corruptions and seeds)")
     axis.grid(alpha=0.3)
