@@ -41,8 +41,9 @@ REPORTS = {
     "reports/summary.txt",
     "reports/per_class.json",
     "reports/predictions.csv",
+    "reports/robustness.json",
 }
-DATA_STAGES = ("download", "split", "normalize")
+DATA_STAGES = ("download", "split", "normalize", "corrupt")
 # Two machines' experiments: each changes what its stages retrain.
 EXPERIMENTS = {
     "alice": ("alice-bs16", "train.batch_size=16", TINY_PROJECT_MODELS),
@@ -245,13 +246,13 @@ def test_a_server_that_goes_away_mid_stage_loses_nothing(shared: Shared) -> None
             MLFLOW_TRACKING_URI=gone,
             MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
         )
-    assert result.stderr.count("this run is kept in") == 3, result.stderr  # train, evaluate, compare
+    assert result.stderr.count("this run is kept in") == 4, result.stderr  # train, evaluate, robustness, compare
     assert "up to date" in run(["dvc", "status"], machine).stdout  # DVC kept every output
     train_run = json.loads((machine / RunPaths("mnist", "student_b", SEED).model_dir / "run.json").read_text())
     assert train_run["run_id"].startswith("spooled-")  # it never reached a server
 
     resync = run(["python", "-m", "pipeline", "resync", "--to", shared.uri], machine, **shared.logins["dave"])
-    assert "resync: 3 of 3 kept runs logged" in resync.stdout
+    assert "resync: 4 of 4 kept runs logged" in resync.stdout
     client = mlflow.MlflowClient(shared.uri)
     runs = design_runs(client, "offline")
     assert set(runs) == {"student_b", "compare"}
