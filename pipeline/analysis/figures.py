@@ -180,3 +180,58 @@ def reliability_diagram(
         axis.grid(alpha=0.3)
     figure.suptitle(title)
     return figure
+
+
+def pareto_plot(
+    trials: Sequence[dict], front: Sequence[int], finalists: Sequence[int], cost: str, title: str
+) -> Figure:
+    """A search's trials: validation accuracy against `cost` (log scale), each trial by how it ended, the
+    Pareto front as a step line, and the finalists it ships marked and numbered."""
+    figure, axis = plt.subplots(figsize=(8, 5))
+    styles = {"completed": ("o", "#0969da"), "pruned": ("x", "#8c959f")}
+    for ended, (marker, colour) in styles.items():
+        points = [t for t in trials if t["ended"] == ended and t["costs"].get(cost) and t["val_accuracy"] is not None]
+        axis.scatter(
+            [t["costs"][cost] for t in points],
+            [t["val_accuracy"] for t in points],
+            marker=marker,
+            color=colour,
+            label=f"{ended} ({len(points)})" + (", accuracy when stopped" if ended == "pruned" else ""),
+        )
+    members = sorted((t for t in trials if t["number"] in front), key=lambda t: t["costs"][cost])
+    if members:
+        axis.step(
+            [t["costs"][cost] for t in members],
+            [t["val_accuracy"] for t in members],
+            where="post",
+            color=WRONG,
+            label=f"Pareto front ({len(members)})",
+        )
+    for t in trials:
+        if t["number"] in finalists:
+            axis.scatter(
+                t["costs"][cost], t["val_accuracy"], s=160, facecolors="none", edgecolors=CORRECT, linewidths=2
+            )
+            axis.annotate(
+                f"#{t['number']}", (t["costs"][cost], t["val_accuracy"]), textcoords="offset points", xytext=(6, -12)
+            )
+    axis.scatter([], [], s=160, facecolors="none", edgecolors=CORRECT, linewidths=2, label="finalists")
+    axis.set_xscale("log")
+    axis.set_xlabel(cost)
+    axis.set_ylabel("validation accuracy (best epoch)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    axis.set_title(title)
+    return figure
+
+
+def search_progress(points: Sequence[tuple[int, float]], title: str) -> Figure:
+    """The best validation accuracy of a completed trial so far, against the training epochs spent."""
+    figure, axis = plt.subplots(figsize=(8, 4))
+    if points:
+        axis.step([p[0] for p in points], [p[1] for p in points], where="post", marker="o")
+    axis.set_xlabel("training epochs spent (every trial's)")
+    axis.set_ylabel("best validation accuracy so far")
+    axis.grid(alpha=0.3)
+    axis.set_title(title)
+    return figure

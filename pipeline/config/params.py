@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import datasets, designs
+from pipeline import datasets, designs, search
 from pipeline.core import validate as v
 from pipeline.core.validate import ConfigError
 from pipeline.training import recipe
@@ -84,10 +84,12 @@ class Params:
     models: dict[str, designs.Design]
     evaluate: EvaluateParams
     robustness: RobustnessParams
+    search: tuple[dict[str, Any], dict[str, dict[str, Any]]]  # `search:` checked, and its per_dataset blocks
     experiment_datasets: tuple[str, ...]
     experiment_models: tuple[str, ...]
     experiment_seeds: tuple[int, ...]  # training seeds; `seed` above is the data split's
     experiment_robustness: bool  # run the corruption benchmark (stages corrupt and robustness)
+    experiment_search: bool  # run the design search (stage search)
     raw: dict[str, Any]  # the file as parsed, for logging
 
     def dataset(self, key: str) -> DatasetParams:
@@ -111,6 +113,14 @@ class Params:
         `per_dataset.<dataset>` values, then the design's own `train:` block, then that block's
         `per_dataset.<dataset>` values (the more specific wins)."""
         return recipe.merged_recipe(self.train, self.train_per_dataset, self.design(name), dataset)
+
+    def dataset_recipe(self, dataset: str) -> recipe.TrainSettings:
+        """The shared `train:` block with its `per_dataset.<dataset>` values: what a search's trials start from."""
+        return self.train.merged(self.train_per_dataset.get(dataset, {}))
+
+    def search_settings(self, dataset: str) -> search.SearchSettings:
+        """`search:` with `search.per_dataset.<dataset>` applied: the search of `dataset`."""
+        return search.settings_for(*self.search, dataset)
 
     def input_shape(self, key: str) -> tuple[int, int, int]:
         """(height, width, channels) of the images the models of dataset `key` get: the dataset's
@@ -219,6 +229,7 @@ def parse_params(raw: Any) -> Params:
             "models",
             "evaluate",
             "robustness",
+            "search",
             "experiments",
         ),
     )
@@ -267,11 +278,15 @@ def parse_params(raw: Any) -> Params:
         images=None if block["images"] is None else v.integer(block["images"], "robustness.images", 1)
     )
 
-    block = v.keys(top["experiments"], "experiments", required=("datasets", "models", "seeds", "robustness"))
+    search_block = search.parse_search(top["search"])
+    _check_datasets_named(search_block[1], "search.per_dataset", parsed_datasets)
+
+    block = v.keys(top["experiments"], "experiments", required=("datasets", "models", "seeds", "robustness", "search"))
     experiment_datasets = v.string_list(block["datasets"], "experiments.datasets", list(parsed_datasets))
     experiment_models = v.string_list(block["models"], "experiments.models", list(models))
     experiment_seeds = v.integer_list(block["seeds"], "experiments.seeds", 0, SEED_MAX)
     experiment_robustness = v.boolean(block["robustness"], "experiments.robustness")
+    experiment_search = v.boolean(block["search"], "experiments.search")
 
     params = Params(
         seed,
@@ -284,10 +299,12 @@ def parse_params(raw: Any) -> Params:
         models,
         evaluate,
         robustness,
+        search_block,
         experiment_datasets,
         experiment_models,
         experiment_seeds,
         experiment_robustness,
+        experiment_search,
         raw,
     )
     for name, design in models.items():

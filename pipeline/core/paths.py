@@ -64,3 +64,27 @@ class RunPaths:
     @property
     def figures(self) -> Path:  # the PNGs evaluate draws
         return Path("plots/figures") / self.dataset / self.design / self.seed_name
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    """The outputs of a dataset's design search (its study lives in its storage, pipeline/search/study.py).
+    Not under reports/, which compare writes whole."""
+
+    dataset: str
+
+    @property
+    def report(self) -> Path:  # every trial, the front, the budget spent
+        return Path("search") / self.dataset / "report.md"
+
+    @property
+    def json(self) -> Path:
+        return Path("search") / self.dataset / "report.json"
+
+    @property
+    def plots(self) -> Path:  # pareto_<cost>.png, progress.png
+        return Path("plots/search") / self.dataset
+
+    @property
+    def finalists(self) -> Path:  # designs of the front, in params.yaml's `models:` form (python -m pipeline adopt)
+        return Path("search") / self.dataset / "finalists.yaml"

@@ -32,6 +32,8 @@ How the numbers are counted (estimates that make designs comparable, not profile
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -218,3 +220,30 @@ def dataset_shape(params: Any, dataset: str) -> tuple[tuple[int, ...], int]:
         meta = files.read_json(meta_path)
         return tuple(meta["input_shape"]), len(meta["class_names"])
     return params.input_shape(dataset), datasets.get(dataset).num_classes
+
+
+# What a prediction costs. A measurement: it varies from run to run and with what else runs.
+LATENCY_CALLS = 100  # timed one-image calls after WARM_UP_CALLS; their median is reported
+WARM_UP_CALLS = 10
+
+
+def graph_call(model: keras.Model) -> Callable[[Any], float]:
+    """The seconds one call of `model` on a batch (a tensor) takes, called as a compiled graph function, as a
+    deployed model runs: `model.predict` builds a dataset per call, whose overhead is most of a one-image call's."""
+    import tensorflow as tf
+
+    predict = tf.function(lambda images: model(images, training=False))
+
+    def seconds(images: Any) -> float:
+        started = time.perf_counter()
+        np.asarray(predict(images))
+        return time.perf_counter() - started
+
+    return seconds
+
+
+def latency_ms(seconds: Callable[[Any], float], image: Any) -> float:
+    """The median of LATENCY_CALLS timed calls on one image (a batch of 1), after WARM_UP_CALLS, in ms."""
+    for _ in range(WARM_UP_CALLS):
+        seconds(image)
+    return 1000 * float(np.median([seconds(image) for _ in range(LATENCY_CALLS)]))

@@ -108,40 +108,26 @@ def calibrate(
 
 
 # What a prediction costs. A measurement: it varies from run to run and with what else runs.
-LATENCY_CALLS = 100  # timed one-image calls after WARM_UP_CALLS; their median is reported
-WARM_UP_CALLS = 10
 THROUGHPUT_BATCH = 512
 THROUGHPUT_SECONDS = 1.0  # time batches for at least this long, and at least 3 of them
 
 
 def prediction_cost(model: keras.Model, x: np.ndarray, model_file: Path) -> dict[str, float]:
     """Latency at batch 1 (median ms), throughput at batch THROUGHPUT_BATCH (images/s, from the
-    median batch time) and the saved model's size in bytes.
-
-    Calls the model as a compiled graph function, as a deployed model runs: `model.predict`
-    builds a dataset per call, whose overhead is most of a one-image call's time.
-    """
+    median batch time) and the saved model's size in bytes."""
     import tensorflow as tf
 
-    predict = tf.function(lambda images: model(images, training=False))
+    from pipeline.designs.report import graph_call, latency_ms
 
-    def seconds(images: tf.Tensor) -> float:
-        started = time.perf_counter()
-        np.asarray(predict(images))
-        return time.perf_counter() - started
-
-    one = tf.constant(x[:1])
-    for _ in range(WARM_UP_CALLS):
-        seconds(one)
-    latency = float(np.median([seconds(one) for _ in range(LATENCY_CALLS)]))
-
+    seconds = graph_call(model)
+    latency = latency_ms(seconds, tf.constant(x[:1]))
     batch = tf.constant(x[np.arange(THROUGHPUT_BATCH) % len(x)])  # tiny test sets repeat images
     seconds(batch)
     timed: list[float] = []
     while len(timed) < 3 or sum(timed) < THROUGHPUT_SECONDS:
         timed.append(seconds(batch))
     return {
-        "predict_latency_ms": 1000 * latency,
+        "predict_latency_ms": latency,
         "predict_images_per_second": THROUGHPUT_BATCH / float(np.median(timed)),
         "model_bytes": model_file.stat().st_size,
     }

@@ -106,6 +106,8 @@ def stage_command(command: str | list[str]) -> tuple[str, list[str]]:
 def stage_threads(command: str | list[str], params: Params | None, auto_threads: int) -> tuple[int, bool]:
     """The threads a stage's command computes with, and whether it is a TensorFlow stage."""
     module, arguments = stage_command(command)
+    if module == "search" and params is not None and params.experiment_search:
+        return compute.available_cores(), True  # hours of trainings one after another, on every core
     if module not in TENSORFLOW_STAGES or len(arguments) < 2:
         return 1, False
     dataset, design = arguments[:2]

@@ -57,6 +57,10 @@ def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None)
     _log("artifact", str(Path(path).resolve()), artifact_path)
 
 
+def log_tags(values: dict[str, str]) -> None:
+    _log("tags", {key: str(value) for key, value in values.items()})
+
+
 def log_text(text: str, artifact_file: str) -> None:
     _log("text", text, artifact_file)
 
@@ -112,13 +116,21 @@ def _log(kind: str, *args: Any) -> None:
 
 @contextlib.contextmanager
 def stage_run(
-    params: Any, dataset: str, stage: str, model: str | None = None, run_id: str | None = None, seed: int | None = None
+    params: Any,
+    dataset: str,
+    stage: str,
+    model: str | None = None,
+    run_id: str | None = None,
+    seed: int | None = None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[_Untracked | _WorkerRun]:
     """Open (or, with `run_id`, reopen) the MLflow run of a stage; yields it (`.id` is None when off).
 
     `params`: the run's Params (its `seed`, the data split's, is logged unless `seed` is given).
     `seed` is a design run's training seed (the run's `seed` param and tag); other stages log
-    the data split's seed (params `seed`).
+    the data split's seed (params `seed`). `run_name` names a new run (default: the model, else the stage);
+    `parent_run_id` nests it under that run (a search's trials under the search's run).
 
     The run ends FINISHED when the block completes and FAILED when it raises.
     """
@@ -133,6 +145,7 @@ def stage_run(
         "run_id": run_id,
         "seed": params.seed if seed is None else seed,
     }
+    start |= {key: value for key, value in (("run_name", run_name), ("parent_run_id", parent_run_id)) if value}
     worker = _running_worker()
     worker.send("start", start)
     _active = run = _WorkerRun(worker)

@@ -56,6 +56,10 @@ BACKENDS = ("postgresql", "sqlite")
 DB_HOST = "127.0.0.1"
 DB_USER = DB_NAME = "mlflow"
 AUTH_DB_NAME = "mlflow_auth"
+# The design search's Optuna storage (pipeline/search/study.py): its own database, owned by its own role, so a
+# search worker's login reaches the studies and nothing of MLflow's.
+SEARCH_DB_NAME = SEARCH_USER = "optuna"
+SEARCH_STORAGE_VARIABLE = "PIPELINE_SEARCH_STORAGE"  # what pipeline/search/study.py reads
 ADMIN = "admin"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # MLflow's permissions: READ lets every user see every run; a user writes to what they created, and to
@@ -234,9 +238,11 @@ class Cluster:
             )
 
 
-def _create_databases(port: int, passfile: Path) -> None:
-    """MLflow's database, and the one of its logins (users, passwords, permissions)."""
+def _create_databases(port: int, passfile: Path, search_password: str) -> None:
+    """MLflow's database, the one of its logins (users, passwords, permissions), and the design search's,
+    with the role that owns it."""
     import psycopg  # the server's driver: only `make server` needs it, never a stage
+    from psycopg import sql
 
     with psycopg.connect(
         host=DB_HOST,
@@ -247,9 +253,18 @@ def _create_databases(port: int, passfile: Path) -> None:
         autocommit=True,
         connect_timeout=30,
     ) as connection:
-        for name in (DB_NAME, AUTH_DB_NAME):
+        if connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (SEARCH_USER,)).fetchone() is None:
+            connection.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(SEARCH_USER), sql.Literal(search_password)
+                )
+            )
+        owners = {DB_NAME: DB_USER, AUTH_DB_NAME: DB_USER, SEARCH_DB_NAME: SEARCH_USER}
+        for name, owner in owners.items():
             if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                connection.execute(f"CREATE DATABASE {name}")
+                connection.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner))
+                )
 
 
 # ---- The server folder ------------------------------------------------------------------------
@@ -271,6 +286,10 @@ class ServerFolder:
     @property
     def pgpass(self) -> Path:
         return self.root / "pgpass"
+
+    @property
+    def search_pgpass(self) -> Path:  # the search role's login, for the workers of a design search
+        return self.root / "search.pgpass"
 
     @property
     def artifacts(self) -> Path:
@@ -314,6 +333,19 @@ class ServerFolder:
         password = secrets.token_urlsafe(24)
         write_secret(self.pgpass, f"{DB_HOST}:*:*:{DB_USER}:{password}\n")  # libpq ignores one others can read
         return password
+
+    def search_password(self) -> str:
+        """The search role's password, made once and kept in `search.pgpass`."""
+        if self.search_pgpass.is_file():
+            return self.search_pgpass.read_text().strip().rsplit(":", 1)[1]
+        password = secrets.token_urlsafe(24)
+        write_secret(self.search_pgpass, f"{DB_HOST}:*:{SEARCH_DB_NAME}:{SEARCH_USER}:{password}\n")
+        return password
+
+
+def search_storage_uri(db_port: int) -> str:
+    """The design search's Optuna storage: no password in it (libpq reads it from PGPASSFILE)."""
+    return f"postgresql+psycopg://{SEARCH_USER}@{DB_HOST}:{db_port}/{SEARCH_DB_NAME}"
 
 
 def backend_uri(folder: ServerFolder, backend: str, db_port: int | None, database: str = DB_NAME) -> str:
@@ -494,7 +526,7 @@ def start(
         if db_port is None:
             db_port = free_port()
             cluster.start(db_port, max(MAX_CONNECTIONS, workers * CONNECTIONS_PER_WORKER + 20))
-        _create_databases(db_port, folder.pgpass)
+        _create_databases(db_port, folder.pgpass, folder.search_password())
         env["PGPASSFILE"] = str(folder.pgpass)
     if auth:
         write_auth_config(folder, backend, db_port)
@@ -539,9 +571,15 @@ def start(
         if auth
         else "no logins: this machine only"
     )
+    search = (
+        f"\n  design search workers: export {SEARCH_STORAGE_VARIABLE}={search_storage_uri(db_port)} "
+        f"PGPASSFILE={folder.search_pgpass}"
+        if db_port is not None
+        else ""
+    )
     print(
         f"server: MLflow tracking server on {uri} ({backend}; artifacts in {folder.artifacts}; {logins})\n"
-        f"  export MLFLOW_TRACKING_URI={uri}",
+        f"  export MLFLOW_TRACKING_URI={uri}{search}",
         flush=True,
     )
     return uri
@@ -584,6 +622,11 @@ def status(folder: ServerFolder) -> tuple[bool, str]:
         )
     if problem is None:
         lines.append(f"  export MLFLOW_TRACKING_URI={state['uri']}")
+        if state.get("db_port") is not None:
+            lines.append(
+                f"  design search workers: export {SEARCH_STORAGE_VARIABLE}={search_storage_uri(state['db_port'])} "
+                f"PGPASSFILE={folder.search_pgpass}"
+            )
     return problem is None, "\n".join(lines)
 
 

@@ -68,14 +68,23 @@ def run_tags(dataset: str, stage: str, model: str | None, seed: int) -> dict[str
 
 
 @contextlib.contextmanager
-def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None, seed: int) -> Iterator[str]:
+def _mlflow_run(
+    dataset: str,
+    stage: str,
+    model: str | None,
+    run_id: str | None,
+    seed: int,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
     """The MLflow run of a stage. With `run_id` (the train run evaluate or robustness measures), that run is
     continued only if that stage has not logged into it yet and it belongs to this DVC experiment: when evaluate
     alone re-runs (`dvc exp run -S evaluate.…`), the baseline's run stays as it was, and the new evaluation gets
-    a run of its own, tagged `train_run_id` and holding the train run's params."""
+    a run of its own, tagged `train_run_id` and holding the train run's params. A search's run is continued by
+    every run of that study (another worker's too), and its trials' runs nest under it (`parent_run_id`)."""
     mlflow = mlflow_api()
     trained = _get_run(run_id) if run_id is not None else None  # None too if the store was reset since train ran
-    if trained is not None and stage == "train":  # a resumed training continues its own run
+    if trained is not None and stage in RESUMED_STAGES:  # a resumed training or search continues its own run
         with mlflow.start_run(run_id=run_id) as run:
             yield run.info.run_id
         return
@@ -84,8 +93,10 @@ def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None,
             mlflow.set_tag("stage", "+".join(sorted({*trained.data.tags["stage"].split("+"), stage}, key=_in_order)))
             yield run.info.run_id
         return
-    with mlflow.start_run(experiment_id=experiment_id(dataset), run_name=model or stage) as run:
+    with mlflow.start_run(experiment_id=experiment_id(dataset), run_name=run_name or model or stage) as run:
         mlflow.set_tags(run_tags(dataset, stage, model, seed))
+        if parent_run_id is not None:
+            mlflow.set_tag("mlflow.parentRunId", spool.resolved(parent_run_id))  # how MLflow nests runs
         if trained is None:
             mlflow.log_params({"seed": seed})
         else:
@@ -100,6 +111,7 @@ def _mlflow_run(dataset: str, stage: str, model: str | None, run_id: str | None,
 # The stages that log into a design's train run, in the pipeline's order: its `stage` tag names them in
 # this order whichever ran first (train+evaluate+robustness), so a search by tag does not depend on it.
 DESIGN_RUN_STAGES = ("train", "evaluate", "robustness")
+RESUMED_STAGES = ("train", "search")  # given their own run's id, they log into it again
 
 
 def _in_order(stage: str) -> int:
@@ -161,6 +173,7 @@ _MLFLOW_LOGGERS = {
     "metrics": lambda values, step, timestamp=None: mlflow_api().log_metrics(values, step=step, timestamp=timestamp),
     "artifact": lambda path, artifact_path: mlflow_api().log_artifact(path, artifact_path=artifact_path),
     "text": lambda text, artifact_file: mlflow_api().log_text(text, artifact_file),
+    "tags": lambda values: mlflow_api().set_tags(values),
     "input": _log_input,
     "champion": lambda *challenger: registry.promote(*challenger, experiment_name=dvc_experiment()),
     "model": export.log_model_folder,

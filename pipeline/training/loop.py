@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -92,7 +93,9 @@ class EpochLog(keras.callbacks.Callback):
     """Per epoch: one readable line (CI logs are not TTYs), a history row, the metrics to MLflow,
     the best epoch so far (restore_best and early stopping), and a checkpoint to resume from."""
 
-    def __init__(self, settings: TrainSettings, steps: int, checkpoint: Checkpoint, state: dict[str, Any]) -> None:
+    def __init__(
+        self, settings: TrainSettings, steps: int, checkpoint: Checkpoint | None, state: dict[str, Any]
+    ) -> None:
         super().__init__()
         self.settings, self.steps, self.checkpoint = settings, steps, checkpoint
         self.rows: list[dict[str, float]] = state.get("history", [])
@@ -123,7 +126,7 @@ class EpochLog(keras.callbacks.Callback):
                 "early stop: no better validation accuracy for %d epochs since epoch %d", patience, self.best_epoch
             )
             self.model.stop_training = True
-        if epoch + 1 < self.settings.epochs and not self.model.stop_training:
+        if self.checkpoint and epoch + 1 < self.settings.epochs and not self.model.stop_training:
             self.checkpoint.save(self.model, self.state(), self.best_weights)
         # logged once the checkpoint is saved: after "epoch e/N", an interruption resumes at e + 1
         log.info(
@@ -172,13 +175,15 @@ def train(
     design: Design,
     dataset: str,
     seed: int,
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoint | None,
     settings: TrainSettings,
     state: dict[str, Any] | None = None,
     run_id: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Fit a design on a dataset with its recipe `settings` (threads resolved), from scratch or, given a
-    checkpoint's `state`, from where it stopped."""
+    checkpoint's `state`, from where it stopped. Without a checkpoint (a search's trial) nothing is saved
+    to resume from; `callbacks` run after each epoch's log (a search's pruning)."""
     compute.use_threads(settings.threads)  # before the first op: TensorFlow fixes its pools then
     compute.warn_if_emulated(settings.precision)
     meta = files.read_json(paths.NORMALIZED / dataset / "meta.json")
@@ -228,7 +233,7 @@ def train(
         initial_epoch=first_epoch,
         steps_per_epoch=steps,
         validation_data=batches(x_val, y_val, VALIDATION_BATCH_SIZE),
-        callbacks=[epoch_log],
+        callbacks=[epoch_log, *callbacks],
         shuffle=False,  # training_batches() shuffles, seeded; Keras cannot shuffle a dataset
         verbose=1 if is_tty() else 0,
     )
