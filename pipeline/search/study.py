@@ -56,7 +56,8 @@ PARENT_RUN = "mlflow_run_id"  # the study's user attribute: the MLflow run its t
 COURSE_MAX_LAYERS = 15  # the course rule: fewer than this many layers (pipeline/designs/language.py)
 RETRIES = 1  # a trial whose worker died runs once more, then stays failed
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # who ran a trial: the report counts trials per worker
-INFEASIBLE_FACTOR = 5  # a space whose designs mostly break the rules still ends
+INFEASIBLE_FACTOR = 5  # a space whose designs mostly break the rules, or are all tried, still ends
+TRAINED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
 
@@ -191,11 +192,11 @@ class Search:
 
     def counted(self) -> int:
         """Trials that count against the budget: those that trained (completed or pruned) or train now on some
-        worker. An infeasible one costs no training and does not count (but the search stops after
-        INFEASIBLE_FACTOR x trials of any kind); a failed one does not either: a worker's death is no verdict
-        on a design, and its trial runs again."""
+        worker. An infeasible one costs no training and does not count, nor does a repeat of a design trained
+        before (the search stops after INFEASIBLE_FACTOR x trials of any kind); a failed one does not either: a
+        worker's death is no verdict on a design, and its trial runs again."""
         trials = self.study.get_trials(deepcopy=False, states=COUNTED)
-        return sum(trial.user_attrs.get("ended") != "infeasible" for trial in trials)
+        return sum(t.user_attrs.get("ended") != "infeasible" and "duplicate_of" not in t.user_attrs for t in trials)
 
     def _stop_when_spent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.counted() >= self.settings.trials or len(study.trials) >= INFEASIBLE_FACTOR * self.settings.trials:
@@ -281,9 +282,16 @@ class Search:
                 }
             )
             tracking.log_metrics({cost: value for cost, value in costs.items() if np.isfinite(value)})
+            earlier = None if reasons else self._trained_before(trial)
             if reasons:
                 ended, accuracy, epochs = "infeasible", 0.0, 0
                 trial.set_user_attr("reason", "; ".join(reasons))
+            elif earlier is not None:  # the sampler proposed a design it has: same design, seed and data, same result
+                ended, accuracy, epochs = earlier.user_attrs["ended"], earlier.user_attrs["val_accuracy"], 0
+                trial.set_user_attr("duplicate_of", earlier.number)
+                trial.set_user_attr("val_accuracy", accuracy)
+                tracking.log_metrics({ACCURACY: accuracy})
+                tracking.log_tags({"duplicate_of": earlier.number})
             else:
                 ended, accuracy, epochs = self._train(trial, design, settings)
                 trial.set_user_attr("val_accuracy", accuracy)
@@ -297,6 +305,15 @@ class Search:
         if ended == "pruned":
             raise optuna.TrialPruned()
         return (accuracy, *values)
+
+    def _trained_before(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+        """The trial of this study that trained the very design and recipe `trial` chose, if one did."""
+        for earlier in self.study.get_trials(deepcopy=False, states=TRAINED):
+            attrs = earlier.user_attrs
+            original = attrs.get("ended") in ("completed", "pruned") and "duplicate_of" not in attrs
+            if original and earlier.params == trial.params:
+                return earlier
+        return None
 
     def _close_orphaned_twins(self) -> None:
         """A worker that died left its twin trial running: once its trial is marked failed, so is the twin."""
@@ -436,6 +453,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "layers": attrs.get("layers"),
                 "recipe": attrs.get("recipe"),
                 "worker": attrs.get("worker"),
+                "duplicate_of": attrs.get("duplicate_of"),
                 "retried_from": optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial),
             }
         )
@@ -444,7 +462,11 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 def pareto_front(study: optuna.Study) -> list[int]:
     """The numbers of the feasible completed trials no other trial beats on every objective."""
-    return sorted(trial.number for trial in study.best_trials if trial.user_attrs.get("ended") == "completed")
+    return sorted(
+        trial.number
+        for trial in study.best_trials
+        if trial.user_attrs.get("ended") == "completed" and "duplicate_of" not in trial.user_attrs
+    )
 
 
 def pick_finalists(rows: list[dict[str, Any]], front: list[int], count: int, cost: str) -> list[int]:

@@ -216,13 +216,14 @@ def _markdown(report: dict[str, Any], settings: Any) -> str:
     for row in report["trials"]:
         accuracy = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else ""
         cells = [_cost_cell(cost, row["costs"].get(cost)) for cost in costs]
+        repeat = f" (as #{row['duplicate_of']})" if row["duplicate_of"] is not None else ""
         front = (
             "finalist " + names[row["number"]]
             if row["number"] in names
             else ("front" if row["number"] in report["front"] else "")
         )
         lines.append(
-            f"| {row['number']} | {row['ended']} | {accuracy} | {' | '.join(cells)} | {row['epochs']} | "
+            f"| {row['number']} | {row['ended']}{repeat} | {accuracy} | {' | '.join(cells)} | {row['epochs']} | "
             f"{(row['seconds'] or 0):.0f} | {len(row['layers'] or [])} | {front} |"
         )
     reasons = [row for row in report["trials"] if row["reason"]]
