@@ -320,7 +320,9 @@ def test_every_command_enters_through_the_one_entry(capsys: pytest.CaptureFixtur
 
 def test_an_unknown_command_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert cli.run(["trian", "mnist"]) == 2
-    assert capsys.readouterr().err.startswith("error: trian: not a command; the commands are adopt, architecture, compare,")
+    assert capsys.readouterr().err.startswith(
+        "error: trian: not a command; the commands are adopt, architecture, compare,"
+    )
 
 
 def test_the_architecture_report_of_an_unknown_design_is_one_line(project: Path, capsys: pytest.CaptureFixture) -> None:
