@@ -87,7 +87,7 @@ def main() -> None:
         "pruner": args.pruner,
         "machine": f"{compute.cpu_model()}, {compute.available_cores()} cores",
         "epochs_saved": 1 - pruned["epochs"] / plain["epochs"],
-        "pruned_best_within_interval": plain["interval_95"][0] <= pruned["best_val_accuracy"],
+        "pruned_best_within_interval": bool(plain["interval_95"][0] <= pruned["best_val_accuracy"]),
         "runs": runs,
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
