@@ -208,7 +208,7 @@ class Search:
             self.study.set_user_attr(PARENT_RUN, parent_run_id)
         self.parent_run_id = self.study.user_attrs.get(PARENT_RUN, parent_run_id)
         remaining = self.settings.trials - self.counted()
-        if remaining <= 0:
+        if remaining <= 0 or len(self.study.trials) >= INFEASIBLE_FACTOR * self.settings.trials:
             log.info(
                 "search %s: the study has its %d trials; raise search.trials to run more",
                 self.name,
@@ -232,7 +232,10 @@ class Search:
 
     def _progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
-        costs = ", ".join(f"{_cost_text(cost, attrs['costs'][cost])}" for cost in self.settings.measured_costs())
+        measured = attrs.get("costs", {})
+        costs = ", ".join(
+            _cost_text(cost, measured[cost]) for cost in self.settings.measured_costs() if cost in measured
+        )
         outcome = f"val accuracy {attrs['val_accuracy']:.4f}" if "val_accuracy" in attrs else attrs.get("reason", "")
         log.info(
             "trial %d (%d/%d) %s after %d epochs in %.0fs: %s; %s",
