@@ -273,7 +273,9 @@ class Search:
             self.dataset,
             "search-trial",
             run_name=f"trial {trial.number}",
-            parent_run_id=self.parent_run_id,
+            # read again: two workers that started together both made a search run, and the one the study kept is
+            # the run every trial nests in
+            parent_run_id=self.study.user_attrs.get(PARENT_RUN, self.parent_run_id),
             seed=self.settings.seed,
         ):
             tracking.log_params(

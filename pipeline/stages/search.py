@@ -81,6 +81,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
         "trials": rows,
     }
     _write_outputs(out, report, settings)
+    parent = search.study.user_attrs.get(studies.PARENT_RUN, parent)  # the study's search run, whoever made it
     with tracking.stage_run(params, args.dataset, "search", run_id=parent):
         tracking.log_metrics(
             {
