@@ -26,6 +26,7 @@ SCRIPTS = (
     "bench_parallel.py",
     "bench_precision.py",
     "bench_pipeline.py",
+    "bench_tracking_worker.py",
     "bench_server_load.py",
     "bench_fuzz.py",
 )
