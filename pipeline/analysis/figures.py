@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on CI or servers
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from pipeline.core import files  # noqa: E402
+from pipeline.core import files
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
 
@@ -24,12 +20,20 @@ CORRECT, WRONG = "#1a7f37", "#cf222e"
 def save(figure: Figure, path: str | os.PathLike[str]) -> None:
     with files.atomic_file(path) as handle:
         figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+
+
+def subplots(
+    rows: int = 1, columns: int = 1, *, figsize: tuple[float, float], squeeze: bool = True
+) -> tuple[Figure, Any]:
+    """A figure and its axes, as pyplot.subplots makes them, without pyplot: no display backend to choose
+    and no global figure list to close (a Figure renders to PNG with Agg by itself)."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=squeeze)
 
 
 def learning_curves(history: Sequence[dict[str, float]], title: str) -> Figure:
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy")):
         axis.plot(epochs, [row[metric] for row in history], "o-", label="train")
         axis.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
@@ -46,7 +50,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str,
     values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
     n = len(class_names)
     size = max(5.0, 0.28 * n + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure, axis = subplots(figsize=(size + 1, size))
     image = axis.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     labels = [name if len(name) <= 18 else name[:17] + "…" for name in class_names]
@@ -84,7 +88,7 @@ def image_grid(
     count = len(images)
     columns = min(8, max(count, 1))
     rows = max(1, int(np.ceil(count / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows), squeeze=False)
+    figure, axes = subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index >= count:
@@ -112,7 +116,7 @@ def filters(kernels: np.ndarray, title: str) -> Figure:
     count = kernels.shape[-1]
     columns = min(8, count)
     rows = int(np.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
+    figure, axes = subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < count:
@@ -130,7 +134,7 @@ def feature_maps(image: np.ndarray, maps: np.ndarray, title: str) -> Figure:
     count = maps.shape[-1] + 1
     columns = min(9, count)
     rows = int(np.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.5 * rows), squeeze=False)
+    figure, axes = subplots(rows, columns, figsize=(1.4 * columns, 1.5 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index == 0:
@@ -154,7 +158,7 @@ def reliability_diagram(
     bars on the diagonal are a calibrated model, bars below it an overconfident one."""
     from pipeline.analysis.calibration import BINS, calibration_bins
 
-    figure, axes = plt.subplots(1, len(confidences), figsize=(5 * len(confidences), 4.6), squeeze=False)
+    figure, axes = subplots(1, len(confidences), figsize=(5 * len(confidences), 4.6), squeeze=False)
     edges = np.linspace(0, 1, BINS + 1)
     for axis, (name, confidence) in zip(axes[0], confidences.items()):
         count, mean_confidence, accuracy = calibration_bins(confidence, correct)
@@ -187,7 +191,7 @@ def pareto_plot(
 ) -> Figure:
     """A search's trials: validation accuracy against `cost` (log scale), each trial by how it ended, the
     Pareto front as a step line, and the finalists it ships marked and numbered."""
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = subplots(figsize=(8, 5))
     styles = {"completed": ("o", "#0969da"), "pruned": ("x", "#8c959f")}
     for ended, (marker, colour) in styles.items():
         points = [t for t in trials if t["ended"] == ended and t["costs"].get(cost) and t["val_accuracy"] is not None]
@@ -227,7 +231,7 @@ def pareto_plot(
 
 def search_progress(points: Sequence[tuple[int, float]], title: str) -> Figure:
     """The best validation accuracy of a completed trial so far, against the training epochs spent."""
-    figure, axis = plt.subplots(figsize=(8, 4))
+    figure, axis = subplots(figsize=(8, 4))
     if points:
         axis.step([p[0] for p in points], [p[1] for p in points], where="post", marker="o")
     axis.set_xlabel("training epochs spent (every trial's)")

@@ -420,9 +420,9 @@ def markdown(table: dict[str, Any]) -> str:
 
 def accuracy_against(dataset: str, rows: list[dict[str, Any]], key: str, label: str, log_scale: bool = True):
     """Mean test accuracy with its 95% interval against a cost (log scale); ties with the best filled."""
-    from pipeline.analysis.figures import plt
+    from pipeline.analysis.figures import subplots
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = subplots(figsize=(7, 4.5))
     for row in rows:
         low, high = row["test_accuracy_ci"]
         mean = row["test_accuracy"]
@@ -453,9 +453,9 @@ def accuracy_against(dataset: str, rows: list[dict[str, Any]], key: str, label: 
 
 def seed_spread(dataset: str, rows: list[dict[str, Any]]):
     """Every seed's test accuracy, one column per design, with the mean."""
-    from pipeline.analysis.figures import plt
+    from pipeline.analysis.figures import subplots
 
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 4.5))
+    figure, axis = subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 4.5))
     for position, row in enumerate(rows):
         values = row["test_accuracy_per_seed"]
         axis.scatter([position] * len(values), values, s=30, alpha=0.8, zorder=3)
@@ -470,9 +470,9 @@ def seed_spread(dataset: str, rows: list[dict[str, Any]]):
 
 
 def val_accuracy_curves(dataset: str, rows: list[dict[str, Any]]):
-    from pipeline.analysis.figures import plt
+    from pipeline.analysis.figures import subplots
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = subplots(figsize=(7, 4.5))
     for row in rows:
         color = None
         for index, curve in enumerate(row["val_accuracy_per_epoch"]):
@@ -505,9 +505,9 @@ def accuracy_against_mce(dataset: str, rows: list[dict[str, Any]]):
 
 def accuracy_against_severity(dataset: str, rows: list[dict[str, Any]]):
     """Each design's accuracy at severity 0 (clean) to 5, averaged over the corruptions."""
-    from pipeline.analysis.figures import plt
+    from pipeline.analysis.figures import subplots
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = subplots(figsize=(7, 4.5))
     for row in rows:
         curve = [row["test_accuracy"], *row["corruption_accuracy_per_severity"]]
         axis.plot(range(len(curve)), curve, "o-", markersize=4, label=row["design"])
