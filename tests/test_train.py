@@ -63,7 +63,15 @@ def test_validation_batches_are_in_order_and_untouched() -> None:
     assert [int(label) for _, labels in batches(x, y, 8) for label in labels.numpy()] == list(range(20))
 
 
-JITTER = {"rotation": 15.0, "translation": 0.1, "zoom": 0.1, "shear": 5.0, "brightness": 0.1, "contrast": 0.2}
+JITTER = {
+    "rotation": 15.0,
+    "translation": 0.1,
+    "zoom": 0.1,
+    "shear": 5.0,
+    "brightness": 0.1,
+    "contrast": 0.2,
+    "noise": 0.1,
+}
 
 
 def served_images(seed: int, augment: dict, first_epoch: int = 0, epochs: int = 1) -> np.ndarray:
@@ -100,6 +108,17 @@ def test_each_jitter_changes_images_within_its_range(key: str) -> None:
     if key == "brightness":  # a shift of at most 10% of the 0..255 range, the same over an image
         shift = (out - x).reshape(16, -1)
         assert np.allclose(shift, shift[:, :1], atol=1e-5) and np.abs(shift).max() <= 0.1 + 1e-6
+    if key == "noise":  # zero-mean pixel noise, its deviation drawn per image up to 10% of the range
+        noise = (out - x).reshape(16, -1)
+        deviations = noise.std(axis=1)
+        assert np.abs(noise.mean()) < 0.01 and deviations.max() <= 0.1 * 1.3 and deviations.std() > 0.005
+
+
+def test_noise_leaves_the_other_jitters_draws_as_they_were() -> None:
+    """Adding noise to a recipe must not change the geometry every existing recipe's models were trained on."""
+    geometry = {key: JITTER[key] for key in ("rotation", "translation", "zoom", "shear")}
+    without, with_noise = served_images(4, geometry), served_images(4, geometry | {"noise": 1e-6})
+    np.testing.assert_allclose(with_noise, without, atol=1e-5)
 
 
 def test_flip_mirrors_left_right_when_asked_only() -> None:

@@ -83,8 +83,11 @@ def shown_storage(url: str) -> str:
 
 def study_name(settings: SearchSettings, base_recipe: recipe.TrainSettings) -> str:
     data = paths.NORMALIZED / settings.dataset
+    train = base_recipe.as_params()
+    # a jitter that is off is no jitter: a key the recipe schema gains later, at 0, continues the study
+    train["augment"] = {key: value for key, value in train["augment"].items() if value}
     digest = fingerprint(
-        {"dataset": settings.dataset, "search": settings.study_values(), "train": base_recipe.as_params()},
+        {"dataset": settings.dataset, "search": settings.study_values(), "train": train},
         [data / "train.npz", data / "val.npz", data / "meta.json"],
     )
     return f"{settings.dataset}-{digest[:12]}"

@@ -2,12 +2,13 @@
 
 One projective warp per image does the geometry (rotation, shear, zoom, translation and the
 optional flip, composed into one 3x3 matrix, bilinear, edges repeated), so a batch costs one
-pass over its pixels; brightness and contrast are then an affine map per image. Every draw is
+pass over its pixels; brightness and contrast are then an affine map per image, and noise is
+added last, as a sensor adds it. Every draw is
 a stateless random op keyed by the batch's seed, so the jitter of epoch e is the same
 whether a run trained epochs 1..e-1 in this process or resumed from a checkpoint.
 
 Images arrive normalized (x * scale + offset of pipeline/portable/preprocess.py); brightness is
-given as a fraction of the raw 0..255 range, so it is scaled by `scale` here.
+and noise are given as fractions of the raw 0..255 range, so they are scaled by `scale` here.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, settings: AugmentSettings,
     if settings.brightness:
         shift = uniform(7, settings.brightness)[:, None, None, None] * (255.0 * tf.constant(pixel_scale, tf.float32))
         out = out + shift
+    if settings.noise:
+        # its own streams, folded from the batch's seed: the eight above stay what they were without noise
+        noise_seeds = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 8), num=2
+        )
+        deviation = tf.random.stateless_uniform([count], noise_seeds[0], 0.0, settings.noise)
+        pixel_range = 255.0 * tf.constant(pixel_scale, tf.float32)  # per channel
+        out = out + tf.random.stateless_normal(tf.shape(out), noise_seeds[1]) * (
+            deviation[:, None, None, None] * pixel_range
+        )
     return out
 
 

@@ -21,9 +21,10 @@ class AugmentSettings:
     Geometric ranges are the maxima of a uniform draw per image: rotation and shear in
     degrees, translation as a fraction of the image side, zoom as a fraction of the scale
     (0.1 draws from 0.9x to 1.1x). brightness shifts by up to that fraction of the pixel
-    range; contrast scales each image's deviation from its mean by 1 +- contrast. flip
-    mirrors half the images left-right: off by default, since a mirrored 3 or "keep right"
-    sign is another class.
+    range; contrast scales each image's deviation from its mean by 1 +- contrast. noise adds
+    Gaussian pixel noise whose standard deviation, drawn per image, is up to that fraction of
+    the pixel range (training against sensor noise). flip mirrors half the images left-right:
+    off by default, since a mirrored 3 or "keep right" sign is another class.
     """
 
     rotation: float = 0.0
@@ -32,6 +33,7 @@ class AugmentSettings:
     shear: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    noise: float = 0.0
     flip: bool = False
 
     @property
@@ -50,6 +52,7 @@ AUGMENT_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "shear": lambda x, w: v.number(x, w, 0.0, 60.0),
     "brightness": _fraction,
     "contrast": _fraction,
+    "noise": _fraction,
     "flip": v.boolean,
 }
 
@@ -114,6 +117,7 @@ class TrainSettings:
                     ("shear", a.shear, "°"),
                     ("brightness", a.brightness, ""),
                     ("contrast", a.contrast, ""),
+                    ("noise", a.noise, ""),
                 )
                 if value
             ]
