@@ -288,15 +288,20 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_queued_again(tmp_path: P
 
 @pytest.mark.e2e
 def test_a_design_proposed_again_is_not_trained_again_and_a_spent_space_ends(tmp_path: Path) -> None:
+    """Also: latency at batch 1 as the cost objective, measured for every design."""
     fixed = dict(raw_params()["search"]["space"])
     fixed.update(blocks=2, convs_per_block=1, filters=8, growth=2, batchnorm=False, pooling="maxpool")
     fixed.update(head="flatten", dense_units=0, dropout=0.0, kernel={"choices": [3, 5]})  # two designs in all
     recipe = {"epochs": 2, "learning_rate": 0.001, "threads": 1}
-    repo = _search_project(tmp_path, **{"search.space": fixed, "search.recipe": recipe, "search.trials": 3})
+    changes = {"search.space": fixed, "search.recipe": recipe, "search.trials": 3}
+    repo = _search_project(tmp_path, **changes, **{"search.objectives": ["val_accuracy", "latency_ms"]})
     run([sys.executable, "-m", "pipeline", "search", DATASET], repo)
-    rows = _report(repo)["trials"]
+    report = _report(repo)
+    rows = report["trials"]
     originals = [row for row in rows if row["duplicate_of"] is None]
     assert sorted(row["choices"]["kernel"] for row in originals) == [3, 5]  # each design trained once
+    assert report["objectives"] == ["val_accuracy", "latency_ms"]
+    assert all(0 < row["costs"]["latency_ms"] < 1000 for row in originals), [row["costs"] for row in originals]
     assert len(rows) == 5 * 3  # the budget of 3 trainings cannot be met: it stops at 5 x trials
     for row in rows:
         if row["duplicate_of"] is not None:

@@ -260,7 +260,15 @@ class Search:
         trial.set_user_attr("recipe", candidate.recipe)
         trial.set_user_attr("worker", WORKER)
         design, settings, problems = self._design(trial.number, candidate)
-        costs = self._costs(design, settings) if design is not None else dict.fromkeys(search_space.COSTS, float("inf"))
+        # a design the sampler proposed before keeps its costs: measured again, a latency would differ by noise
+        # alone, and the copy would dominate the trial that trained it
+        earlier = self._trained_before(trial) if design is not None else None
+        if earlier is not None:
+            costs = dict(earlier.user_attrs["costs"])
+        elif design is not None:
+            costs = self._costs(design, settings)
+        else:
+            costs = dict.fromkeys(search_space.COSTS, float("inf"))
         for cost, maximum in self.settings.constraints.items():
             if maximum is not None:
                 over = search_space.violation(costs[cost], maximum)
@@ -290,7 +298,6 @@ class Search:
                 }
             )
             tracking.log_metrics({cost: value for cost, value in costs.items() if np.isfinite(value)})
-            earlier = None if reasons else self._trained_before(trial)
             if reasons:
                 ended, accuracy, epochs = "infeasible", 0.0, 0
                 trial.set_user_attr("reason", "; ".join(reasons))
