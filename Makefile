@@ -40,7 +40,7 @@ repro: setup      ## set up, then run the whole pipeline, independent stages sid
 	python -m pipeline repro -j $(JOBS)
 
 test: setup browser-deps lint  ## set up, then lint and run the whole test suite (incl. end-to-end, browser and real-data tests)
-	python -m pytest --durations=15
+	python -m pytest --durations=40
 
 lint: setup       ## ruff (lint and format check) and the layer contracts (pyproject.toml)
 	ruff check .

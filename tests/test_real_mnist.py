@@ -24,6 +24,7 @@ def test_lenet5_modern_reaches_98_percent_on_real_mnist(tmp_path: Path) -> None:
             "train.epochs": 4,
             "experiments.datasets": ["mnist"],
             "experiments.models": ["lenet5_modern"],
+            "experiments.robustness": False,  # the corruption benchmark has tests of its own
         },
     )
     run(["dvc", "repro"], repo)
