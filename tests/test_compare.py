@@ -172,6 +172,30 @@ def test_figures_draw_every_design(project: Path) -> None:
     assert sum(len(c.get_offsets()) for c in spread.collections if hasattr(c, "get_offsets")) >= 6  # every seed
 
 
+def test_a_search_s_front_is_drawn_with_the_compared_designs_marked_at_their_validation_accuracy(
+    project: Path,
+) -> None:
+    rows = compare.collect(("mnist",), ("weak", "close", "strong"), (1, 2))["mnist"]["designs"]
+    search = paths.SearchPaths("mnist").json
+    search.parent.mkdir(parents=True)
+    files.write_json(search, {"dataset": "mnist", "skipped": True})
+    assert not any("search" in name for name in compare.report_figures("mnist", rows))  # none ran
+    trials = [
+        {"number": n, "ended": "completed", "val_accuracy": 0.9 + n / 100, "costs": {"macs": 1e6 * (n + 1)}}
+        for n in range(3)
+    ]
+    files.write_json(
+        search,
+        {"objectives": ["val_accuracy", "macs"], "trials": trials, "front": [0, 1, 2], "finalists": {"f": 2}},
+    )
+    axis = compare.report_figures("mnist", rows)["mnist_search_pareto_macs.png"].axes[0]
+    marked = {text.get_text() for text in axis.texts}
+    assert {"weak", "close", "strong", "#2"} <= marked
+    points = {tuple(map(float, c.get_offsets()[0])) for c in axis.collections if len(c.get_offsets()) == 1}
+    for row in rows:  # at its MACs and its mean best validation accuracy, never its test accuracy
+        assert (float(row["macs_per_image"]), float(row["best_val_accuracy"])) in points
+
+
 def test_a_missing_or_foreign_prediction_file_is_named(project: Path) -> None:
     paths.RunPaths("mnist", "weak", 2).predictions.unlink()
     with pytest.raises(FileNotFoundError, match=r"metrics/mnist/weak/seed_2/predictions.csv: missing; run `dvc repro`"):

@@ -187,10 +187,16 @@ def reliability_diagram(
 
 
 def pareto_plot(
-    trials: Sequence[dict], front: Sequence[int], finalists: Sequence[int], cost: str, title: str
+    trials: Sequence[dict],
+    front: Sequence[int],
+    finalists: Sequence[int],
+    cost: str,
+    title: str,
+    shipped: Sequence[tuple[str, float, float]] = (),
 ) -> Figure:
     """A search's trials: validation accuracy against `cost` (log scale), each trial by how it ended, the
-    Pareto front as a step line, and the finalists it ships marked and numbered."""
+    Pareto front as a step line, the finalists it ships marked and numbered, and `shipped` designs
+    (name, cost, validation accuracy) as stars."""
     figure, axis = subplots(figsize=(8, 5))
     styles = {"completed": ("o", "#0969da"), "pruned": ("x", "#8c959f")}
     for ended, (marker, colour) in styles.items():
@@ -220,6 +226,11 @@ def pareto_plot(
                 f"#{t['number']}", (t["costs"][cost], t["val_accuracy"]), textcoords="offset points", xytext=(6, -12)
             )
     axis.scatter([], [], s=160, facecolors="none", edgecolors=CORRECT, linewidths=2, label="finalists")
+    for name, value, accuracy in shipped:
+        axis.scatter(value, accuracy, marker="*", s=180, color="#bf8700", zorder=3)
+        axis.annotate(name, (value, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if shipped:
+        axis.scatter([], [], marker="*", s=180, color="#bf8700", label="shipped designs (mean over seeds)")
     axis.set_xscale("log")
     axis.set_xlabel(cost)
     axis.set_ylabel("validation accuracy (best epoch)")

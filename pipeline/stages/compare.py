@@ -1,14 +1,15 @@
 """Stage `compare`: which designs differ, how sure that is, and what each costs, per dataset.
 
 Reads only files (every (dataset, design, seed)'s train.json, evaluate.json, predictions.csv,
-robustness.json and history), never MLflow, and writes:
+robustness.json and history, and each search's report.json), never MLflow, and writes:
 
 - reports/compare.json, a stable format: `{dataset: {"designs": [row, ...], "pairwise_p":
   {design: {design: p}}}}`, rows ranked as in compare.md; each row's keys are ROW_KEYS (docs/statistics.md);
 - reports/compare.md, the same as tables, ties with the best drawn as ties;
 - per dataset, reports/<dataset>_accuracy_vs_params.png and _accuracy_vs_latency.png (with 95%
   intervals), _seed_spread.png (every seed's test accuracy) and _val_accuracy.png (per epoch); with the
-  corruption benchmark, _accuracy_vs_mce.png and _accuracy_vs_severity.png.
+  corruption benchmark, _accuracy_vs_mce.png and _accuracy_vs_severity.png; after a design search
+  (search/<dataset>/report.json), _search_pareto_<cost>.png: its trials and front with these designs marked.
 
 The statistics (pipeline/analysis/stats.py) are computed from the per-image predictions, so anyone can
 recompute them from the same files. Everything is logged to a `compare` run per dataset.
@@ -531,7 +532,34 @@ def report_figures(dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         pngs[f"{dataset}_accuracy_vs_mce.png"] = accuracy_against_mce(dataset, rows)
     if all(row["corruption_accuracy"] is not None for row in rows):
         pngs[f"{dataset}_accuracy_vs_severity.png"] = accuracy_against_severity(dataset, rows)
+    pngs.update(search_fronts(dataset, rows))
     return pngs
+
+
+# A search's cost, as the rows of this report name it.
+SEARCH_COSTS = {"params": "params", "macs": "macs_per_image", "latency_ms": "latency_ms"}
+
+
+def search_fronts(dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dataset's design search (search/<dataset>/report.json), if one ran: its trials and front against each
+    of its costs, with the designs compared here marked at their mean validation accuracy (never their test's)."""
+    from pipeline.analysis.figures import pareto_plot
+
+    search = paths.SearchPaths(dataset).json
+    report = files.read_json(search) if search.is_file() else {"skipped": True}
+    if report.get("skipped"):
+        return {}
+    return {
+        f"{dataset}_search_pareto_{cost}.png": pareto_plot(
+            report["trials"],
+            report["front"],
+            list(report["finalists"].values()),
+            cost,
+            f"{dataset}: the search's {len(report['trials'])} trials and the designs compared, validation accuracy",
+            shipped=[(row["design"], row[SEARCH_COSTS[cost]], row["best_val_accuracy"]) for row in rows],
+        )
+        for cost in report["objectives"][1:]
+    }
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
