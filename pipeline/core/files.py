@@ -243,9 +243,48 @@ def damaged(path: str | os.PathLike[str], problem: object) -> DataError:
     )
 
 
-def load_split(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of a normalized split (train, val or test), as the normalize stage wrote them."""
-    arrays = load_arrays(paths.NORMALIZED / dataset / f"{name}.npz")
+def map_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed .npz (`save_arrays`) as read-only memory maps of the file, each member's
+    CRC checked first. Fresh memory costs a page fault per 4 KiB here, so `load_arrays` takes seconds for
+    a split of hundreds of MB; a map shares the page cache and costs only the pages a reader touches."""
+    arrays: dict[str, np.ndarray] = {}
+    with _input(path, "rb") as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                for info in archive.infolist():
+                    if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                        raise ValueError(f"{info.filename} is not an uncompressed .npy member")
+                    with archive.open(info) as member:
+                        version = np.lib.format.read_magic(member)
+                        if version not in ((1, 0), (2, 0)):
+                            raise ValueError(f"{info.filename}: .npy format {version}")
+                        read_header = np.lib.format.read_array_header_1_0
+                        if version == (2, 0):
+                            read_header = np.lib.format.read_array_header_2_0
+                        shape, fortran, dtype = read_header(member)
+                        if dtype.hasobject:
+                            raise ValueError(f"{info.filename} holds Python objects")
+                        header = member.tell()
+                        while member.read(1 << 20):  # to its end, where zipfile checks the CRC
+                            pass
+                    handle.seek(info.header_offset + 26)  # the local header's name and extra lengths
+                    lengths = np.frombuffer(handle.read(4), "<u2")
+                    start = info.header_offset + 30 + int(lengths.sum()) + header
+                    name, order = info.filename[: -len(".npy")], "F" if fortran else "C"
+                    if not np.prod(shape, dtype=np.int64):
+                        arrays[name] = np.empty(shape, dtype, order=order)
+                    else:
+                        arrays[name] = np.memmap(handle, dtype, "r", offset=start, shape=shape, order=order)
+        except (zipfile.BadZipFile, EOFError, ValueError) as error:  # cut short, a failed CRC, not an .npz
+            raise damaged(path, error) from error
+    return arrays
+
+
+def load_split(dataset: str, name: str, mapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a normalized split (train, val or test), as the normalize stage wrote them;
+    `mapped`: as read-only memory maps (`map_arrays`), for a reader that samples a split or reads it once."""
+    path = paths.NORMALIZED / dataset / f"{name}.npz"
+    arrays = map_arrays(path) if mapped else load_arrays(path)
     return arrays["x"], arrays["y"]
 
 

@@ -144,7 +144,7 @@ def quantized(
     from pipeline.portable.int8 import INT8_FILE, NOT_QUANTIZED_FILE, Int8Model, int8_folder
     from pipeline.training import quantize
 
-    x_train, _ = files.load_split(out.dataset, "train")
+    x_train, _ = files.load_split(out.dataset, "train", mapped=True)  # a sample of it
     try:
         content = quantize.to_int8(model, quantize.representative_sample(x_train, out.seed))
     except quantize.NotQuantizable as why:
@@ -206,10 +206,10 @@ def main(args: argparse.Namespace, params: Params) -> None:
     meta = files.read_json(paths.NORMALIZED / args.dataset / "meta.json")
     stats = files.read_json(paths.NORMALIZED / args.dataset / "stats.json")
     class_names = meta["class_names"]
-    x, y = files.load_split(args.dataset, "test")
+    x, y = files.load_split(args.dataset, "test", mapped=True)
     result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
     calibration_started = time.perf_counter()
-    calibrate(model, *files.load_split(args.dataset, "val"), result, y, params.evaluate.batch_size)
+    calibrate(model, *files.load_split(args.dataset, "val", mapped=True), result, y, params.evaluate.batch_size)
     result["metrics"]["calibration_seconds"] = time.perf_counter() - calibration_started
     log.info(
         "%s on %s (seed %d): test accuracy %.4f, loss %.4f; ECE %.4f, %.4f at temperature %.3f (fitted on validation)",

@@ -64,8 +64,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
         compute.use_threads(run["threads"])
     model = load_model(out.model_dir / "model.keras")
     stats = files.read_json(paths.NORMALIZED / args.dataset / "stats.json")
-    arrays = files.load_arrays(benchmark / "images.npz")
-    x_test, y_test = files.load_split(args.dataset, "test")
+    arrays = files.map_arrays(benchmark / "images.npz")
+    x_test, y_test = files.load_split(args.dataset, "test", mapped=True)  # the benchmark's images of it
     index = arrays["index"]
     if index.size and (index.max() >= len(y_test) or not np.array_equal(y_test[index], arrays["y"])):
         raise DataError(

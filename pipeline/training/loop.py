@@ -188,8 +188,9 @@ def train(
     compute.warn_if_emulated(settings.precision)
     meta = files.read_json(paths.NORMALIZED / dataset / "meta.json")
     stats = files.read_json(paths.NORMALIZED / dataset / "stats.json")
-    x_train, y_train = files.load_split(dataset, "train")
-    x_val, y_val = files.load_split(dataset, "val")
+    # mapped: TensorFlow copies them into its tensors anyway, so a loaded copy would only cost its page faults
+    x_train, y_train = files.load_split(dataset, "train", mapped=True)
+    x_val, y_val = files.load_split(dataset, "val", mapped=True)
     steps = steps_per_epoch(len(y_train), settings.batch_size)
     state = state or {}
 

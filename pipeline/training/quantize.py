@@ -24,7 +24,9 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
-REPRESENTATIVE_IMAGES = 500  # drawn from the training split: enough to settle every activation's range
+REPRESENTATIVE_IMAGES = (
+    200  # drawn from the training split: enough to settle every activation's range (bench/RESULTS.md)
+)
 
 
 class NotQuantizable(Exception):
