@@ -30,6 +30,7 @@ def test_a_mapped_npz_holds_the_arrays_a_load_gives_and_cannot_be_written(saved:
     assert not mapped["x"].flags.writeable
     sample = mapped["x"][[3, 1, 40]]  # a sample is an ordinary array of its own
     np.testing.assert_array_equal(sample, loaded["x"][[3, 1, 40]])
+    assert sample.flags.writeable
 
 
 def test_a_changed_byte_a_cut_or_a_compressed_file_is_one_damaged_error(saved: Path, tmp_path: Path) -> None:

@@ -230,7 +230,9 @@ def pareto_plot(
         axis.scatter(value, accuracy, marker="*", s=180, color="#bf8700", zorder=3)
         axis.annotate(name, (value, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if shipped:
-        axis.scatter([], [], marker="*", s=180, color="#bf8700", label="shipped designs (mean over seeds)")
+        axis.scatter(
+            [], [], marker="*", s=180, color="#bf8700", label="designs compared (validation accuracy: mean over seeds)"
+        )
     axis.set_xscale("log")
     axis.set_xlabel(cost)
     axis.set_ylabel("validation accuracy (best epoch)")

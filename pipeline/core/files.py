@@ -245,8 +245,9 @@ def damaged(path: str | os.PathLike[str], problem: object) -> DataError:
 
 def map_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The arrays of an uncompressed .npz (`save_arrays`) as read-only memory maps of the file, each member's
-    CRC checked first. Fresh memory costs a page fault per 4 KiB here, so `load_arrays` takes seconds for
-    a split of hundreds of MB; a map shares the page cache and costs only the pages a reader touches."""
+    CRC checked first (a pass over its bytes, in a reused buffer). Fresh memory costs a page fault per 4 KiB
+    here, so `load_arrays` takes seconds for a split of hundreds of MB; a map shares the page cache and
+    allocates nothing."""
     arrays: dict[str, np.ndarray] = {}
     with _input(path, "rb") as handle:
         try:
@@ -265,6 +266,8 @@ def map_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                         if dtype.hasobject:
                             raise ValueError(f"{info.filename} holds Python objects")
                         header = member.tell()
+                        if header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != info.file_size:
+                            raise ValueError(f"{info.filename}: its shape {shape} does not fill the member")
                         while member.read(1 << 20):  # to its end, where zipfile checks the CRC
                             pass
                     handle.seek(info.header_offset + 26)  # the local header's name and extra lengths
@@ -273,9 +276,10 @@ def map_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     name, order = info.filename[: -len(".npy")], "F" if fortran else "C"
                     if not np.prod(shape, dtype=np.int64):
                         arrays[name] = np.empty(shape, dtype, order=order)
+                        arrays[name].setflags(write=False)
                     else:
                         arrays[name] = np.memmap(handle, dtype, "r", offset=start, shape=shape, order=order)
-        except (zipfile.BadZipFile, EOFError, ValueError) as error:  # cut short, a failed CRC, not an .npz
+        except (zipfile.BadZipFile, EOFError, ValueError, RuntimeError) as error:  # cut short, bad CRC, encrypted
             raise damaged(path, error) from error
     return arrays
 

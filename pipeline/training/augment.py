@@ -7,8 +7,8 @@ added last, as a sensor adds it. Every draw is
 a stateless random op keyed by the batch's seed, so the jitter of epoch e is the same
 whether a run trained epochs 1..e-1 in this process or resumed from a checkpoint.
 
-Images arrive normalized (x * scale + offset of pipeline/portable/preprocess.py); brightness is
-and noise are given as fractions of the raw 0..255 range, so they are scaled by `scale` here.
+Images arrive normalized (x * scale + offset of pipeline/portable/preprocess.py); brightness and
+noise are given as fractions of the raw 0..255 range, so they are scaled by `scale` here.
 """
 
 from __future__ import annotations
