@@ -245,9 +245,8 @@ def damaged(path: str | os.PathLike[str], problem: object) -> DataError:
 
 def map_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The arrays of an uncompressed .npz (`save_arrays`) as read-only memory maps of the file, each member's
-    CRC checked first (a pass over its bytes, in a reused buffer). Fresh memory costs a page fault per 4 KiB
-    here, so `load_arrays` takes seconds for a split of hundreds of MB; a map shares the page cache and
-    allocates nothing."""
+    CRC checked first (a pass over its bytes, in a reused buffer). A map shares the page cache and allocates
+    nothing, where `load_arrays` allocates and fills a copy (what that costs: bench/RESULTS.md, evaluate)."""
     arrays: dict[str, np.ndarray] = {}
     with _input(path, "rb") as handle:
         try:
