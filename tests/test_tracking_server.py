@@ -324,3 +324,26 @@ def test_as_root_a_folder_the_postgres_user_cannot_reach_is_refused_with_what_to
     assert result.returncode == 2
     assert "the `postgres` user, who runs PostgreSQL for root, cannot reach this folder" in result.stderr
     assert "`make server SERVER_DIR=/var/tmp/mlflow-server`" in result.stderr
+
+
+def test_two_installs_of_postgresql_at_once_run_apt_get_once_and_both_find_it(monkeypatch, tmp_path: Path) -> None:
+    """Test files side by side (or two `make server`) that each install PostgreSQL: apt-get's lock would fail one."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the install's lock file goes
+    installed: list[Path] = []
+    apt_runs: list[int] = []
+
+    def apt_install() -> Path:
+        apt_runs.append(1)
+        time.sleep(0.5)  # long enough for the other caller to arrive while this one installs
+        installed.append(Path("/usr/lib/postgresql/15/bin"))
+        return installed[0]
+
+    monkeypatch.setattr(server, "postgres_bin", lambda: installed[0] if installed else None)
+    monkeypatch.setattr(server, "_apt_install_postgresql", apt_install)
+    found: list[Path] = []
+    callers = [threading.Thread(target=lambda: found.append(server.install_postgresql())) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(apt_runs) == 1 and found == [Path("/usr/lib/postgresql/15/bin")] * 2

@@ -110,6 +110,17 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """One process at a time between its enter and exit: an advisory lock on the file `path` (kept), which
+    the system releases when the holder exits, so a killed holder never leaves it held."""
+    import fcntl
+
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+@contextlib.contextmanager
 def writing(path: str | os.PathLike[str]) -> Iterator[None]:
     """The block writes `path` through a library whose OSError names no file (Keras' model.save): name it."""
     try:

@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,13 @@ def install_postgresql() -> Path:
     found = postgres_bin()
     if found is not None:
         return found
+    # Two installs at once (two `make server`, or test files run side by side) would collide on apt's own
+    # lock and one would fail; the second waits here, then finds the first one's install.
+    with files.exclusive_lock(Path(tempfile.gettempdir()) / "pipeline-install-postgresql.lock"):
+        return postgres_bin() or _apt_install_postgresql()
+
+
+def _apt_install_postgresql() -> Path:
     if os.geteuid() == 0:
         sudo: list[str] = []
     elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:

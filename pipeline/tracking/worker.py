@@ -219,10 +219,7 @@ def _creating_store() -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
-    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with files.exclusive_lock(f"{uri.removeprefix('sqlite:///')}.lock"):
         yield
 
 
