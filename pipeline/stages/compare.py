@@ -366,7 +366,7 @@ indistinguishable from the best (Holm-adjusted p ≥ {stats.ALPHA}): they share 
   mean over seeds; **ECE, T-scaled** after temperature scaling, whose T (mean over seeds) evaluate
   fits on the validation split. Scaling changes no prediction, so no accuracy.
 - **int8**: the model after full-integer post-training quantization (TFLite, run by LiteRT; ranges
-  from 500 training images): its test accuracy and change from the float model in points, the exact
+  from a seeded sample of the training split): its test accuracy and change from the float model in points, the exact
   McNemar p of int8 against float on the same images, its size, and its latency at batch 1 (p50/p95 of
   100 calls). – where the converter has no integer kernel for the design (evaluate's log says which).
 - **corruption accuracy**: mean accuracy over the corruption benchmark (15 corruptions x 5 severities of
