@@ -13,6 +13,9 @@ export PYTHONUNBUFFERED := 1
 UI_PORT ?= 5000
 # make repro: at most this many threads in flight (auto: every core); pipeline/tools/repro.py
 JOBS ?= auto
+# make test: test files side by side, each file in one worker (its module fixtures built once); most of
+# the suite waits on subprocesses (dvc, servers, TensorFlow's start), so 2 workers pay on 2 cores (bench/RESULTS.md)
+TEST_WORKERS ?= 2
 CHROMIUM ?= /usr/bin/chromium
 GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,0)
 LOCK := $(if $(filter 1,$(GPU)),requirements-gpu.lock,requirements.lock)
@@ -40,7 +43,7 @@ repro: setup      ## set up, then run the whole pipeline, independent stages sid
 	python -m pipeline repro -j $(JOBS)
 
 test: setup browser-deps lint  ## set up, then lint and run the whole test suite (incl. end-to-end, browser and real-data tests)
-	python -m pytest --durations=40
+	python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=40
 
 lint: setup       ## ruff (lint and format check) and the layer contracts (pyproject.toml)
 	ruff check .
