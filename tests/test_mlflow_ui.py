@@ -219,6 +219,11 @@ def test_experiment_lists_every_design_with_its_test_accuracy(page, tiny_project
     search.fill("tags.dvc_experiment = 'workspace'")
     search.press("Enter")
     page.wait_for_url(re.compile(r"searchFilter=tags\.dvc_experiment"))
+    # The column list is made from the runs loaded: wait for them, or on a loaded machine (test files
+    # side by side) the list can open before they arrive, without their metrics.
+    for runs in expected.values():
+        for run in runs:
+            expect(page.locator(f"[row-id='{run.run_id}']").first).to_be_visible()
     # Add the test accuracy column, as a user does: Columns → search → tick it.
     page.get_by_test_id("column-selection-dropdown").first.click()
     page.get_by_placeholder("Search columns").fill("test_accuracy")
