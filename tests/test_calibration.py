@@ -76,3 +76,27 @@ def test_an_rbf_output_with_a_rubbish_class_becomes_a_distribution_over_the_clas
     expected = np.exp(-penalties / 10) / np.exp(-penalties / 10).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(calibrated, expected, rtol=1e-9)
     assert np.array_equal(calibrated.argmax(axis=1), raw.argmax(axis=1))
+
+
+def test_evaluate_refuses_validation_outputs_of_another_split_and_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
+    """The temperature is fitted on the outputs train saved: outputs of another split would pair images
+    with the wrong labels, so evaluate stops and names the file and the stage to re-run."""
+    from pipeline.core import files, paths
+    from pipeline.core.errors import UserError
+    from pipeline.stages import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    out = paths.RunPaths("mnist", "lenet5_modern", 42)
+    out.model_dir.mkdir(parents=True)
+    (paths.NORMALIZED / "mnist").mkdir(parents=True)
+    files.save_arrays(paths.NORMALIZED / "mnist" / "val.npz", x=np.zeros((6, 4, 4, 1), np.float32), y=np.arange(6))
+    files.save_arrays(out.validation_outputs, outputs=np.full((6, 10), 0.1, np.float32))
+    outputs, labels = evaluate.validation_outputs(out)
+    assert outputs.shape == (6, 10) and list(labels) == list(range(6))
+    files.save_arrays(out.validation_outputs, outputs=np.full((5, 10), 0.1, np.float32))
+    with pytest.raises(
+        UserError, match=r"validation_outputs\.npz: outputs for 5 validation images, but the split has 6"
+    ):
+        evaluate.validation_outputs(out)
+    with pytest.raises(UserError, match=r"dvc repro train@mnist-lenet5_modern-42"):
+        evaluate.validation_outputs(out)

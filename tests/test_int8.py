@@ -71,3 +71,22 @@ def test_lenet5_classics_float64_rbf_output_is_not_quantizable_and_says_why(capf
         quantize.to_int8(model, np.zeros((4, 32, 32, 1), np.float32))
     printed = capfd.readouterr()
     assert "error:" not in printed.err and "Saved artifact" not in printed.out  # MLIR's log, the export's listing
+
+
+def test_the_frozen_graph_conversion_gives_the_int8_model_tflites_keras_path_gives(trained) -> None:
+    """to_int8 converts the graph with its weights frozen, skipping the SavedModel export of
+    `from_keras_model`: the int8 model must compute exactly what that path's does."""
+    import tensorflow as tf
+
+    model, x_train, x_test, _ = trained
+    representative = quantize.representative_sample(x_train, seed=0, count=50)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    keras_path = Int8Model(converter.convert())
+    frozen = Int8Model(quantize.to_int8(model, representative))
+    assert frozen.input["quantization"] == keras_path.input["quantization"]
+    assert frozen.output["quantization"] == keras_path.output["quantization"]
+    np.testing.assert_array_equal(frozen.predict(x_test), keras_path.predict(x_test))

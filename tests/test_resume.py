@@ -36,6 +36,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "train.batch_size": 8,
             "train.schedule": "cosine",
             "train.warmup_epochs": 1,
+            "train.restore_best": True,  # the best epoch's weights and validation outputs resume too
             "train.augment.rotation": 10,
             "train.augment.translation": 0.1,
             "experiments.datasets": ["mnist"],
@@ -73,6 +74,13 @@ def weights_digest(model_file: Path) -> str:
     return digest.hexdigest()
 
 
+def saved_validation_outputs(repo: Path) -> np.ndarray:
+    """What train saved for evaluate's temperature: its last validation pass's outputs, of the weights it kept."""
+    from pipeline.core import files
+
+    return files.load_arrays(repo / f"models/mnist/{DESIGN}/seed_42/validation_outputs.npz")["outputs"]
+
+
 def history_without_timings(repo: Path) -> list[dict[str, str]]:
     with open(repo / f"plots/history/mnist/{DESIGN}/seed_42.csv", encoding="utf-8") as handle:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
@@ -97,6 +105,7 @@ def test_interrupted_training_resumes_and_matches_an_uninterrupted_run(project: 
     assert run_json["run_id"] == state["run_id"], "the MLflow run continues under the same id"
     resumed_weights = weights_digest(project / f"models/mnist/{DESIGN}/seed_42/model.keras")
     resumed_history = history_without_timings(project)
+    resumed_outputs = saved_validation_outputs(project)
     assert [row["epoch"] for row in resumed_history] == [str(e) for e in range(1, EPOCHS + 1)]
 
     uninterrupted = subprocess.run(train_command(), cwd=project, env=tool_env(), capture_output=True, text=True)
@@ -104,6 +113,14 @@ def test_interrupted_training_resumes_and_matches_an_uninterrupted_run(project: 
     assert "resuming" not in uninterrupted.stderr
     assert history_without_timings(project) == resumed_history
     assert weights_digest(project / f"models/mnist/{DESIGN}/seed_42/model.keras") == resumed_weights
+    np.testing.assert_array_equal(saved_validation_outputs(project), resumed_outputs)
+    # they are the saved model's outputs: the temperature evaluate fits on them is the model's
+    from pipeline.core import files
+    from pipeline.training.compile import load_model
+
+    x_val = files.load_arrays(project / "data/normalized/mnist/val.npz")["x"]
+    predicted = load_model(project / f"models/mnist/{DESIGN}/seed_42/model.keras").predict(x_val, verbose=0)
+    np.testing.assert_allclose(resumed_outputs, predicted, rtol=1e-5, atol=1e-6)
 
 
 def test_a_checkpoint_of_other_params_is_never_resumed(project: Path) -> None:

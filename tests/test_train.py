@@ -146,3 +146,20 @@ def test_stages_train_on_onednn_kernels_unless_the_user_turns_them_off() -> None
     # TensorFlow's default leaves them off on AVX2 CPUs, where they train LeNet-5 2.3x faster
     assert onednn_enabled_in_a_stage()
     assert not onednn_enabled_in_a_stage(TF_ENABLE_ONEDNN_OPTS="0")
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "smoothed", "rbf"])
+def test_loss_and_accuracy_from_a_prediction_are_what_keras_evaluate_reports(loss: str) -> None:
+    """The epoch's validation metrics and evaluate's test metrics come from one prediction, not a second pass."""
+    from pipeline.portable import lenet5_classic as classic
+    from pipeline.training.compile import SmoothedSparseCrossentropy, loss_and_accuracy
+
+    rng = np.random.default_rng(6)
+    x, y = rng.uniform(-0.1, 1.175, (300, 32, 32, 1)).astype("float32"), rng.integers(0, 10, 300).astype(np.uint8)
+    model = classic.build_lenet5_classic(seed=3, output="rbf" if loss == "rbf" else "softmax")
+    compiled = {"rbf": classic.loss_for("rbf"), "smoothed": SmoothedSparseCrossentropy(0.1)}.get(loss, loss)
+    model.compile(optimizer="adam", loss=compiled, metrics=["accuracy"])
+    model.train_on_batch(x[:32], y[:32])  # not at initialization, where every class scores alike
+    keras_loss, keras_accuracy = model.evaluate(x, y, batch_size=128, verbose=0)
+    ours = loss_and_accuracy(model, y, model.predict(x, batch_size=128, verbose=0))
+    assert ours == pytest.approx((keras_loss, keras_accuracy), rel=1e-5)

@@ -42,6 +42,10 @@ class RunPaths:
         return Path("models") / self.dataset / self.design / self.seed_name
 
     @property
+    def validation_outputs(self) -> Path:  # the model's outputs on the validation split, from training
+        return self.model_dir / "validation_outputs.npz"
+
+    @property
     def metrics_dir(self) -> Path:  # train.json and evaluate.json (DVC metrics), per_class.json, predictions.csv
         return Path("metrics") / self.dataset / self.design / self.seed_name
 

@@ -7,8 +7,9 @@ with its raw and calibrated confidence, from which compare computes its statisti
 plots/confusion/<dataset>/<design>/seed_<seed>.csv (DVC's confusion template) and, in
 plots/figures/<dataset>/<design>/seed_<seed>/, PNG figures: learning curves, confusion matrices
 (counts and row-normalized), sample predictions, the most confident mistakes, the reliability
-diagram, first-layer filters and feature maps. The temperature is fitted on the validation split
-(pipeline/analysis/calibration.py): the test split chooses nothing.
+diagram, first-layer filters and feature maps. The temperature is fitted on the model's outputs on the
+validation split, which train saved from its last validation pass (pipeline/analysis/calibration.py):
+the test split chooses nothing.
 
 All of it goes into the MLflow run that train opened, so one run holds the whole story; an evaluation
 that re-runs alone (only evaluate's params or code changed) gets a run of its own instead,
@@ -29,6 +30,7 @@ import numpy as np
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.core import files, paths
+from pipeline.core.errors import UserError
 from pipeline.training import compute
 
 if TYPE_CHECKING:
@@ -69,8 +71,10 @@ def pick_samples(
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list[str], batch_size: int) -> dict:
     from sklearn.metrics import confusion_matrix, f1_score
 
-    loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    from pipeline.training.compile import loss_and_accuracy
+
     probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    loss, accuracy = loss_and_accuracy(model, y, probabilities)
     y_pred = probabilities.argmax(axis=1)
     return {
         "metrics": {
@@ -88,14 +92,12 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list
     }
 
 
-def calibrate(
-    model: keras.Model, x_val: np.ndarray, y_val: np.ndarray, result: dict, y: np.ndarray, batch_size: int
-) -> None:
-    """Fit the temperature on the validation split, then score the test split's calibration before and
-    after it; adds the metrics and the calibrated confidences to `result`."""
+def calibrate(validation: np.ndarray, y_val: np.ndarray, result: dict, y: np.ndarray) -> None:
+    """Fit the temperature on the model's outputs on the validation split (`validation`, saved by train from
+    its last validation pass), then score the test split's calibration before and after it; adds the
+    metrics and the calibrated confidences to `result`."""
     from pipeline.analysis import calibration
 
-    validation = model.predict(x_val, batch_size=batch_size, verbose=0)
     temperature = calibration.fit_temperature(calibration.log_probabilities(validation), y_val)
     calibrated = calibration.scaled(calibration.log_probabilities(result["probabilities"]), temperature)
     before, after = calibration.scores(result["probabilities"], y), calibration.scores(calibrated, y)
@@ -105,6 +107,19 @@ def calibrate(
         | {f"test_{name}_calibrated": value for name, value in after.items()}
     )
     result["calibrated_confidence"] = calibrated.max(axis=1)
+
+
+def validation_outputs(out: paths.RunPaths) -> tuple[np.ndarray, np.ndarray]:
+    """The trained model's outputs on the validation split, as train saved them, and the split's labels."""
+    outputs = files.load_arrays(out.validation_outputs)["outputs"]
+    _, labels = files.load_split(out.dataset, "val", mapped=True)
+    if len(outputs) != len(labels):
+        raise UserError(
+            f"{out.validation_outputs}: outputs for {len(outputs)} validation images, but the split has "
+            f"{len(labels)}: the model was trained on another split; train it again "
+            f"(`dvc repro train@{out.dataset}-{out.design}-{out.seed}`)"
+        )
+    return outputs, labels
 
 
 # What a prediction costs. A measurement: it varies from run to run and with what else runs.
@@ -209,7 +224,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     x, y = files.load_split(args.dataset, "test", mapped=True)
     result = evaluate(model, x, y, class_names, params.evaluate.batch_size)
     calibration_started = time.perf_counter()
-    calibrate(model, *files.load_split(args.dataset, "val", mapped=True), result, y, params.evaluate.batch_size)
+    calibrate(*validation_outputs(out), result, y)
     result["metrics"]["calibration_seconds"] = time.perf_counter() - calibration_started
     log.info(
         "%s on %s (seed %d): test accuracy %.4f, loss %.4f; ECE %.4f, %.4f at temperature %.3f (fitted on validation)",

@@ -86,6 +86,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
         with files.atomic_directory(out.model_dir) as tmp:
             with files.writing(tmp / "model.keras"):
                 model.save(tmp / "model.keras")
+            # evaluate fits its temperature on them: the last validation pass, not one more
+            files.save_arrays(tmp / out.validation_outputs.name, outputs=result["validation_outputs"])
             (tmp / "summary.txt").write_text(result["summary"], encoding="utf-8")
             (tmp / "architecture.md").write_text(format_report(result["architecture"]), encoding="utf-8")
             files.write_json(

@@ -3,10 +3,11 @@
 DVC deletes a stage's outputs before it runs the stage, so checkpoints live outside them, in
 <repo>/.checkpoints/<dataset>/<design>/seed_<n>/ (gitignored and dvcignored; <repo> is the
 user's repository even for a queued experiment, see files.project_root). Each holds the
-model with its optimizer state (model.keras), the best weights so far (best.npz) and
-state.json: the epochs done, their history, the MLflow run id and a fingerprint of all
-that determines the run (params, data, seed, kernels) and the MD5 of every other file. A
-checkpoint whose fingerprint differs came from other params or data and is never resumed. One
+model with its optimizer state (model.keras), the best weights so far (best.npz) and their
+outputs on the validation split (best_validation.npz), and state.json: the epochs done, their
+history, the MLflow run id and a fingerprint of all that determines the run (params, data,
+seed, kernels) and the MD5 of every other file. A checkpoint whose fingerprint differs came
+from other params or data and is never resumed. One
 that is damaged (state.json unreadable, a file missing or not matching its MD5: a disk error, a
 copy cut short) is not resumed either: a warning says so, and training starts from the first
 epoch. The train stage removes its checkpoint once its outputs are written.
@@ -29,6 +30,7 @@ from pipeline.core import files
 
 FOLDER = ".checkpoints"
 STATE = "state.json"
+BEST_OUTPUTS = "best_validation.npz"
 log = logging.getLogger(__name__)
 
 
@@ -87,9 +89,17 @@ class Checkpoint:
         if best.is_file():
             arrays = files.load_arrays(best)
             state["best_weights"] = [arrays[f"w{index}"] for index in range(len(arrays))]
+        if (self.folder / BEST_OUTPUTS).is_file():
+            state["best_validation_outputs"] = files.load_arrays(self.folder / BEST_OUTPUTS)["outputs"]
         return state
 
-    def save(self, model: Any, state: dict[str, Any], best_weights: list[np.ndarray] | None) -> None:
+    def save(
+        self,
+        model: Any,
+        state: dict[str, Any],
+        best_weights: list[np.ndarray] | None,
+        best_validation_outputs: np.ndarray | None = None,
+    ) -> None:
         """Replace the checkpoint whole: a crash while saving leaves the previous epoch's."""
         with files.atomic_directory(self.folder) as tmp:
             with files.writing(tmp / "model.keras"):
@@ -97,6 +107,8 @@ class Checkpoint:
             files.save_arrays(tmp / "random.npz", **{f"s{i}": np.array(v) for i, v in enumerate(random_states(model))})
             if best_weights is not None:
                 files.save_arrays(tmp / "best.npz", **{f"w{index}": w for index, w in enumerate(best_weights)})
+            if best_validation_outputs is not None:
+                files.save_arrays(tmp / BEST_OUTPUTS, outputs=best_validation_outputs)
             digests = {path.name: files.md5_of(path) for path in sorted(tmp.iterdir())}
             files.write_json(tmp / STATE, {**state, "fingerprint": self.fingerprint, "files": digests})
 

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import keras
+import numpy as np
 
 from pipeline.core import files
 from pipeline.designs import Design
@@ -57,6 +58,14 @@ def compile_model(model: keras.Model, design: Design, settings: TrainSettings, s
         loss = SmoothedSparseCrossentropy(settings.label_smoothing)
     model.compile(optimizer=make_optimizer(settings, steps_per_epoch), loss=loss, metrics=["accuracy"])
     return model
+
+
+def loss_and_accuracy(model: keras.Model, labels: np.ndarray, outputs: np.ndarray) -> tuple[float, float]:
+    """What `model.evaluate` reports (the compiled loss, and accuracy), from the model's `outputs` on images
+    whose classes are `labels`: computed from a prediction, they cost no second pass over the images. No
+    regularization term is left out: weight decay is the optimizer's."""
+    loss = keras.losses.get(model.loss)(labels, outputs)
+    return float(np.mean(keras.ops.convert_to_numpy(loss))), float(np.mean(outputs.argmax(axis=1) == labels))
 
 
 def load_model(path: str | os.PathLike[str]) -> keras.Model:

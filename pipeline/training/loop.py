@@ -26,7 +26,7 @@ from pipeline.designs.report import architecture_report
 from pipeline.training import compute
 from pipeline.training.augment import augment_batch
 from pipeline.training.checkpoints import Checkpoint, fingerprint
-from pipeline.training.compile import compile_model, load_model
+from pipeline.training.compile import compile_model, load_model, loss_and_accuracy
 from pipeline.training.recipe import TrainSettings
 from pipeline.training.schedules import rate_at
 
@@ -90,18 +90,34 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Per epoch: one readable line (CI logs are not TTYs), a history row, the metrics to MLflow,
-    the best epoch so far (restore_best and early stopping), and a checkpoint to resume from."""
+    """Per epoch: the validation pass, one readable line (CI logs are not TTYs), a history row, the metrics
+    to MLflow, the best epoch so far (restore_best and early stopping), and a checkpoint to resume from.
+
+    The validation pass is this callback's, not Keras's `validation_data`: one prediction over the split,
+    from which val_loss and val_accuracy are computed, so the outputs of the epoch whose weights are kept
+    can be saved beside the model. Evaluate fits its temperature on them instead of predicting the
+    validation split again (bench/RESULTS.md). It runs first, so later callbacks (pruning) see its metrics.
+    """
 
     def __init__(
-        self, settings: TrainSettings, steps: int, checkpoint: Checkpoint | None, state: dict[str, Any]
+        self,
+        settings: TrainSettings,
+        steps: int,
+        checkpoint: Checkpoint | None,
+        state: dict[str, Any],
+        validation: tuple[np.ndarray, np.ndarray],
     ) -> None:
         super().__init__()
         self.settings, self.steps, self.checkpoint = settings, steps, checkpoint
+        self.validation_batches = batches(*validation, VALIDATION_BATCH_SIZE)
+        self.validation_labels = np.asarray(validation[1])
         self.rows: list[dict[str, float]] = state.get("history", [])
         self.best_epoch: int = state.get("best_epoch", 0)
         self.best_val_accuracy: float = state.get("best_val_accuracy", -1.0)
         self.best_weights: list[np.ndarray] | None = state.get("best_weights")
+        # the validation outputs of the best epoch (None: a checkpoint from before they were kept) and the last
+        self.best_outputs: np.ndarray | None = state.get("best_validation_outputs")
+        self.last_outputs: np.ndarray | None = None
         self.run_id = state.get("run_id")
         self.earlier_seconds: float = state.get("train_seconds", 0.0)  # before an interruption
 
@@ -111,15 +127,24 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
 
+    def validate(self, logs: dict) -> None:
+        """The epoch's val_loss and val_accuracy, from one prediction; into `logs`, where later callbacks read them."""
+        self.last_outputs = self.model.predict(self.validation_batches, verbose=0)
+        labels = self.validation_labels
+        logs["val_loss"], logs["val_accuracy"] = loss_and_accuracy(self.model, labels, self.last_outputs)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = {} if logs is None else logs
+        self.validate(logs)
         seconds = time.perf_counter() - self.started
-        metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        metrics = {k: float(v) for k, v in logs.items() if k != "learning_rate"}
         rate = rate_at(epoch * self.steps, self.settings, self.steps)  # the rate the epoch started with
         self.rows.append({"epoch": epoch + 1, **metrics, "learning_rate": rate, "seconds": seconds})
         if metrics["val_accuracy"] > self.best_val_accuracy:  # ties keep the earlier epoch
             self.best_epoch, self.best_val_accuracy = epoch + 1, metrics["val_accuracy"]
             if self.settings.restore_best:
                 self.best_weights = [np.array(w) for w in self.model.get_weights()]
+                self.best_outputs = self.last_outputs
         patience = self.settings.early_stopping_patience
         if patience and epoch + 1 - self.best_epoch >= patience:
             log.info(
@@ -127,7 +152,7 @@ class EpochLog(keras.callbacks.Callback):
             )
             self.model.stop_training = True
         if self.checkpoint and epoch + 1 < self.settings.epochs and not self.model.stop_training:
-            self.checkpoint.save(self.model, self.state(), self.best_weights)
+            self.checkpoint.save(self.model, self.state(), self.best_weights, self.best_outputs)
         # logged once the checkpoint is saved: after "epoch e/N", an interruption resumes at e + 1
         log.info(
             "epoch %d/%d %.1fs  %s  lr %.3g",
@@ -151,6 +176,10 @@ class EpochLog(keras.callbacks.Callback):
 
     def train_seconds(self) -> float:
         return self.earlier_seconds + time.perf_counter() - self.fit_started
+
+    def kept_outputs(self) -> np.ndarray | None:
+        """The validation outputs of the weights train() returns: the best epoch's with restore_best, else the last."""
+        return self.best_outputs if self.settings.restore_best else self.last_outputs
 
 
 def run_fingerprint(design_spec: Any, dataset: str, seed: int, settings: TrainSettings) -> str:
@@ -226,14 +255,13 @@ def train(
         settings,
     )
 
-    epoch_log = EpochLog(settings, steps, checkpoint, {**state, "run_id": run_id})
+    epoch_log = EpochLog(settings, steps, checkpoint, {**state, "run_id": run_id}, (x_val, y_val))
     first_epoch = state.get("epochs_done", 0)
     model.fit(
         training_batches(x_train, y_train, settings, seed, first_epoch, np.asarray(stats["scale"])),
         epochs=settings.epochs,
         initial_epoch=first_epoch,
         steps_per_epoch=steps,
-        validation_data=batches(x_val, y_val, VALIDATION_BATCH_SIZE),
         callbacks=[epoch_log, *callbacks],
         shuffle=False,  # training_batches() shuffles, seeded; Keras cannot shuffle a dataset
         verbose=1 if is_tty() else 0,
@@ -248,11 +276,15 @@ def train(
             epoch_log.best_val_accuracy,
         )
     kept = epoch_log.best_epoch if settings.restore_best else rows[-1]["epoch"]
+    validation_outputs = epoch_log.kept_outputs()
+    if validation_outputs is None:  # resumed from a checkpoint that did not keep them
+        validation_outputs = model.predict(epoch_log.validation_batches, verbose=0)
     return {
         "model": model,
         "summary": summary.getvalue(),
         "architecture": architecture,
         "history": rows,
+        "validation_outputs": validation_outputs,  # the model's outputs on the validation split, in its order
         "settings": settings,
         "meta": meta,
         "metrics": {

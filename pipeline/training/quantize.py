@@ -47,7 +47,13 @@ def to_int8(model: keras.Model, representative: np.ndarray) -> bytes:
         for image in representative:
             yield [image[None].astype(np.float32)]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # From the model's graph with its weights frozen in: `from_keras_model` first exports a SavedModel,
+    # which took longer than the rest of the conversion, for int8 outputs identical on every test image
+    # (bench/RESULTS.md)
+    serve = tf.function(lambda images: model(images, training=False))
+    graph = serve.get_concrete_function(tf.TensorSpec([None, *model.input_shape[1:]], tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph], model)
+    converter.experimental_lower_to_saved_model = False
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = images
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
